@@ -1,0 +1,94 @@
+"""GatedSinkAttention: the PyTorch reference (single source of truth).
+
+Attention of the current block's queries over [sink pages | local-window
+pages | the current block], where past blocks' K/V are read in place from a
+page pool by page id, and each sink page passes through DySink's sink
+anomaly gate first (ALGORITHM.md section 6). The torch backend, the tests,
+the ONNX validators and the plugin tests all call `gated_sink_attention_ref`.
+
+Shapes (one stream, batch 1; L tokens per block, H heads, D head dim):
+    q, k_cur, v_cur   [L, H, D]      current block, post-RoPE
+    k_pool, v_pool    [P, L, H, D]   one page = one block's clean-pass K/V
+    local_ids         int64 [S_loc]  pages of the local window's past blocks
+    sink_ids          int64 [S_sink] fixed-sink and retrieved pages
+    -1 in an id list means "empty slot": it contributes nothing.
+Outputs:
+    out               [L, H, D]      in q's dtype
+    ratios            float32 [S_sink]  fraction of heads with s_e > s_loc
+                                         (0 for empty slots)
+A sink is dropped when its ratio > threshold (strict, like the reference).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _gather_pages(pool: Tensor, ids: Tensor) -> Tensor:
+    """[P, L, H, D] x int64 [S] -> [S, L, H, D]; empty ids read page 0 (masked later)."""
+    return pool.index_select(0, ids.clamp(min=0))
+
+
+def gate_ratios(q: Tensor, k_cur: Tensor, k_local: Tensor, local_valid: Tensor,
+                k_sink: Tensor, sink_valid: Tensor) -> Tensor:
+    """Fraction of heads whose mean query prefers each sink over the local window.
+
+    qbar_h = mean over the block's queries; s(h) = <qbar_h, mean key of a set>
+    (no 1/sqrt(d)); the local set is the window's past pages plus the current
+    block. All in float32. Returns float32 [S_sink], 0 where the slot is empty.
+    """
+    qbar = q.float().mean(0)                                          # [H, D]
+    tokens = k_cur.shape[0]
+    loc_sum = (k_local.float().sum(1) * local_valid[:, None, None]).sum(0) + k_cur.float().sum(0)
+    loc_count = (local_valid.sum() + 1).float() * tokens
+    s_loc = (qbar * (loc_sum / loc_count)).sum(-1)                    # [H]
+    s_sink = (qbar[None] * k_sink.float().mean(1)).sum(-1)            # [S, H]
+    prefer = (s_sink > s_loc[None]).float().mean(-1)
+    return prefer * sink_valid.float()
+
+
+@torch.library.custom_op("dysink::gated_sink_attention", mutates_args=())
+def gated_sink_attention(
+    q: Tensor, k_cur: Tensor, v_cur: Tensor, k_pool: Tensor, v_pool: Tensor,
+    local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool,
+) -> tuple[Tensor, Tensor]:
+    return gated_sink_attention_ref(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids,
+                                    threshold, sink_kv_bf16)
+
+
+@gated_sink_attention.register_fake
+def _(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, threshold, sink_kv_bf16):
+    return torch.empty_like(q), q.new_empty(sink_ids.shape, dtype=torch.float32)
+
+
+def gated_sink_attention_ref(
+    q: Tensor, k_cur: Tensor, v_cur: Tensor, k_pool: Tensor, v_pool: Tensor,
+    local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Reference math, softmax and accumulation in float32. See module docstring."""
+    tokens, heads, dim = q.shape
+    local_valid = local_ids >= 0
+    sink_valid = sink_ids >= 0
+    k_local, v_local = _gather_pages(k_pool, local_ids), _gather_pages(v_pool, local_ids)
+    k_sink, v_sink = _gather_pages(k_pool, sink_ids), _gather_pages(v_pool, sink_ids)
+    if sink_kv_bf16:
+        # The reference casts retrieved K/V to bf16 before using them (gate and
+        # attention alike); a no-op when the pool already is bf16.
+        k_sink = k_sink.to(torch.bfloat16).to(k_pool.dtype)
+        v_sink = v_sink.to(torch.bfloat16).to(v_pool.dtype)
+
+    ratios = gate_ratios(q, k_cur, k_local, local_valid, k_sink, sink_valid)
+    keep_sink = sink_valid & ~(ratios > threshold)
+
+    keys = torch.cat([k_sink.reshape(-1, heads, dim), k_local.reshape(-1, heads, dim), k_cur]).float()
+    values = torch.cat([v_sink.reshape(-1, heads, dim), v_local.reshape(-1, heads, dim), v_cur]).float()
+    visible = torch.cat([
+        keep_sink.repeat_interleave(tokens),
+        local_valid.repeat_interleave(tokens),
+        torch.ones(tokens, dtype=torch.bool, device=q.device),
+    ])
+    scores = torch.einsum("qhd,khd->hqk", q.float(), keys) * dim ** -0.5
+    scores = scores.masked_fill(~visible[None, None, :], float("-inf"))
+    out = torch.einsum("hqk,khd->qhd", torch.softmax(scores, dim=-1), values)
+    return out.to(q.dtype), ratios

@@ -1,0 +1,69 @@
+"""The interface every backend implements: the four graphs plus buffers.
+
+Handles returned by a backend are its own arrays (torch tensors, numpy
+arrays, device buffers); the loop only passes them back in. Only
+`to_numpy` and `retrieve` cross to the host, and the loop calls them at
+block boundaries, never between a block's denoising steps.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+
+class Backend(abc.ABC):
+    name: str = "?"
+
+    @property
+    @abc.abstractmethod
+    def feature_dim(self) -> int:
+        """Width of the memory-bank feature."""
+
+    @abc.abstractmethod
+    def start(self, prompt_embeds: np.ndarray, num_pages: int) -> None:
+        """Begin a stream: text conditioning, zeroed K/V pools of `num_pages`, fresh VAE cache."""
+
+    @abc.abstractmethod
+    def upload(self, array: np.ndarray) -> Any:
+        ...
+
+    @abc.abstractmethod
+    def dit_step(self, x: Any, t: float, rope: np.ndarray, local_ids: np.ndarray,
+                 sink_ids: np.ndarray) -> tuple[Any, Any, Any, Any]:
+        """-> (x0, k_new, v_new, gate ratios [layers, S_sink])."""
+
+    @abc.abstractmethod
+    def write_page(self, page: int, k_new: Any, v_new: Any) -> None:
+        ...
+
+    @abc.abstractmethod
+    def renoise(self, x0: Any, eps: Any, sigma: float) -> Any:
+        """(1 - sigma) * x0 + sigma * eps."""
+
+    @abc.abstractmethod
+    def decode(self, latent: Any, first: bool) -> Any:
+        """Stream one block through the VAE (cache kept inside) -> frames [3, T, H, W] in [-1, 1]."""
+
+    @abc.abstractmethod
+    def decode_alone(self, latent: Any) -> Any:
+        """Decode a block without the streaming cache (the reference's feature path)."""
+
+    @abc.abstractmethod
+    def encode(self, frames: Any) -> Any:
+        """Frames [3, T, H, W] -> unit memory-bank feature [F]."""
+
+    @abc.abstractmethod
+    def retrieve(self, bank_feats: np.ndarray, bank_start: np.ndarray, queries: np.ndarray,
+                 query_valid: np.ndarray, current_start: int, window_frames: int,
+                 sink_size: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> (bank slots int64 [k], scores float32 [k]) on the host."""
+
+    @abc.abstractmethod
+    def to_numpy(self, handle: Any) -> np.ndarray:
+        ...
+
+    def stack(self, handles: list[Any]) -> Any:
+        return np.stack([self.to_numpy(h) for h in handles])

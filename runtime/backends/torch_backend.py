@@ -1,0 +1,96 @@
+"""The `torch` backend: the PyTorch reference models, on CPU or CUDA.
+
+Imports torch, so the runtime imports this module only when asked for the
+torch backend. On CUDA nothing in `dit_step`, `renoise` or `write_page`
+reads back to the host: the loop syncs once per block (`to_numpy`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ...config import StreamConfig
+from ...models.factory import DySinkModels
+from ...models.dit import DiTStep
+from ...ops.retrieve_sinks import retrieve_sinks_ref
+from .base import Backend
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, models: DySinkModels, stream: StreamConfig, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.models = models.to(device=device, dtype=dtype).eval()
+        self.stream = stream
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.step_module = DiTStep(self.models.dit, stream)
+        self.lat_hw = stream.latent_hw
+
+    @property
+    def feature_dim(self) -> int:
+        return self.models.pe.output_dim
+
+    @torch.inference_mode()
+    def start(self, prompt_embeds: np.ndarray, num_pages: int) -> None:
+        dit = self.models.dit
+        cfg = dit.cfg
+        self.text_k, self.text_v = dit.text_kv(torch.from_numpy(prompt_embeds).to(self.device))
+        lat_h, lat_w = self.lat_hw
+        tokens = self.stream.block_frames * (lat_h // cfg.patch[1]) * (lat_w // cfg.patch[2])
+        shape = (num_pages, tokens, cfg.heads, cfg.head_dim)
+        self.k_pools = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.layers)]
+        self.v_pools = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.layers)]
+        self.vae_cache = self.models.vae.init_cache(1, lat_h, lat_w, dtype=self.dtype, device=self.device)
+
+    def upload(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+
+    @torch.inference_mode()
+    def dit_step(self, x, t, rope, local_ids, sink_ids):
+        t_tensor = torch.tensor(float(t), dtype=torch.float32, device=self.device)
+        return self.step_module(x, t_tensor, self.text_k, self.text_v, self.upload(rope),
+                                self.k_pools, self.v_pools, self.upload(local_ids), self.upload(sink_ids))
+
+    @torch.inference_mode()
+    def write_page(self, page, k_new, v_new) -> None:
+        for i in range(len(self.k_pools)):
+            self.k_pools[i][page].copy_(k_new[i])
+            self.v_pools[i][page].copy_(v_new[i])
+
+    @torch.inference_mode()
+    def renoise(self, x0, eps, sigma):
+        return (1.0 - sigma) * x0 + sigma * eps
+
+    @torch.inference_mode()
+    def decode(self, latent, first):
+        frames, self.vae_cache = self.models.vae.decode_block(latent[None].to(self.dtype), self.vae_cache, first)
+        return frames[0]
+
+    @torch.inference_mode()
+    def decode_alone(self, latent):
+        lat_h, lat_w = self.lat_hw
+        fresh = self.models.vae.init_cache(1, lat_h, lat_w, dtype=self.dtype, device=self.device)
+        frames, _ = self.models.vae.decode_block(latent[None].to(self.dtype), fresh, True)
+        return frames[0]
+
+    @torch.inference_mode()
+    def encode(self, frames):
+        return self.models.pe.block_feature(frames[None].to(self.dtype))[0]
+
+    @torch.inference_mode()
+    def retrieve(self, bank_feats, bank_start, queries, query_valid, current_start, window_frames, sink_size, k):
+        as_t = self.upload
+        slots, scores = retrieve_sinks_ref(
+            as_t(bank_feats), as_t(bank_start), as_t(queries), as_t(query_valid),
+            torch.tensor(current_start, device=self.device), torch.tensor(window_frames, device=self.device),
+            sink_size, k)
+        return slots.cpu().numpy(), scores.float().cpu().numpy()
+
+    def to_numpy(self, handle) -> np.ndarray:
+        return handle.detach().float().cpu().numpy()
+
+    def stack(self, handles):
+        return torch.stack(handles).float().cpu().numpy()

@@ -1,0 +1,156 @@
+"""`dysink-run`: stream a DySink video into a directory.
+
+Flags only; the work is in `dysink_deploy.runtime.run`. User errors print one
+line (`error: ...`) and exit 2; Ctrl-C keeps what was written and exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+
+import click
+
+from ..config import MODEL_PRESETS, StreamConfig, model_preset, stream_config_from_dict
+from ..errors import DysinkError
+from .backends import BACKENDS
+
+_DEFAULT = StreamConfig()
+
+
+def _stream_overrides(kw: dict) -> dict:
+    names = ["top_k", "local_attn_size", "sink_size", "gate_threshold", "dedup_threshold", "bank_capacity",
+             "eviction", "feature_mode", "height", "width"]
+    return {n: kw[n] for n in names if kw.get(n) is not None}
+
+
+def _load_config_file(path: str | None) -> dict:
+    if not path:
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise DysinkError(f"cannot read --config {path!r} ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise DysinkError(f"--config {path!r} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise DysinkError(f"--config {path!r} must hold a JSON object of stream settings")
+    return data
+
+
+def build_torch_streamer(model_name, kw, stream, prompt_embeds, seed):
+    import torch
+
+    from ..models.factory import CheckpointPaths, build_models
+    from .backends.torch_backend import TorchBackend
+    from .stream import Streamer
+
+    model = model_preset(model_name)
+    paths = CheckpointPaths(dit=kw["checkpoint"], lora=kw["lora"], vae=kw["vae"], pe=kw["pe"], use_ema=kw["use_ema"])
+    device = kw["device"]
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DysinkError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[kw["dtype"]]
+    models = build_models(model, paths, seed=kw["weights_seed"])
+    backend = TorchBackend(models, stream, device=device, dtype=dtype)
+    return Streamer(backend, model.dit, stream, prompt_embeds, seed=seed)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default="tiny", show_default=True,
+              help="Model preset.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
+@click.option("--bundle", type=click.Path(), default=None, help="Exported bundle (onnxruntime / tensorrt backends).")
+@click.option("--blocks", type=int, default=None, help="Blocks of 3 latent frames to generate (default 12).")
+@click.option("--seconds", type=float, default=None, help="Video length instead of --blocks (16 fps).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
+@click.option("--out", required=True, type=click.Path(), help="Output directory.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs already in --out.")
+@click.option("--prompt-embeds", type=click.Path(), default=None,
+              help="umT5 output [512, 4096] in a .safetensors file (default: the demo's embedded prompt; "
+                   "required for real checkpoints).")
+@click.option("--checkpoint", type=click.Path(), default=None, help="DiT base: stage1_base.pt or .safetensors.")
+@click.option("--lora", type=click.Path(), default=None, help="stage2_lora.pt to merge into the DiT.")
+@click.option("--vae", type=click.Path(), default=None, help="Wan2.1_VAE.pth.")
+@click.option("--pe", type=click.Path(), default=None, help="PE-Core-S16-384.pt.")
+@click.option("--use-ema", is_flag=True, help="Load generator_ema instead of generator from the DiT checkpoint.")
+@click.option("--weights-seed", type=int, default=0, show_default=True,
+              help="Seed of the random weights used where no checkpoint is given.")
+@click.option("--device", default="cpu", show_default=True, help="torch backend: cpu or cuda[:N].")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="torch backend: model precision.")
+@click.option("--config", "config_file", type=click.Path(), default=None, help="JSON file of stream settings.")
+@click.option("--top-k", type=int, default=None, help=f"Retrieved sinks per block [{_DEFAULT.top_k}].")
+@click.option("--local-attn-size", type=int, default=None, help=f"Local window frames [{_DEFAULT.local_attn_size}].")
+@click.option("--sink-size", type=int, default=None, help=f"Fixed sink frames [{_DEFAULT.sink_size}].")
+@click.option("--gate-threshold", type=float, default=None, help=f"Sink anomaly gate [{_DEFAULT.gate_threshold}].")
+@click.option("--dedup-threshold", type=float, default=None, help=f"Bank dedup cosine [{_DEFAULT.dedup_threshold}].")
+@click.option("--bank-capacity", type=int, default=None, help=f"Bank entries on device [{_DEFAULT.bank_capacity}].")
+@click.option("--eviction", type=click.Choice(["lru", "fifo"]), default=None, help="Rule once the bank is full [lru].")
+@click.option("--feature-mode", type=click.Choice(["block-alone", "streamed"]), default=None,
+              help="Bank feature from a block-alone decode (reference) or the streamed frames [block-alone].")
+@click.option("--height", type=int, default=None, help="Output height (default: the preset's).")
+@click.option("--width", type=int, default=None, help="Output width (default: the preset's).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def main(**kw):
+    """Stream a DySink video block by block into --out (video.mp4, stats.json, timeline.png)."""
+    started = time.perf_counter()
+    command = " ".join(shlex.quote(a) for a in ["dysink-run", *sys.argv[1:]])
+    try:
+        result = run_cli(kw)
+    except DysinkError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    runtime = time.perf_counter() - started
+    status = "INTERRUPTED" if result.interrupted else "PASSED"
+    click.echo(f"{status} | {result.blocks} blocks, {result.frames} frames -> {result.out} | "
+               f"Runtime: {runtime:.1f}s | Command: {command}")
+    if result.interrupted:
+        sys.exit(130)
+
+
+def run_cli(kw: dict):
+    from .run import (blocks_for_seconds, default_prompt_embeds, load_prompt_embeds, prepare_out_dir,
+                      stream_to_dir)
+
+    if kw["blocks"] is not None and kw["seconds"] is not None:
+        raise DysinkError("give --blocks or --seconds, not both")
+    if kw["blocks"] is not None and kw["blocks"] < 1:
+        raise DysinkError(f"--blocks must be >= 1, got {kw['blocks']}")
+    model = model_preset(kw["model_name"])
+    settings = {"height": model.height, "width": model.width, **_load_config_file(kw["config_file"]),
+                **_stream_overrides(kw)}
+    stream = stream_config_from_dict(settings)
+    blocks = kw["blocks"] if kw["blocks"] is not None else (
+        blocks_for_seconds(kw["seconds"], stream.block_frames) if kw["seconds"] is not None else 12)
+
+    has_ckpt = any(kw[k] for k in ("checkpoint", "lora", "vae", "pe"))
+    if kw["prompt_embeds"]:
+        prompt = load_prompt_embeds(kw["prompt_embeds"], model)
+    elif has_ckpt or model.name != "tiny":
+        raise DysinkError("a real model needs real text conditioning: pass --prompt-embeds FILE.safetensors "
+                          "(umT5-XXL output, [512, 4096])")
+    else:
+        prompt = default_prompt_embeds(model)
+    if kw["backend"] != "torch":
+        raise DysinkError(f"--backend {kw['backend']} needs --bundle from `dysink-export`; "
+                          "it is not available in this version yet, use --backend torch")
+    prepare_out_dir(kw["out"], kw["overwrite"])
+    streamer = build_torch_streamer(model.name, kw, stream, prompt, kw["seed"])
+    run_config = {
+        "model": model.name, "backend": kw["backend"], "seed": kw["seed"], "blocks": blocks,
+        "dtype": kw["dtype"], "device": kw["device"],
+        "checkpoints": {k: kw[k] for k in ("checkpoint", "lora", "vae", "pe") if kw[k]},
+        "prompt_embeds": kw["prompt_embeds"] or "embedded-default",
+        "stream": stream.to_dict(), "timesteps": stream.timesteps(),
+    }
+    return stream_to_dir(streamer, model, stream, blocks, os.path.abspath(kw["out"]), run_config,
+                         progress=not kw["quiet"])
+
+
+if __name__ == "__main__":
+    main()

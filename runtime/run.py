@@ -1,0 +1,136 @@
+"""Stream a video into a directory: the API behind `dysink-run`.
+
+Writes DIR/video.mp4 block by block, DIR/stats.json after every block and
+DIR/timeline.png at the end (also after an interruption). A run that stops
+early keeps every block it finished.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import ModelConfig, StreamConfig, model_preset
+from ..errors import DysinkError
+from .report import plot_timeline, write_stats
+from .stream import Streamer
+from .video import VideoWriter
+
+OUTPUT_FILES = ("video.mp4", "stats.json", "timeline.png")
+FPS = 16  # Wan2.1's frame rate
+
+
+def blocks_for_seconds(seconds: float, block_frames: int = 3, fps: int = FPS) -> int:
+    """Blocks needed for `seconds` of video: the first block gives 4*B-3 frames, later ones 4*B."""
+    if not seconds > 0:
+        raise DysinkError(f"--seconds must be > 0, got {seconds}")
+    per_block = 4 * block_frames
+    return max(1, math.ceil((seconds * fps + 3) / per_block))
+
+
+def default_prompt_embeds(cfg: ModelConfig, seed: int = 1234) -> np.ndarray:
+    """The embedded default 'prompt' of the demo: fixed pseudo-random umT5-like rows.
+
+    Only meaningful for random-weight demo models; a real model needs real
+    umT5 embeddings (--prompt-embeds).
+    """
+    rng = np.random.Generator(np.random.PCG64(seed))
+    emb = (rng.standard_normal((cfg.dit.text_len, cfg.dit.text_dim)) * 0.2).astype(np.float32)
+    emb[cfg.dit.text_len // 4:] = 0.0  # umT5 outputs are zero past the prompt's tokens
+    return emb
+
+
+def load_prompt_embeds(path: str, cfg: ModelConfig) -> np.ndarray:
+    """A .safetensors file holding exactly one float tensor [text_len, text_dim] (or [1, ...])."""
+    if not os.path.isfile(path):
+        raise DysinkError(f"--prompt-embeds {path!r} does not exist or is not a file")
+    if not path.endswith(".safetensors"):
+        raise DysinkError(f"--prompt-embeds {path!r} must be a .safetensors file holding one [{cfg.dit.text_len}, "
+                          f"{cfg.dit.text_dim}] umT5 output tensor")
+    try:
+        from safetensors.numpy import load_file
+        tensors = load_file(path)
+    except Exception as exc:
+        raise DysinkError(f"cannot read --prompt-embeds {path!r} ({str(exc).splitlines()[0][:160]}); "
+                          "it must be a valid .safetensors file") from None
+    if len(tensors) != 1:
+        raise DysinkError(f"--prompt-embeds {path!r} holds {len(tensors)} tensors ({', '.join(sorted(tensors))}); "
+                          "expected exactly one")
+    (name, arr), = tensors.items()
+    want = (cfg.dit.text_len, cfg.dit.text_dim)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if tuple(arr.shape) != want:
+        raise DysinkError(f"--prompt-embeds tensor {name!r} has shape {list(arr.shape)}, expected {list(want)} "
+                          "(umT5-XXL output, padded to 512 tokens)")
+    if arr.dtype.kind != "f":
+        raise DysinkError(f"--prompt-embeds tensor {name!r} has dtype {arr.dtype}, expected a float dtype "
+                          "(float32, float16 or bfloat16)")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise DysinkError(f"--prompt-embeds tensor {name!r} contains NaN or Inf values")
+    return arr
+
+
+def prepare_out_dir(out: str, overwrite: bool) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DysinkError(f"--out {out!r} exists and is not a directory")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise DysinkError(f"cannot create --out {out!r} ({exc.strerror}); choose a writable directory") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DysinkError(f"--out {out!r} is not writable; choose a writable directory")
+    present = [f for f in OUTPUT_FILES if os.path.exists(os.path.join(out, f))]
+    if present and not overwrite:
+        raise DysinkError(f"--out {out!r} already holds {', '.join(present)}; pass --overwrite or choose "
+                          "another directory")
+
+
+@dataclass
+class RunResult:
+    out: str
+    blocks: int
+    frames: int
+    seconds: float
+    interrupted: bool = False
+    stats: dict = field(default_factory=dict)
+
+
+def stream_to_dir(streamer: Streamer, model: ModelConfig, stream: StreamConfig, blocks: int, out: str,
+                  run_config: dict, progress: bool = True, fps: int = FPS) -> RunResult:
+    """Run `blocks` blocks and write the outputs. Ctrl-C stops cleanly after closing the files."""
+    if blocks < 1:
+        raise DysinkError(f"--blocks must be >= 1, got {blocks}")
+    stats = {"config": run_config, "blocks": []}
+    stats_path = os.path.join(out, "stats.json")
+    writer = VideoWriter(os.path.join(out, "video.mp4"), stream.width, stream.height, fps=fps)
+    t0 = time.perf_counter()
+    interrupted = False
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=blocks, unit="block", desc=f"{model.name} [{streamer.backend.name}]")
+    try:
+        for record in streamer.blocks(blocks):
+            writer.write_block(record.frames)
+            stats["blocks"].append(record.to_json())
+            write_stats(stats_path, run_config, stats["blocks"])
+            if bar is not None:
+                bar.set_postfix(bank=streamer.bank.size, sinks=len(record.retrieved))
+                bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        writer.close()
+        if bar is not None:
+            bar.close()
+        if stats["blocks"]:
+            write_stats(stats_path, run_config, stats["blocks"])
+            plot_timeline(stats, os.path.join(out, "timeline.png"))
+    return RunResult(out=out, blocks=len(stats["blocks"]), frames=writer.frames_written,
+                     seconds=time.perf_counter() - t0, interrupted=interrupted, stats=stats)

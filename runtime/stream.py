@@ -1,0 +1,189 @@
+"""The chunk loop: one block at a time over any backend.
+
+Per block (ALGORITHM.md sections 2-6):
+  1. window size from the bank size; pages of the local window and fixed sink
+  2. retrieval over the bank with the queued block features (host sync: the
+     scores are reported, and the page ids are an input of every step)
+  3. denoising steps, all enqueued without reading anything back
+  4. the clean-context pass at t = 0 writes the block's K/V into a new page
+  5. streaming VAE decode -> frames; memory feature -> dedup -> bank
+Gate ratios and the feature are read back once, after the block.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..config import DiTConfig, StreamConfig
+from ..rope import rope_phases
+from .backends.base import Backend
+from .bank import MemoryBank
+from .noise import block_noise
+from .pages import PageAllocator
+from .schedule import BlockContext, ContextScheduler, QueryQueue
+
+
+@dataclass
+class BlockRecord:
+    """What happened in one block; `to_json` is its entry in stats.json."""
+
+    index: int
+    start_frame: int
+    window_frames: int
+    bank_size: int
+    retrieved: list[dict]
+    gate: list[dict]
+    fixed_sink_gate: list[dict]
+    stored: bool
+    max_similarity: float | None
+    evicted_start_frame: int | None
+    timings_ms: dict
+    frames: np.ndarray = field(repr=False)        # uint8 [T, H, W, 3]
+    latent: np.ndarray = field(repr=False)        # float32 [C, F, h, w]
+    feature: np.ndarray = field(repr=False)       # float32 [F]
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "start_frame": self.start_frame,
+            "window_frames": self.window_frames,
+            "bank_size": self.bank_size,
+            "retrieved": self.retrieved,
+            "gate": self.gate,
+            "fixed_sink_gate": self.fixed_sink_gate,
+            "stored": self.stored,
+            "max_similarity": self.max_similarity,
+            "evicted_start_frame": self.evicted_start_frame,
+            "frames": int(self.frames.shape[0]),
+            "timings_ms": self.timings_ms,
+        }
+
+
+def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
+    """[3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
+    x = np.clip((frames.astype(np.float32) + 1.0) * 127.5, 0.0, 255.0)
+    return np.round(x).astype(np.uint8).transpose(1, 2, 3, 0)
+
+
+class Streamer:
+    """Streams blocks of one video from `backend`. Iterate with `blocks(n)`."""
+
+    def __init__(self, backend: Backend, dit: DiTConfig, stream: StreamConfig,
+                 prompt_embeds: np.ndarray, seed: int = 0):
+        self.backend, self.dit, self.cfg, self.seed = backend, dit, stream, seed
+        lat_h, lat_w = stream.latent_hw
+        self.latent_shape = (dit.in_dim, stream.block_frames, lat_h, lat_w)
+        self.grid = (lat_h // dit.patch[1], lat_w // dit.patch[2])
+        self.pages = PageAllocator(stream.pool_pages)
+        self.scheduler = ContextScheduler(stream, self.pages)
+        self.bank = MemoryBank(stream.bank_capacity, backend.feature_dim, stream.eviction)
+        self.queue = QueryQueue(stream.queue_len, backend.feature_dim)
+        self.timesteps = stream.timesteps()
+        self.sigmas = stream.sigmas()
+        self.next_index = 0
+        backend.start(prompt_embeds, stream.pool_pages)
+
+    # -- retrieval ----------------------------------------------------------
+    def _retrieve(self, ctx: BlockContext) -> None:
+        cfg = self.cfg
+        if cfg.top_k == 0 or len(self.queue) == 0 or self.bank.size == 0:
+            return
+        queries, valid = self.queue.arrays()
+        slots, scores = self.backend.retrieve(self.bank.feats, self.bank.start, queries, valid,
+                                              ctx.start_frame, ctx.window_frames, cfg.sink_size, cfg.top_k)
+        for slot, score in zip(slots.tolist(), scores.tolist()):
+            if slot < 0:
+                continue
+            ctx.retrieved_pages.append(int(self.bank.page[slot]))
+            ctx.retrieved_starts.append(int(self.bank.start[slot]))
+            ctx.retrieved_scores.append(float(score))
+        self.bank.mark_retrieved(slots, ctx.index)
+
+    # -- one block ----------------------------------------------------------
+    def step(self) -> BlockRecord:
+        cfg, be = self.cfg, self.backend
+        index = self.next_index
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = round((now - clock) * 1000.0, 3)
+            clock = now
+
+        ctx = self.scheduler.context(index, self.bank.size)
+        self._retrieve(ctx)
+        local_ids = ctx.local_ids(cfg.local_slots)
+        sink_ids = ctx.sink_ids(cfg.sink_slots)
+        rope = rope_phases(self.dit, ctx.start_frame, cfg.block_frames, *self.grid)
+        x_np, eps_np = block_noise(self.seed, index, self.latent_shape, len(self.timesteps))
+        lap("retrieve")
+
+        x = be.upload(x_np)
+        ratios = []
+        x0 = None
+        for s, t in enumerate(self.timesteps):
+            x0, _, _, r = be.dit_step(x, t, rope, local_ids, sink_ids)
+            ratios.append(r)
+            if s + 1 < len(self.timesteps):
+                x = be.renoise(x0, be.upload(eps_np[s]), self.sigmas[s + 1])
+        lap("denoise")
+
+        page = self.pages.alloc()
+        _, k_new, v_new, _ = be.dit_step(x0, 0.0, rope, local_ids, ctx.clean_sink_ids(cfg.sink_slots))
+        be.write_page(page, k_new, v_new)
+        self.scheduler.commit(index, page)
+        lap("clean_pass")
+
+        frames = be.decode(x0, first=(index == 0))
+        frames_np = frames_to_uint8(be.to_numpy(frames))
+        lap("decode")
+
+        feat_frames = frames if cfg.feature_mode == "streamed" else be.decode_alone(x0)
+        feature = be.to_numpy(be.encode(feat_frames)).astype(np.float32)
+        lap("feature")
+
+        duplicate, max_sim = self.bank.is_duplicate(feature, cfg.dedup_threshold)
+        evicted = None
+        if not duplicate:
+            self.pages.retain(page)
+            gone = self.bank.add(ctx.start_frame, feature, page, index)
+            if gone is not None:
+                evicted = gone[0]
+                self.pages.release(gone[1])
+        self.queue.push(feature)
+        ratios_np = be.stack(ratios)                                   # [steps, layers, S_sink]
+        lap("bank")
+
+        record = BlockRecord(
+            index=index, start_frame=ctx.start_frame, window_frames=ctx.window_frames,
+            bank_size=ctx.bank_size,
+            retrieved=[{"start_frame": s, "score": sc} for s, sc in zip(ctx.retrieved_starts, ctx.retrieved_scores)],
+            gate=self._gate_entries(ratios_np, len(ctx.fixed_pages), ctx.retrieved_starts),
+            fixed_sink_gate=self._gate_entries(ratios_np, 0, ctx.fixed_starts),
+            stored=not duplicate, max_similarity=max_sim, evicted_start_frame=evicted,
+            timings_ms={**timings, "total": round(sum(timings.values()), 3)},
+            frames=frames_np, latent=be.to_numpy(x0).astype(np.float32), feature=feature,
+        )
+        self.next_index += 1
+        return record
+
+    def _gate_entries(self, ratios: np.ndarray, offset: int, starts: list[int]) -> list[dict]:
+        out = []
+        for j, start in enumerate(starts):
+            r = ratios[:, :, offset + j]
+            out.append({
+                "start_frame": start,
+                "ratios": np.round(r.astype(np.float64), 6).tolist(),
+                "dropped": (r > self.cfg.gate_threshold).tolist(),
+            })
+        return out
+
+    def blocks(self, n: int) -> Iterator[BlockRecord]:
+        for _ in range(n):
+            yield self.step()
