@@ -1,0 +1,43 @@
+"""`dysink-export`: export, build, check and inspect DySink artifacts.
+
+Commands live next to what they drive (checkpoint verification here,
+ONNX / TensorRT / bundle commands in `dysink_deploy.export.commands`);
+this file only assembles them. A `DysinkError` prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import DysinkError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DysinkError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Export DySink to ONNX / TensorRT, and check every artifact against the PyTorch reference."""
+
+
+def _register() -> None:
+    from .verify_cmd import verify_checkpoint
+    from ..export.commands import COMMANDS
+
+    main.add_command(verify_checkpoint)
+    for cmd in COMMANDS:
+        main.add_command(cmd)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The static-shape graph contract shared by export, bundles and every backend.
+
+Torch-free: the runtime reads it to bind buffers, the exporter to name the
+ONNX inputs/outputs, the manifest to record them. One stream configuration
+fixes every shape (DESIGN.md "Static shapes"). Batch is 1 (one stream).
+
+Graphs:
+  text_encoder      prompt_embeds -> per-layer cross-attention K/V (once per prompt)
+  dit_step          one DiT evaluation of one block over the paged K/V cache
+  retrieve          RetrieveSinks over the memory bank
+  vae_decode_first  first block through the VAE decoder (first-frame rule)
+  vae_decode        any later block, streaming cache in -> out
+  memory_encoder_tN N decoded frames -> unit bank feature (N = 9 for the
+                    block-alone decode; 4*B for streamed frames)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ModelConfig, StreamConfig
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+# dtype names are ONNX / numpy style strings; "model" resolves to the precision.
+_MODEL_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # float32 | float16 | bfloat16 | int64 | bool
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @staticmethod
+    def from_dict(d: dict) -> "TensorSpec":
+        return TensorSpec(d["name"], tuple(d["shape"]), d["dtype"])
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+
+def vae_cache_shapes(model: ModelConfig, stream: StreamConfig) -> list[tuple[int, ...]]:
+    """Shapes of the VAE decoder's streaming cache (one per causal temporal conv), batch 1.
+
+    Mirrors WanVAEDecoder.cache_shapes without importing torch: entries are
+    [1, C_in, 2, h * s, w * s] in module order.
+    """
+    vae = model.vae
+    lat_h, lat_w = stream.latent_hw
+    shapes: list[tuple[int, ...]] = []
+
+    def conv(cin: int, scale: int) -> None:
+        shapes.append((1, cin, 2, lat_h * scale, lat_w * scale))
+
+    dims = [vae.dim * m for m in (vae.dim_mult[-1],) + tuple(reversed(vae.dim_mult))]
+    conv(vae.z_dim, 1)                                   # decoder.conv1
+    for _ in range(2):                                   # middle: res, attn, res
+        conv(dims[0], 1)
+        conv(dims[0], 1)
+    scale = 1
+    for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:])):
+        if i in (1, 2, 3):
+            din //= 2
+        for _ in range(vae.num_res_blocks + 1):
+            conv(din, scale)
+            conv(dout, scale)
+            din = dout
+        if i != len(vae.dim_mult) - 1:
+            if vae.temporal_upsample[i]:
+                conv(dout, scale)                        # time_conv sees the pre-upsample frames
+            scale *= 2
+    conv(dims[-1], scale)                                # head conv
+    return shapes
+
+
+def tokens_per_block(model: ModelConfig, stream: StreamConfig) -> int:
+    lat_h, lat_w = stream.latent_hw
+    return stream.block_frames * (lat_h // model.dit.patch[1]) * (lat_w // model.dit.patch[2])
+
+
+def frames_out(stream: StreamConfig, first: bool) -> int:
+    b = stream.block_frames
+    return 1 + 4 * (b - 1) if first else 4 * b
+
+
+def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str) -> dict[str, GraphSpec]:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    md = _MODEL_DTYPE[precision]
+    d = model.dit
+    layers, heads, hd = d.layers, d.heads, d.head_dim
+    L = tokens_per_block(model, stream)
+    lat_h, lat_w = stream.latent_hw
+    latent = (d.in_dim, stream.block_frames, lat_h, lat_w)
+    kv = (layers, L, heads, hd)
+    pool = (stream.pool_pages, L, heads, hd)
+    text = (layers, d.text_len, heads, hd)
+    feat = model.pe.output_dim or model.pe.width
+    specs: dict[str, GraphSpec] = {}
+
+    specs["text_encoder"] = GraphSpec(
+        "text_encoder",
+        (TensorSpec("prompt_embeds", (d.text_len, d.text_dim), "float32"),),
+        (TensorSpec("text_k", text, md), TensorSpec("text_v", text, md)))
+
+    specs["dit_step"] = GraphSpec(
+        "dit_step",
+        (TensorSpec("x_t", latent, "float32"), TensorSpec("t", (), "float32"),
+         TensorSpec("text_k", text, md), TensorSpec("text_v", text, md),
+         TensorSpec("rope", (2, L, hd // 2), "float32"),
+         *[TensorSpec(f"k_pool_{i}", pool, md) for i in range(layers)],
+         *[TensorSpec(f"v_pool_{i}", pool, md) for i in range(layers)],
+         TensorSpec("local_ids", (stream.local_slots,), "int64"),
+         TensorSpec("sink_ids", (stream.sink_slots,), "int64")),
+        (TensorSpec("x0", latent, "float32"), TensorSpec("k_new", kv, md), TensorSpec("v_new", kv, md),
+         TensorSpec("ratios", (layers, stream.sink_slots), "float32")))
+
+    c, q = stream.bank_capacity, stream.queue_len
+    specs["retrieve"] = GraphSpec(
+        "retrieve",
+        (TensorSpec("bank_feats", (c, feat), "float32"), TensorSpec("bank_start", (c,), "int64"),
+         TensorSpec("queries", (q, feat), "float32"), TensorSpec("query_valid", (q,), "bool"),
+         TensorSpec("current_start", (), "int64"), TensorSpec("window_frames", (), "int64")),
+        (TensorSpec("slots", (stream.top_k,), "int64"), TensorSpec("scores", (stream.top_k,), "float32")))
+
+    caches = vae_cache_shapes(model, stream)
+    for name, first in (("vae_decode_first", True), ("vae_decode", False)):
+        t_out = frames_out(stream, first)
+        specs[name] = GraphSpec(
+            name,
+            (TensorSpec("z", (1,) + latent, md),
+             *[TensorSpec(f"cache_{i}", s, md) for i, s in enumerate(caches)]),
+            (TensorSpec("frames", (1, 3, t_out, stream.height, stream.width), md),
+             *[TensorSpec(f"cache_out_{i}", s, md) for i, s in enumerate(caches)]))
+
+    counts = {frames_out(stream, True)}
+    if stream.feature_mode == "streamed":
+        counts.add(frames_out(stream, False))
+    for n in sorted(counts):
+        name = f"memory_encoder_t{n}"
+        specs[name] = GraphSpec(
+            name,
+            (TensorSpec("frames", (1, 3, n, stream.height, stream.width), md),),
+            (TensorSpec("feature", (1, feat), "float32"),))
+    return specs
