@@ -1,3 +1,86 @@
-"""Click commands of `dysink-export` for ONNX / TensorRT / bundles (to be written)."""
+"""Click commands of `dysink-export` for ONNX bundles: `onnx` and `inspect`.
 
-COMMANDS: list = []
+Thin: they parse flags and call `onnx_export.export_onnx` / `check_bundle`.
+Stream flags are generated from `bundle.GRAPH_STREAM_FIELDS` and default to
+the preset's released stream (StreamConfig is the single source of defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+import time
+
+import click
+
+from ..bundle import GRAPH_STREAM_FIELDS
+from ..config import FEATURE_MODES, MODEL_PRESETS, StreamConfig
+from ..graphs import PRECISIONS
+
+
+def _stream_options(fn):
+    types = {f.name: f.type for f in dataclasses.fields(StreamConfig)}
+    for name in reversed(GRAPH_STREAM_FIELDS):
+        flag = name.replace("_", "-")
+        default = getattr(StreamConfig(), name)
+        if isinstance(default, bool):
+            opt = click.option(f"--{flag}/--no-{flag}", name, default=None,
+                               help=f"stream setting {name} (default: {default})")
+        elif name == "feature_mode":
+            opt = click.option(f"--{flag}", name, type=click.Choice(FEATURE_MODES), default=None,
+                               help=f"stream setting {name} (default: {default})")
+        else:
+            kind = float if isinstance(default, float) or types[name] in (float, "float") else int
+            opt = click.option(f"--{flag}", name, type=kind, default=None,
+                               help=f"stream setting {name} (default: the preset's, {default} for 480x832)"
+                               if name in ("height", "width") else f"stream setting {name} (default: {default})")
+        fn = opt(fn)
+    return fn
+
+
+@click.command("onnx")
+@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), required=True,
+              help="model preset")
+@click.option("--checkpoint", type=click.Path(), default=None, help="DiT checkpoint (stage1_base.pt)")
+@click.option("--lora", type=click.Path(), default=None, help="stage-2 LoRA (stage2_lora.pt), merged into the DiT")
+@click.option("--vae", type=click.Path(), default=None, help="Wan2.1_VAE.pth")
+@click.option("--pe", type=click.Path(), default=None, help="PE-Core-S16-384.pt")
+@click.option("--ema/--no-ema", default=False, help="use generator_ema from the DiT checkpoint")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--out", type=click.Path(), required=True, help="bundle directory to create")
+@click.option("--overwrite", is_flag=True, help="replace an existing bundle at --out (only once the new one is complete)")
+@click.option("--graph", "graphs", multiple=True, help="export only this graph (repeatable; default: all)")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the weights no checkpoint replaces")
+@_stream_options
+def onnx_command(model_name, checkpoint, lora, vae, pe, ema, precision, out, overwrite, graphs, seed,
+                 **stream_flags):
+    """Export the ONNX graphs of one stream configuration into a bundle directory."""
+    from ..models.factory import CheckpointPaths
+    from .onnx_export import export_onnx
+
+    t0 = time.perf_counter()
+    overrides = {k: v for k, v in stream_flags.items() if v is not None}
+    paths = CheckpointPaths(dit=checkpoint, lora=lora, vae=vae, pe=pe, use_ema=ema)
+    if paths.any() and not all((checkpoint, vae, pe)):
+        click.echo("warning: networks without a checkpoint keep random weights (frames will be meaningless)",
+                   err=True)
+    path = export_onnx(model_name, paths, precision, out, graphs=list(graphs) or None, overwrite=overwrite,
+                       seed=seed, log=lambda m: click.echo(m, err=True), **overrides)
+    click.echo(f"wrote {path}")
+    click.echo(f"PASSED | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
+
+
+@click.command("inspect")
+@click.option("--bundle", "bundle_path", type=click.Path(), required=True, help="bundle directory")
+@click.option("--quick", is_flag=True, help="skip sha256 and the ONNX checker (presence and sizes only)")
+def inspect_command(bundle_path, quick):
+    """Validate a bundle and print its graphs, I/O, sizes, custom-op nodes and versions."""
+    from .onnx_export import check_bundle, describe_bundle
+
+    bundle = check_bundle(bundle_path, verify_hashes=not quick, run_checker=not quick)
+    for line in describe_bundle(bundle):
+        click.echo(line)
+
+
+COMMANDS: list = [onnx_command, inspect_command]

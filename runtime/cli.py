@@ -61,8 +61,8 @@ def build_torch_streamer(model_name, kw, stream, prompt_embeds, seed):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default="tiny", show_default=True,
-              help="Model preset.")
+@click.option("--model", "model_name", default="tiny", show_default=True,
+              help=f"Model preset: {', '.join(MODEL_PRESETS)}.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
 @click.option("--bundle", type=click.Path(), default=None, help="Exported bundle (onnxruntime / tensorrt backends).")
 @click.option("--blocks", type=int, default=None, help="Blocks of 3 latent frames to generate (default 12).")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import DiTConfig, StreamConfig
-from ..ops.gated_sink_attention import gated_sink_attention
+from ..ops.gated_sink_attention import gated_sink_attention_node
 
 # attend(layer, q, k, v) -> (out [L, H, D], gate ratios [S] or None)
 AttendFn = Callable[[int, Tensor, Tensor, Tensor], tuple[Tensor, Tensor | None]]
@@ -201,7 +201,8 @@ class CausalWanDiT(nn.Module):
             ks.append(k)
             vs.append(v)
             ratios.append(r)
-        out = self.head(x, e).float()                                          # [L, C*pt*ph*pw]
+        out = self.head(x, e)                                                  # [L, C*pt*ph*pw]
+        out = out.to(torch.promote_types(out.dtype, torch.float32))
         out = out.reshape(*grid, pt, ph, pw, cfg.out_dim)
         flow = out.permute(6, 0, 3, 1, 4, 2, 5).reshape(cfg.out_dim, frames, lat_h, lat_w)
         return flow, torch.stack(ks), torch.stack(vs), ratios
@@ -227,8 +228,8 @@ class DiTStep(nn.Module):
 
     def forward(self, x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids):
         def attend(i, q, k, v):
-            return gated_sink_attention(q, k, v, k_pools[i], v_pools[i], local_ids, sink_ids,
-                                        self.threshold, self.sink_kv_bf16)
+            return gated_sink_attention_node(q, k, v, k_pools[i], v_pools[i], local_ids, sink_ids,
+                                             self.threshold, self.sink_kv_bf16)
 
         flow, k_new, v_new, ratios = self.dit.forward_block(x_t, t, text_k, text_v, rope, attend)
         # The reference converts in float64 and rounds x0 to the model dtype.

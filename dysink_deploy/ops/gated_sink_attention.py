@@ -48,6 +48,13 @@ def gate_ratios(q: Tensor, k_cur: Tensor, k_local: Tensor, local_valid: Tensor,
     return prefer * sink_valid.float()
 
 
+# ONNX node identity (DESIGN.md "The two custom ops"): TensorRT binds its plugin
+# by these; ONNX Runtime inlines the function body (ops/onnx_functions.py).
+ONNX_DOMAIN = "dysink"
+ONNX_DOMAIN_VERSION = 1
+PLUGIN_ATTRS = {"plugin_namespace": "dysink", "plugin_version": "1"}
+
+
 @torch.library.custom_op("dysink::gated_sink_attention", mutates_args=())
 def gated_sink_attention(
     q: Tensor, k_cur: Tensor, v_cur: Tensor, k_pool: Tensor, v_pool: Tensor,
@@ -60,6 +67,21 @@ def gated_sink_attention(
 @gated_sink_attention.register_fake
 def _(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, threshold, sink_kv_bf16):
     return torch.empty_like(q), q.new_empty(sink_ids.shape, dtype=torch.float32)
+
+
+def gated_sink_attention_node(
+    q: Tensor, k_cur: Tensor, v_cur: Tensor, k_pool: Tensor, v_pool: Tensor,
+    local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool,
+) -> tuple[Tensor, Tensor]:
+    """The op as models call it: the custom op eagerly, a `dysink::GatedSinkAttention`
+    node (attributes threshold, sink_kv_bf16 + plugin strings) under ONNX export."""
+    if torch.onnx.is_in_onnx_export():
+        out, ratios = torch.onnx.ops.symbolic_multi_out(
+            f"{ONNX_DOMAIN}::GatedSinkAttention", (q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids),
+            {"threshold": float(threshold), "sink_kv_bf16": int(bool(sink_kv_bf16)), **PLUGIN_ATTRS},
+            dtypes=(q.dtype, torch.float32), shapes=(q.shape, sink_ids.shape), version=ONNX_DOMAIN_VERSION)
+        return out, ratios
+    return gated_sink_attention(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, threshold, sink_kv_bf16)
 
 
 def gated_sink_attention_ref(

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .gated_sink_attention import ONNX_DOMAIN, ONNX_DOMAIN_VERSION, PLUGIN_ATTRS
+
 
 @torch.library.custom_op("dysink::retrieve_sinks", mutates_args=())
 def retrieve_sinks(
@@ -37,6 +39,23 @@ def retrieve_sinks(
 @retrieve_sinks.register_fake
 def _(bank_feats, bank_start, queries, query_valid, current_start, window_frames, sink_size, k):
     return (bank_start.new_empty((k,)), bank_feats.new_empty((k,), dtype=torch.float32))
+
+
+def retrieve_sinks_node(
+    bank_feats: Tensor, bank_start: Tensor, queries: Tensor, query_valid: Tensor,
+    current_start: Tensor, window_frames: Tensor, sink_size: int, k: int,
+) -> tuple[Tensor, Tensor]:
+    """The op as graphs call it: the custom op eagerly, a `dysink::RetrieveSinks`
+    node (attributes sink_size, k + plugin strings) under ONNX export."""
+    if torch.onnx.is_in_onnx_export():
+        slots, scores = torch.onnx.ops.symbolic_multi_out(
+            f"{ONNX_DOMAIN}::RetrieveSinks",
+            (bank_feats, bank_start, queries, query_valid, current_start, window_frames),
+            {"sink_size": int(sink_size), "k": int(k), **PLUGIN_ATTRS},
+            dtypes=(torch.int64, torch.float32), shapes=((k,), (k,)), version=ONNX_DOMAIN_VERSION)
+        return slots, scores
+    return retrieve_sinks(bank_feats, bank_start, queries, query_valid, current_start, window_frames,
+                          sink_size, k)
 
 
 def retrieve_sinks_ref(

@@ -1,0 +1,286 @@
+"""The bundle manifest: what `dysink-export` wrote, and the checks before anything uses it.
+
+Torch-free (numpy/json/hashlib): the runtime loads bundles without PyTorch.
+
+A bundle is a directory:
+    bundle.json              this manifest
+    <graph>.onnx             one file per graph of `graphs.graph_specs`
+    <graph>.onnx.data        external weights, only for a graph over 2 GB
+
+`Bundle.load` refuses a bundle that another format version wrote, that was
+built for another model / stream configuration / precision, whose I/O specs
+differ from this version's contract, or whose files are missing or altered,
+with one line saying what to rebuild (a `DysinkError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .config import (ModelConfig, StreamConfig, model_config_from_dict, model_preset,
+                     stream_config_from_dict)
+from .errors import DysinkError
+from .graphs import PRECISIONS, GraphSpec, TensorSpec, graph_specs
+
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST_NAME = "bundle.json"
+
+# Stream settings baked into the graphs (shapes, node attributes). The rest
+# (dedup threshold, schedule, eviction) is host logic and may change freely.
+GRAPH_STREAM_FIELDS = ("height", "width", "block_frames", "local_attn_size", "sink_size", "top_k",
+                       "gate_threshold", "bank_capacity", "feature_mode", "sink_kv_bf16")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_flags(model: ModelConfig, stream: StreamConfig, precision: str) -> list[str]:
+    """`dysink-export onnx` flags that rebuild a bundle for (model, stream, precision)."""
+    flags = ["--model", model.name, "--precision", precision]
+    default = model.default_stream() if model.name in _preset_names() else StreamConfig()
+    for name in GRAPH_STREAM_FIELDS:
+        value = getattr(stream, name)
+        if value == getattr(default, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, out: str | os.PathLike) -> str:
+    return shlex.join(["dysink-export", "onnx", *export_flags(model, stream, precision), "--out", str(out)])
+
+
+def _preset_names() -> set[str]:
+    from .config import MODEL_PRESETS
+    return set(MODEL_PRESETS)
+
+
+def graph_stream_diff(built: StreamConfig, wanted: StreamConfig) -> list[str]:
+    return [f"{n}={getattr(built, n)!r} (wanted {getattr(wanted, n)!r})"
+            for n in GRAPH_STREAM_FIELDS if getattr(built, n) != getattr(wanted, n)]
+
+
+# ---------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------
+def write_manifest(directory: str | os.PathLike, model: ModelConfig, stream: StreamConfig, precision: str,
+                   graphs: Mapping[str, Mapping[str, Any]], kind: str = "onnx",
+                   extra: Mapping[str, Any] | None = None) -> Path:
+    """Write `bundle.json` for the files already in `directory`; returns its path.
+
+    `graphs[name]` holds at least "file" (relative path) and optionally
+    "external_data" (relative paths) and any other per-graph fields (kept as
+    given). Checksums, sizes and the I/O specs are filled in here: the specs
+    from `graph_specs(model, stream, precision)`, the contract every backend binds.
+    """
+    directory = Path(directory)
+    specs = graph_specs(model, stream, precision)
+    entries = {}
+    for name, info in graphs.items():
+        if name not in specs:
+            raise ValueError(f"graph {name!r} is not part of the contract ({', '.join(specs)})")
+        info = dict(info)
+        rel = info.pop("file")
+        data = [{"file": d, "sha256": sha256_file(directory / d), "bytes": (directory / d).stat().st_size}
+                for d in info.pop("external_data", [])]
+        entries[name] = {
+            "file": rel,
+            "sha256": sha256_file(directory / rel),
+            "bytes": (directory / rel).stat().st_size,
+            "external_data": data,
+            "inputs": [t.to_dict() for t in specs[name].inputs],
+            "outputs": [t.to_dict() for t in specs[name].outputs],
+            **info,
+        }
+    manifest = {
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "kind": kind,
+        "precision": precision,
+        "model": model.to_dict(),
+        "stream": stream.to_dict(),
+        "graphs": entries,
+        **(dict(extra) if extra else {}),
+    }
+    path = directory / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GraphEntry:
+    name: str
+    file: str
+    sha256: str
+    bytes: int
+    external_data: tuple[dict, ...]
+    spec: GraphSpec
+    info: dict  # every field of the manifest entry, as written
+
+    @property
+    def total_bytes(self) -> int:
+        return self.bytes + sum(int(d["bytes"]) for d in self.external_data)
+
+
+def _spec_from(name: str, entry: Mapping[str, Any]) -> GraphSpec:
+    return GraphSpec(name, tuple(TensorSpec.from_dict(t) for t in entry["inputs"]),
+                     tuple(TensorSpec.from_dict(t) for t in entry["outputs"]))
+
+
+class Bundle:
+    """A validated bundle. Use `Bundle.load`; accessors: `.model`, `.stream`,
+    `.precision`, `.specs` (name -> GraphSpec), `.graphs` (name -> GraphEntry),
+    `.graph_path(name)`."""
+
+    def __init__(self, path: Path, manifest: dict, model: ModelConfig, stream: StreamConfig,
+                 precision: str, graphs: dict[str, GraphEntry]):
+        self.path, self.manifest = path, manifest
+        self.model, self.stream, self.precision = model, stream, precision
+        self.graphs = graphs
+
+    @property
+    def format_version(self) -> int:
+        return int(self.manifest["format_version"])
+
+    @property
+    def specs(self) -> dict[str, GraphSpec]:
+        return {name: g.spec for name, g in self.graphs.items()}
+
+    def graph_path(self, name: str) -> Path:
+        if name not in self.graphs:
+            raise DysinkError(f"bundle {self.path} has no graph {name!r} (it has {', '.join(self.graphs)}); "
+                              f"rebuild it: {self.rebuild_command()}")
+        return self.path / self.graphs[name].file
+
+    def rebuild_command(self) -> str:
+        return rebuild_command(self.model, self.stream, self.precision, self.path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, expect_model: ModelConfig | str | None = None,
+             expect_stream: StreamConfig | None = None, expect_precision: str | None = None,
+             verify_hashes: bool = True, require: Iterable[str] | None = None) -> "Bundle":
+        """Read and validate `path/bundle.json` and the files it names.
+
+        expect_*: refuse a bundle built for anything else (stream: only the
+        fields baked into graphs, `GRAPH_STREAM_FIELDS`, are compared).
+        verify_hashes: sha256 of every file (off: presence and size only).
+        require: graph names that must be present (default: every graph of the contract).
+        """
+        root = Path(path)
+        manifest_path = root / MANIFEST_NAME
+        if not manifest_path.is_file():
+            what = "does not exist" if not root.exists() else f"has no {MANIFEST_NAME}"
+            raise DysinkError(f"bundle {root} {what}; export one with: dysink-export onnx --model PRESET "
+                              f"--precision fp32|fp16|bf16 --out {root}")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            if not isinstance(manifest, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DysinkError(f"bundle {root}: {MANIFEST_NAME} is unreadable ({exc}); "
+                              f"re-export it with dysink-export onnx ... --out {root}") from None
+
+        version = manifest.get("format_version")
+        if version != BUNDLE_FORMAT_VERSION:
+            raise DysinkError(f"bundle {root} has format version {version!r}, this dysink-deploy reads "
+                              f"version {BUNDLE_FORMAT_VERSION}; rebuild it with this version's dysink-export onnx"
+                              f"{_hint_flags(manifest, root)}")
+        try:
+            model = model_config_from_dict(manifest["model"])
+            stream = stream_config_from_dict(manifest["stream"])
+            precision = manifest["precision"]
+            raw_graphs = manifest["graphs"]
+            if precision not in PRECISIONS or not isinstance(raw_graphs, dict):
+                raise ValueError(f"precision {precision!r}")
+        except (DysinkError, KeyError, TypeError, ValueError) as exc:
+            raise DysinkError(f"bundle {root}: malformed {MANIFEST_NAME} ({exc}); "
+                              f"re-export it with dysink-export onnx ... --out {root}") from None
+
+        # -- the configuration the caller wants -------------------------------------
+        wanted_model = model_preset(expect_model) if isinstance(expect_model, str) else expect_model
+        if wanted_model is not None and wanted_model.to_dict() != model.to_dict():
+            raise DysinkError(
+                f"bundle {root} was built for model {model.name!r}, not for the requested model "
+                f"{wanted_model.name!r}{'' if wanted_model.name != model.name else ' (same name, other settings)'}; "
+                f"rebuild it: {rebuild_command(wanted_model, expect_stream or stream, expect_precision or precision, root)}")
+        if expect_stream is not None and (diff := graph_stream_diff(stream, expect_stream)):
+            raise DysinkError(
+                f"bundle {root} was built for another stream config ({'; '.join(diff)}); "
+                f"rebuild it: {rebuild_command(model, expect_stream, expect_precision or precision, root)}")
+        if expect_precision is not None and expect_precision != precision:
+            raise DysinkError(
+                f"bundle {root} holds {precision} graphs, {expect_precision} was requested; "
+                f"rebuild it: {rebuild_command(model, stream, expect_precision, root)}")
+
+        # -- the graph contract --------------------------------------------------------
+        rebuild = rebuild_command(model, stream, precision, root)
+        expected = graph_specs(model, stream, precision)
+        unknown = sorted(set(raw_graphs) - set(expected))
+        if unknown:
+            raise DysinkError(f"bundle {root} has graph(s) {', '.join(unknown)} that this version does not know; "
+                              f"rebuild it: {rebuild}")
+        needed = list(expected) if require is None else list(require)
+        missing = [n for n in needed if n not in raw_graphs]
+        if missing:
+            raise DysinkError(f"bundle {root} lacks graph(s) {', '.join(missing)}; rebuild it: {rebuild}")
+        graphs: dict[str, GraphEntry] = {}
+        for name, entry in raw_graphs.items():
+            try:
+                spec = _spec_from(name, entry)
+                graphs[name] = GraphEntry(name, str(entry["file"]), str(entry["sha256"]), int(entry["bytes"]),
+                                          tuple(entry.get("external_data", [])), spec, dict(entry))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DysinkError(f"bundle {root}: malformed entry for graph {name} ({exc}); "
+                                  f"rebuild it: {rebuild}") from None
+            if spec != expected[name]:
+                raise DysinkError(f"bundle {root}: graph {name}'s inputs/outputs differ from this version's "
+                                  f"contract ({_first_spec_diff(spec, expected[name])}); rebuild it: {rebuild}")
+
+        # -- the files ---------------------------------------------------------------------
+        for name, g in graphs.items():
+            for rel, digest, size in [(g.file, g.sha256, g.bytes)] + [
+                    (d["file"], d["sha256"], int(d["bytes"])) for d in g.external_data]:
+                f = root / rel
+                if not f.is_file():
+                    raise DysinkError(f"bundle {root} is missing {rel} (graph {name}); rebuild it: {rebuild}")
+                if f.stat().st_size != size or (verify_hashes and sha256_file(f) != digest):
+                    raise DysinkError(f"bundle {root}: {rel} (graph {name}) does not match its sha256 in "
+                                      f"{MANIFEST_NAME} (changed or truncated); rebuild it: {rebuild}")
+        return cls(root, manifest, model, stream, precision, graphs)
+
+
+def _hint_flags(manifest: dict, root: Path) -> str:
+    """Best-effort rebuild flags from a manifest we otherwise refuse."""
+    try:
+        model = model_config_from_dict(manifest["model"])
+        stream = stream_config_from_dict(manifest["stream"])
+        return ": " + rebuild_command(model, stream, manifest["precision"], root)
+    except Exception:  # noqa: BLE001 (a hint only)
+        return f" ... --out {root}"
+
+
+def _first_spec_diff(got: GraphSpec, want: GraphSpec) -> str:
+    for kind, a, b in (("input", got.inputs, want.inputs), ("output", got.outputs, want.outputs)):
+        if len(a) != len(b):
+            return f"{len(a)} {kind}s, expected {len(b)}"
+        for x, y in zip(a, b):
+            if x != y:
+                return f"{kind} {x.name} {list(x.shape)} {x.dtype}, expected {y.name} {list(y.shape)} {y.dtype}"
+    return "names differ"

@@ -1,0 +1,140 @@
+"""ONNX model-local function bodies of the two custom ops, in standard opset-23 ops.
+
+An exported graph holds `dysink::GatedSinkAttention` / `dysink::RetrieveSinks`
+nodes (domain version 1). TensorRT binds its plugin to them (the nodes carry
+`plugin_namespace` / `plugin_version`); ONNX Runtime has no such op and
+inlines these bodies instead, on any provider. Each body mirrors its PyTorch
+reference (`gated_sink_attention_ref`, `retrieve_sinks_ref`) step by step:
+same clamping and masking of -1 ids, gate and softmax in float32, strict
+`>` against the threshold, stable top-k (ONNX TopK puts the lower index first
+on ties, like the reference's stable sort).
+
+The bodies are type-polymorphic in the model dtype (Cast/CastLike only), so
+one definition serves fp32, fp16 and bf16 graphs. TopK runs in float32: its
+opset-11 schema has no bfloat16.
+
+Imports onnxscript: used at export time only.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnxscript
+from onnxscript import opset23 as op
+
+from .gated_sink_attention import ONNX_DOMAIN, ONNX_DOMAIN_VERSION, PLUGIN_ATTRS
+
+OPSET = 23  # must equal the opset of the models that carry these functions
+_FLOAT, _BOOL, _BF16 = onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL, onnx.TensorProto.BFLOAT16
+
+dysink = onnxscript.values.Opset(ONNX_DOMAIN, ONNX_DOMAIN_VERSION)
+
+
+@onnxscript.script(dysink, default_opset=op)
+def GatedSinkAttention(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids,
+                       threshold: float, sink_kv_bf16: int):
+    """q, k_cur, v_cur [L, H, D]; k_pool, v_pool [P, L, H, D]; local_ids [S_loc],
+    sink_ids [S_sink] int64 (-1 = empty) -> out [L, H, D] (q's dtype), ratios float32 [S_sink]."""
+    zero_id = op.Constant(value_int=0)
+    local_valid = op.GreaterOrEqual(local_ids, zero_id)
+    sink_valid = op.GreaterOrEqual(sink_ids, zero_id)
+    local_safe = op.Max(local_ids, zero_id)                        # clamp(min=0): empty slots read page 0
+    sink_safe = op.Max(sink_ids, zero_id)
+    k_local = op.Gather(k_pool, local_safe, axis=0)                # [S_loc, L, H, D]
+    v_local = op.Gather(v_pool, local_safe, axis=0)
+    k_sink_raw = op.Gather(k_pool, sink_safe, axis=0)              # [S_sink, L, H, D]
+    v_sink_raw = op.Gather(v_pool, sink_safe, axis=0)
+    # The reference rounds retrieved K/V through bf16 when asked (attribute, so a Where on a constant).
+    round_bf16 = op.Cast(op.Constant(value_int=sink_kv_bf16), to=_BOOL)
+    k_sink = op.Where(round_bf16, op.CastLike(op.Cast(k_sink_raw, to=_BF16), k_pool), k_sink_raw)
+    v_sink = op.Where(round_bf16, op.CastLike(op.Cast(v_sink_raw, to=_BF16), v_pool), v_sink_raw)
+
+    # -- gate (gate_ratios), float32 -------------------------------------------------
+    qf = op.Cast(q, to=_FLOAT)
+    tokens = op.Cast(op.Shape(q, start=0, end=1), to=_FLOAT)       # [1]
+    qbar = op.ReduceMean(qf, [0], keepdims=0)                      # [H, D]
+    local_w = op.Cast(local_valid, to=_FLOAT)                      # [S_loc]
+    local_sums = op.ReduceSum(op.Cast(k_local, to=_FLOAT), [1], keepdims=0)          # [S_loc, H, D]
+    loc_sum = op.Add(op.ReduceSum(op.Mul(local_sums, op.Unsqueeze(local_w, [1, 2])), [0], keepdims=0),
+                     op.ReduceSum(op.Cast(k_cur, to=_FLOAT), [0], keepdims=0))        # [H, D]
+    one = op.Constant(value_float=1.0)
+    loc_count = op.Mul(op.Add(op.ReduceSum(local_w, keepdims=0), one), tokens)       # [1]
+    s_loc = op.ReduceSum(op.Mul(qbar, op.Div(loc_sum, loc_count)), [-1], keepdims=0)  # [H]
+    k_sink_mean = op.ReduceMean(op.Cast(k_sink, to=_FLOAT), [1], keepdims=0)         # [S_sink, H, D]
+    s_sink = op.ReduceSum(op.Mul(op.Unsqueeze(qbar, [0]), k_sink_mean), [-1], keepdims=0)  # [S_sink, H]
+    prefer = op.Cast(op.Greater(s_sink, op.Unsqueeze(s_loc, [0])), to=_FLOAT)
+    ratios = op.Mul(op.ReduceMean(prefer, [-1], keepdims=0), op.Cast(sink_valid, to=_FLOAT))
+    thr = op.Constant(value_float=threshold)
+    keep_sink = op.And(sink_valid, op.Not(op.Greater(ratios, thr)))
+
+    # -- attention over [kept sinks | valid local pages | current block], float32 ------
+    dims = op.Shape(q)                                             # [L, H, D]
+    flat = op.Concat(op.Constant(value_ints=[-1]), op.Shape(q, start=1, end=3), axis=0)  # [-1, H, D]
+    keys = op.Cast(op.Concat(op.Reshape(k_sink, flat), op.Reshape(k_local, flat), k_cur, axis=0), to=_FLOAT)
+    values = op.Cast(op.Concat(op.Reshape(v_sink, flat), op.Reshape(v_local, flat), v_cur, axis=0), to=_FLOAT)
+    tok1 = op.Shape(q, start=0, end=1)                             # [1] = L
+    n_sink = op.Shape(sink_ids)
+    n_local = op.Shape(local_ids)
+    sink_vis = op.Reshape(op.Expand(op.Unsqueeze(keep_sink, [1]), op.Concat(n_sink, tok1, axis=0)), [-1])
+    local_vis = op.Reshape(op.Expand(op.Unsqueeze(local_valid, [1]), op.Concat(n_local, tok1, axis=0)), [-1])
+    cur_vis = op.Expand(op.Constant(value_ints=[1]), tok1)
+    visible = op.Concat(sink_vis, local_vis, op.Cast(cur_vis, to=_BOOL), axis=0)     # [K]
+    head_dim = op.Cast(op.Shape(q, start=2, end=3), to=_FLOAT)
+    scale = op.Pow(head_dim, op.Constant(value_float=-0.5))        # [1]
+    qh = op.Transpose(qf, perm=[1, 0, 2])                          # [H, L, D]
+    kh = op.Transpose(keys, perm=[1, 2, 0])                        # [H, D, K]
+    vh = op.Transpose(values, perm=[1, 0, 2])                      # [H, K, D]
+    scores = op.Mul(op.MatMul(qh, kh), scale)                      # [H, L, K]
+    ninf = op.Constant(value_float=float("-inf"))
+    probs = op.Softmax(op.Where(visible, scores, ninf), axis=-1)   # the current block is always visible
+    out = op.CastLike(op.Transpose(op.MatMul(probs, vh), perm=[1, 0, 2]), q)          # [L, H, D]
+    out = op.Reshape(out, dims)
+    return out, ratios
+
+
+@onnxscript.script(dysink, default_opset=op)
+def RetrieveSinks(bank_feats, bank_start, queries, query_valid, current_start, window_frames,
+                  sink_size: int, k: int):
+    """bank_feats [C, F], bank_start int64 [C], queries [Q, F], query_valid bool [Q],
+    current_start / window_frames int64 [] -> slots int64 [k] (-1 past the eligible ones),
+    scores float32 [k] (0 where the slot is -1)."""
+    qv = op.Cast(query_valid, to=_FLOAT)                           # [Q]
+    n_valid = op.ReduceSum(qv, keepdims=0)                         # []
+    one = op.Constant(value_float=1.0)
+    query = op.Div(op.ReduceSum(op.Mul(op.Cast(queries, to=_FLOAT), op.Unsqueeze(qv, [1])), [0], keepdims=0),
+                   op.Max(n_valid, one))                           # [F]
+    score = op.MatMul(op.Cast(bank_feats, to=_FLOAT), query)       # [C]
+    lo = op.Sub(current_start, window_frames)
+    in_recent = op.And(op.GreaterOrEqual(bank_start, lo), op.Less(bank_start, current_start))
+    zero_id = op.Constant(value_int=0)
+    eligible = op.And(op.And(op.GreaterOrEqual(bank_start, zero_id), op.Not(in_recent)),
+                      op.GreaterOrEqual(bank_start, op.Constant(value_int=sink_size)))
+    eligible = op.And(eligible, op.Greater(n_valid, op.Constant(value_float=0.0)))
+    ninf = op.Constant(value_float=float("-inf"))
+    masked = op.Where(eligible, score, ninf)
+    # k may exceed the capacity: pad with -inf like the reference (an empty pad otherwise).
+    kk = op.Reshape(op.Constant(value_int=k), [1])
+    pad_n = op.Max(op.Sub(kk, op.Shape(masked)), op.Constant(value_ints=[0]))
+    padded = op.Concat(masked, op.Expand(ninf, pad_n), axis=0)
+    top, order = op.TopK(padded, kk, axis=0, largest=1, sorted=1)  # ties: lower index first
+    found = op.And(op.Not(op.IsInf(top)), op.Equal(top, top))      # isfinite
+    slots = op.Where(found, order, op.Constant(value_int=-1))
+    scores = op.Where(found, top, op.Constant(value_float=0.0))
+    return slots, scores
+
+
+CUSTOM_OPS = {"GatedSinkAttention": GatedSinkAttention, "RetrieveSinks": RetrieveSinks}
+
+
+def function_protos() -> list[onnx.FunctionProto]:
+    """The bodies to attach to a model that uses the custom nodes (opset imports [("", 23)])."""
+    protos = []
+    for fn in CUSTOM_OPS.values():
+        proto = fn.to_function_proto()
+        # The nodes also carry the TensorRT plugin strings: declare them so the
+        # function's signature lists every attribute its nodes set (the body ignores them).
+        for name in PLUGIN_ATTRS:
+            if name not in proto.attribute:
+                proto.attribute.append(name)
+        protos.append(proto)
+    return protos

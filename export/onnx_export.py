@@ -1,0 +1,391 @@
+"""PyTorch -> ONNX: one static-shape file per graph of `graphs.graph_specs`, in a bundle.
+
+Python API: `export_onnx(...)` (the `dysink-export onnx` command is a thin
+layer over it) and `check_bundle(...)` (manifest + files + ONNX checker).
+
+Each graph is a small wrapper module around the reference model whose
+positional inputs/outputs are exactly the contract's, in order. The custom
+ops become `dysink::<Op>` nodes (emitted by `*_node` in dysink_deploy/ops)
+and get their bodies attached as model-local functions (ops/onnx_functions.py),
+so ONNX Runtime runs the same file TensorRT parses with its plugins.
+Precision lives in the graph: the modules are cast to the precision and
+export their own fp32 islands (norm statistics, softmax, gate, RoPE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..bundle import BUNDLE_FORMAT_VERSION, Bundle, rebuild_command, write_manifest
+from ..config import ModelConfig, StreamConfig, model_preset
+from ..errors import DysinkError
+from ..graphs import GraphSpec, graph_specs, tokens_per_block
+from ..models.dit import DiTStep
+from ..models.factory import CheckpointPaths, DySinkModels, build_models
+from ..ops.gated_sink_attention import ONNX_DOMAIN, ONNX_DOMAIN_VERSION
+from ..ops.retrieve_sinks import retrieve_sinks_node
+from ..rope import rope_phases
+
+OPSET = 23
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_SPEC_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "int64": torch.int64, "bool": torch.bool}
+# Protobuf cannot serialise a model over 2 GiB: above this the weights go to <file>.data.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+# ---------------------------------------------------------------------------
+# one wrapper module per graph: forward(*contract inputs) -> contract outputs
+# ---------------------------------------------------------------------------
+class TextEncoderGraph(nn.Module):
+    """prompt_embeds [T, text_dim] float32 -> text_k, text_v [layers, T, H, D] (once per prompt)."""
+
+    def __init__(self, models: DySinkModels):
+        super().__init__()
+        self.dit = models.dit
+
+    def forward(self, prompt_embeds):
+        return self.dit.text_kv(prompt_embeds)
+
+
+class DiTStepGraph(nn.Module):
+    """The contract's flat inputs (x_t, t, text_k, text_v, rope, k_pool_0.., v_pool_0.., local_ids,
+    sink_ids) -> (x0, k_new, v_new, ratios), through `DiTStep`."""
+
+    def __init__(self, models: DySinkModels, stream: StreamConfig):
+        super().__init__()
+        self.step = DiTStep(models.dit, stream)
+        self.layers = models.dit.cfg.layers
+
+    def forward(self, x_t, t, text_k, text_v, rope, *pools_and_ids):
+        n = self.layers
+        k_pools, v_pools = list(pools_and_ids[:n]), list(pools_and_ids[n:2 * n])
+        local_ids, sink_ids = pools_and_ids[2 * n:]
+        return self.step(x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids)
+
+
+class RetrieveGraph(nn.Module):
+    """RetrieveSinks over the bank, sink_size and top_k of the stream config baked in."""
+
+    def __init__(self, stream: StreamConfig):
+        super().__init__()
+        self.sink_size, self.k = stream.sink_size, stream.top_k
+
+    def forward(self, bank_feats, bank_start, queries, query_valid, current_start, window_frames):
+        return retrieve_sinks_node(bank_feats, bank_start, queries, query_valid, current_start,
+                                   window_frames, self.sink_size, self.k)
+
+
+class VAEDecodeGraph(nn.Module):
+    """(z [1, C, F, h, w], cache_0..) -> (frames, cache_out_0..); `first` applies Wan's first-frame rule
+    (the cache inputs are then ignored: the stream starts from zeros)."""
+
+    def __init__(self, models: DySinkModels, first: bool):
+        super().__init__()
+        self.vae, self.first = models.vae, first
+
+    def forward(self, z, *cache):
+        frames, new_cache = self.vae.decode_block(z, list(cache), self.first)
+        return (frames, *new_cache)
+
+
+class MemoryEncoderGraph(nn.Module):
+    """frames [1, 3, T, H, W] in [-1, 1] -> unit bank feature [1, F] float32 (PE-Core `block_feature`)."""
+
+    def __init__(self, models: DySinkModels):
+        super().__init__()
+        self.pe = models.pe
+
+    def forward(self, frames):
+        return self.pe.block_feature(frames).float()
+
+
+def graph_module(name: str, models: DySinkModels, stream: StreamConfig) -> nn.Module:
+    if name == "text_encoder":
+        return TextEncoderGraph(models)
+    if name == "dit_step":
+        return DiTStepGraph(models, stream)
+    if name == "retrieve":
+        return RetrieveGraph(stream)
+    if name in ("vae_decode_first", "vae_decode"):
+        return VAEDecodeGraph(models, first=(name == "vae_decode_first"))
+    if name.startswith("memory_encoder_t"):
+        return MemoryEncoderGraph(models)
+    raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------
+# sample inputs (export tracing, tests, checks)
+# ---------------------------------------------------------------------------
+def sample_inputs(name: str, model: ModelConfig, stream: StreamConfig, precision: str,
+                  seed: int = 0) -> list[Tensor]:
+    """Plausible inputs for graph `name`, in contract order (seeded).
+
+    Page ids: half the local slots and every sink slot hold distinct valid
+    pages, the rest -1; bank: a third of the slots empty; RoPE: the real
+    phases of a block at frame 9.
+    """
+    spec = graph_specs(model, stream, precision)[name]
+    g = torch.Generator().manual_seed(seed)
+    d = model.dit
+    pages = torch.randperm(stream.pool_pages, generator=g)
+    out: list[Tensor] = []
+    for t in spec.inputs:
+        dtype = _SPEC_DTYPES[t.dtype]
+        if t.name == "t":
+            x = torch.tensor(stream.timesteps()[min(1, len(stream.timesteps()) - 1)], dtype=torch.float32)
+        elif t.name == "rope":
+            lat_h, lat_w = stream.latent_hw
+            x = torch.from_numpy(rope_phases(d, 9, stream.block_frames, lat_h // d.patch[1], lat_w // d.patch[2]))
+        elif t.name == "local_ids":
+            n = t.shape[0]
+            x = torch.cat([pages[:(n + 1) // 2], torch.full((n - (n + 1) // 2,), -1)]).to(dtype)
+        elif t.name == "sink_ids":
+            x = pages[-t.shape[0]:].to(dtype) if t.shape[0] else torch.zeros(0, dtype=dtype)
+        elif t.name == "bank_start":
+            c = t.shape[0]
+            starts = torch.randperm(max(c, 12), generator=g)[:c] * stream.block_frames
+            x = torch.where(torch.rand(c, generator=g) < 1 / 3, torch.full_like(starts, -1), starts)
+        elif t.name in ("bank_feats", "queries"):
+            x = torch.nn.functional.normalize(torch.randn(t.shape, generator=g), dim=-1)
+        elif t.name == "query_valid":
+            x = torch.arange(t.shape[0]) < max(1, t.shape[0] - 1)
+        elif t.name == "current_start":
+            x = torch.tensor(12 * stream.block_frames, dtype=dtype)
+        elif t.name == "window_frames":
+            x = torch.tensor(stream.window_frames(1), dtype=dtype)
+        elif t.name == "frames":
+            x = torch.rand(t.shape, generator=g) * 2 - 1
+        else:
+            x = torch.randn(t.shape, generator=g)
+            if t.name.startswith("cache_"):
+                x = 0.5 * x
+        out.append(x.to(dtype))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# export of one graph
+# ---------------------------------------------------------------------------
+def _sdpa_matmul_softmax(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                         enable_gqa=False):
+    """aten SDPA -> MatMul / Softmax(float32) / MatMul, for any rank.
+
+    The default opset-23 translation emits the standard `Attention` op, which
+    the TensorRT parsers we target (10.3, 10.13) lack, and it refuses the
+    DiT's 3-D cross-attention. Softmax runs in float32 like torch's CPU/CUDA
+    kernels accumulate; the two MatMuls stay in the input dtype.
+    """
+    from onnxscript import opset23 as op
+
+    if attn_mask is not None or is_causal or dropout_p or enable_gqa:
+        raise NotImplementedError("only plain (unmasked, non-causal) attention is exported")
+    rank = len(query.shape)
+    factor = float(scale) if scale is not None else 1.0 / math.sqrt(query.shape[-1])
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    scores = op.Cast(op.MatMul(query, op.Transpose(key, perm=perm)), to=1)       # 1 = FLOAT
+    probs = op.Softmax(op.Mul(scores, op.Constant(value_float=factor)), axis=-1)
+    return op.MatMul(op.CastLike(probs, query), value)
+
+
+def _elem_dtype_name(elem_type: int) -> str:
+    import onnx
+    return {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+            onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64",
+            onnx.TensorProto.BOOL: "bool"}.get(elem_type, f"onnx:{elem_type}")
+
+
+def io_specs_of(model_proto) -> tuple[list[tuple], list[tuple]]:
+    """[(name, shape, dtype)] of a ModelProto's graph inputs and outputs."""
+    def one(v):
+        tt = v.type.tensor_type
+        return (v.name, tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in tt.shape.dim),
+                _elem_dtype_name(tt.elem_type))
+    return [one(v) for v in model_proto.graph.input], [one(v) for v in model_proto.graph.output]
+
+
+def _check_io(model_proto, spec: GraphSpec) -> None:
+    ins, outs = io_specs_of(model_proto)
+    want_in = [(t.name, t.shape, t.dtype) for t in spec.inputs]
+    want_out = [(t.name, t.shape, t.dtype) for t in spec.outputs]
+    if ins != want_in or outs != want_out:
+        bad = next((f"{a} != {b}" for a, b in zip(ins + outs, want_in + want_out) if a != b),
+                   f"{len(ins)}/{len(outs)} inputs/outputs, expected {len(want_in)}/{len(want_out)}")
+        raise RuntimeError(f"exported {spec.name} does not match its contract: {bad}")
+
+
+def export_graph(module: nn.Module, spec: GraphSpec, args: Sequence[Tensor], path: str | os.PathLike) -> dict:
+    """Export `module(*args)` to `path` (plus `path`.data when over 2 GB) and check it.
+
+    Returns {"file", "external_data", "custom_ops"} for the manifest (names relative to path's folder).
+    """
+    import onnx
+    import onnx_ir as ir
+    import onnxscript
+
+    from ..ops.onnx_functions import OPSET as FN_OPSET, function_protos
+
+    assert FN_OPSET == OPSET, "function bodies and models must share the opset"
+    path = Path(path)
+    with torch.no_grad():
+        # optimize=False, then onnxscript's plain optimizer: torch's own pass also fuses
+        # RMSNormalization, a standard op that TensorRT 10.3 / 10.13 parsers lack.
+        prog = torch.onnx.export(module, tuple(args), dynamo=True, opset_version=OPSET, verbose=False,
+                                 optimize=False,
+                                 input_names=[t.name for t in spec.inputs],
+                                 output_names=[t.name for t in spec.outputs],
+                                 custom_translation_table={
+                                     torch.ops.aten.scaled_dot_product_attention.default: _sdpa_matmul_softmax})
+    model = prog.model
+    onnxscript.optimizer.optimize_ir(model)
+    used = sorted({n.op_type for n in model.graph.all_nodes() if n.domain == ONNX_DOMAIN})
+    if used:
+        for proto in function_protos():
+            if proto.name in used:
+                fn = ir.serde.deserialize_function(proto)
+                model.functions[fn.identifier()] = fn
+        model.opset_imports[ONNX_DOMAIN] = ONNX_DOMAIN_VERSION
+    foreign = sorted({n.domain for n in model.graph.all_nodes()} - {"", ONNX_DOMAIN})
+    if foreign:  # e.g. com.microsoft: ORT-only, TensorRT would reject the file
+        raise RuntimeError(f"exported {spec.name} uses non-standard op domains {foreign}")
+    if model.opset_imports.get("") != OPSET:
+        raise RuntimeError(f"exported {spec.name} has opset {model.opset_imports.get('')}, expected {OPSET}")
+    weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    external = weight_bytes > EXTERNAL_DATA_BYTES
+    prog.save(str(path), external_data=external)
+    data_file = path.name + ".data"
+    if not external and (path.parent / data_file).exists():
+        (path.parent / data_file).unlink()
+    # By path: works for files with external data too (an in-memory >2 GB proto cannot be checked).
+    onnx.checker.check_model(str(path), full_check=True)
+    _check_io(onnx.load(str(path), load_external_data=False), spec)
+    return {"file": path.name, "external_data": [data_file] if external else [],
+            "custom_ops": [f"{ONNX_DOMAIN}::{op}" for op in used]}
+
+
+# ---------------------------------------------------------------------------
+# the bundle
+# ---------------------------------------------------------------------------
+def resolve_config(model: str | ModelConfig, stream: StreamConfig | None = None,
+                   **stream_overrides) -> tuple[ModelConfig, StreamConfig]:
+    cfg = model_preset(model) if isinstance(model, str) else model
+    if stream is None:
+        stream = cfg.default_stream(**stream_overrides)
+    elif stream_overrides:
+        stream = dataclasses.replace(stream, **stream_overrides)
+    return cfg, stream
+
+
+def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = None, precision: str = "fp32",
+                out: str | os.PathLike = "bundle", stream: StreamConfig | None = None, *,
+                graphs: Iterable[str] | None = None, overwrite: bool = False, seed: int = 0,
+                log: Callable[[str], None] | None = None, **stream_overrides) -> Path:
+    """Export every graph of the contract for one stream configuration into bundle `out`.
+
+    model: preset name or ModelConfig. checkpoints: weights (random from `seed`
+    otherwise). stream / stream_overrides: the stream configuration (default:
+    the preset's released one). graphs: a subset of the contract (default all).
+    The bundle is written to a temporary sibling directory and renamed to
+    `out` only when complete; on any error nothing is left behind.
+    Returns the bundle path.
+    """
+    cfg, stream = resolve_config(model, stream, **stream_overrides)
+    if precision not in TORCH_DTYPES:
+        raise DysinkError(f"precision must be one of {', '.join(TORCH_DTYPES)}, got {precision!r}")
+    specs = graph_specs(cfg, stream, precision)
+    names = list(specs) if graphs is None else list(graphs)
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise DysinkError(f"unknown graph(s) {', '.join(unknown)}; this configuration has: {', '.join(specs)}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DysinkError(f"{out} already exists; remove it or pass --overwrite")
+    log = log or (lambda msg: None)
+
+    models = build_models(cfg, checkpoints, seed=seed).to(TORCH_DTYPES[precision]).eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        entries = {}
+        for name in names:
+            t0 = time.perf_counter()
+            module = graph_module(name, models, stream).eval()
+            args = sample_inputs(name, cfg, stream, precision, seed=seed)
+            entries[name] = export_graph(module, specs[name], args, tmp / f"{name}.onnx")
+            log(f"exported {name} ({time.perf_counter() - t0:.1f}s)")
+        write_manifest(tmp, cfg, stream, precision, entries, extra={
+            "opset": OPSET,
+            "custom_op_domain": {"domain": ONNX_DOMAIN, "version": ONNX_DOMAIN_VERSION},
+            "checkpoints": _checkpoint_record(checkpoints, seed),
+            "versions": _versions(),
+        })
+        Bundle.load(tmp, require=names)  # what the runtime will see, before it becomes visible
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _checkpoint_record(paths: CheckpointPaths | None, seed: int) -> dict:
+    if paths is None or not paths.any():
+        return {"random_seed": seed}
+    rec = {k: (str(Path(v).resolve()) if v else None) for k, v in
+           (("dit", paths.dit), ("lora", paths.lora), ("vae", paths.vae), ("pe", paths.pe))}
+    rec["use_ema"] = paths.use_ema
+    if not all((paths.dit, paths.vae, paths.pe)):
+        rec["random_seed"] = seed  # the networks without a checkpoint are random
+    return rec
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxscript
+
+    from .. import __name__ as pkg
+    try:
+        from importlib.metadata import version
+        own = version("dysink-deploy")
+    except Exception:  # noqa: BLE001
+        own = "unknown"
+    return {"dysink_deploy": own, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__, "python": sys.version.split()[0], "package": pkg}
+
+
+def check_bundle(path: str | os.PathLike, verify_hashes: bool = True, run_checker: bool = True,
+                 **expect) -> Bundle:
+    """`Bundle.load` plus the ONNX checker (full check) on every graph file."""
+    import onnx
+
+    bundle = Bundle.load(path, verify_hashes=verify_hashes, **expect)
+    if run_checker:
+        for name in bundle.graphs:
+            try:
+                onnx.checker.check_model(str(bundle.graph_path(name)), full_check=True)
+            except Exception as exc:  # noqa: BLE001 (checker and protobuf raise several types)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise DysinkError(f"bundle {bundle.path}: {bundle.graphs[name].file} (graph {name}) fails the "
+                                  f"ONNX checker ({first[:200]}); rebuild it: {bundle.rebuild_command()}") from None
+    return bundle
+
+
+__all__ = ["BUNDLE_FORMAT_VERSION", "OPSET", "check_bundle", "export_graph", "export_onnx", "graph_module",
+           "io_specs_of", "rebuild_command", "resolve_config", "sample_inputs", "tokens_per_block"]
