@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..bundle import BUNDLE_FORMAT_VERSION, Bundle, rebuild_command, write_manifest
+from ..bundle import BUNDLE_FORMAT_VERSION, GRAPH_STREAM_FIELDS, Bundle, rebuild_command, write_manifest
 from ..config import ModelConfig, StreamConfig, model_preset
 from ..errors import DysinkError
-from ..graphs import GraphSpec, graph_specs, tokens_per_block
+from ..graphs import GraphSpec, graph_specs
 from ..models.dit import DiTStep
 from ..models.factory import CheckpointPaths, DySinkModels, build_models
 from ..ops.gated_sink_attention import ONNX_DOMAIN, ONNX_DOMAIN_VERSION
@@ -387,5 +386,102 @@ def check_bundle(path: str | os.PathLike, verify_hashes: bool = True, run_checke
     return bundle
 
 
-__all__ = ["BUNDLE_FORMAT_VERSION", "OPSET", "check_bundle", "export_graph", "export_onnx", "graph_module",
-           "io_specs_of", "rebuild_command", "resolve_config", "sample_inputs", "tokens_per_block"]
+def fp32_twin(model_proto):
+    """A float32 copy of a bf16 model, for checking its numerics where bf16 kernels are missing
+    (ONNX Runtime CPU has none for MatMul, Softmax, Add...).
+
+    Weights, constants and I/O become float32 (bf16 values are exact in fp32);
+    every explicit Cast to bf16 becomes Cast(bf16) -> Cast(float32), so the
+    graph still rounds where the bf16 model rounds on purpose (x0, sink K/V).
+    Arithmetic runs in fp32: this checks the graph, not bf16 arithmetic error.
+    The function bodies are dtype-polymorphic and need no change.
+    """
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model_proto)
+    bf16, f32 = TensorProto.BFLOAT16, TensorProto.FLOAT
+
+    def fix_tensor(t):
+        if t.data_type == bf16:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype("float32"), t.name))
+
+    def fix_graph(g):
+        for t in g.initializer:
+            fix_tensor(t)
+        for v in list(g.input) + list(g.output) + list(g.value_info):
+            if v.type.tensor_type.elem_type == bf16:
+                v.type.tensor_type.elem_type = f32
+        nodes = []
+        for n in g.node:
+            nodes.append(n)
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    fix_tensor(a.t)
+                elif a.type == onnx.AttributeProto.GRAPH:
+                    fix_graph(a.g)
+            if n.op_type == "Cast" and n.domain == "" and any(a.name == "to" and a.i == bf16 for a in n.attribute):
+                rounded = n.output[0] + "__bf16"
+                back = onnx.helper.make_node("Cast", [rounded], [n.output[0]], to=f32, name=n.name + "__to_fp32")
+                n.output[0] = rounded
+                nodes.append(back)
+        del g.node[:]
+        g.node.extend(nodes)
+
+    fix_graph(m.graph)
+    return m
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def describe_bundle(bundle: Bundle) -> list[str]:
+    """Human-readable lines: configs, versions, and per graph its file, size, opsets, I/O, custom nodes."""
+    import onnx
+
+    m, s = bundle.model, bundle.stream
+    lines = [f"bundle {bundle.path}  (format {bundle.format_version}, {bundle.manifest.get('kind')}, "
+             f"{bundle.precision})",
+             f"model {m.name}: DiT {m.dit.layers} layers, dim {m.dit.dim}, {m.dit.heads} heads; "
+             f"VAE dim {m.vae.dim}; PE width {m.pe.width}",
+             "stream: " + ", ".join(f"{n}={getattr(s, n)}" for n in GRAPH_STREAM_FIELDS)
+             + f"; pool_pages={s.pool_pages}, local_slots={s.local_slots}, sink_slots={s.sink_slots}",
+             "versions: " + ", ".join(f"{k} {v}" for k, v in bundle.manifest.get("versions", {}).items()
+                                      if k != "package")]
+    total = 0
+    for name, g in bundle.graphs.items():
+        proto = onnx.load(str(bundle.graph_path(name)), load_external_data=False)
+        opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
+        files = g.file + "".join(f" + {d['file']}" for d in g.external_data)
+        total += g.total_bytes
+        lines.append(f"graph {name}: {files} ({_mb(g.total_bytes)}), ir {proto.ir_version}, opsets [{opsets}], "
+                     f"functions [{', '.join(f.domain + '::' + f.name for f in proto.functions)}]")
+        for kind, specs in (("in ", g.spec.inputs), ("out", g.spec.outputs)):
+            for t in specs:
+                lines.append(f"  {kind} {t.name:<16} {str(list(t.shape)):<24} {t.dtype}")
+        custom: dict[tuple, int] = {}
+        for node in proto.graph.node:
+            if node.domain == ONNX_DOMAIN:
+                attrs = ", ".join(f"{a.name}={_attr(a)}" for a in sorted(node.attribute, key=lambda a: a.name))
+                key = (node.op_type, attrs)
+                custom[key] = custom.get(key, 0) + 1
+        version = next((o.version for o in proto.opset_import if o.domain == ONNX_DOMAIN), None)
+        for (op_type, attrs), count in custom.items():
+            lines.append(f"  node {ONNX_DOMAIN}::{op_type} x{count} (domain version {version}; {attrs})")
+    missing = [n for n in graph_specs(m, s, bundle.precision) if n not in bundle.graphs]
+    lines.append(f"{len(bundle.graphs)} graphs, {_mb(total)}"
+                 + (f"; partial bundle, lacks {', '.join(missing)}" if missing else ""))
+    return lines
+
+
+def _attr(a) -> str:
+    import onnx
+
+    v = onnx.helper.get_attribute_value(a)
+    return v.decode() if isinstance(v, bytes) else (f"{v:g}" if isinstance(v, float) else str(v))
+
+
+__all__ = ["describe_bundle", "BUNDLE_FORMAT_VERSION", "OPSET", "check_bundle", "export_graph", "export_onnx", "graph_module",
+           "io_specs_of", "rebuild_command", "resolve_config", "sample_inputs"]
