@@ -147,6 +147,14 @@ def test_pe_layouts(tmp_path, layout):
     assert_state_equal(build_models(TINY, CheckpointPaths(pe=str(path)), seed=7).pe, pe)
 
 
+def test_legacy_torch_format_loads_without_mmap(tmp_path):
+    # Pre-zip `torch.save` files cannot be memory-mapped; they are still accepted.
+    vae = state_of(tiny_models(6).vae)
+    path = tmp_path / "legacy_vae.pth"
+    torch.save(full_vae_obj(vae), path, _use_new_zipfile_serialization=False)
+    assert_state_equal(build_models(TINY, CheckpointPaths(vae=str(path)), seed=7).vae, vae)
+
+
 def test_vae_and_pe_as_safetensors(tmp_path):
     src = tiny_models(5)
     vae, pe = state_of(src.vae), state_of(src.pe)
