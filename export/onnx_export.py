@@ -248,7 +248,10 @@ def export_graph(module: nn.Module, spec: GraphSpec, args: Sequence[Tensor], pat
                                  custom_translation_table={
                                      torch.ops.aten.scaled_dot_product_attention.default: _sdpa_matmul_softmax})
     model = prog.model
-    onnxscript.optimizer.optimize_ir(model)
+    # Constant folding + dead-code removal only; the optimizer's pattern rewrites
+    # cost most of the export time and change nothing TensorRT would not fold itself.
+    onnxscript.optimizer.fold_constants(model)
+    onnxscript.optimizer.remove_unused_nodes(model)
     used = sorted({n.op_type for n in model.graph.all_nodes() if n.domain == ONNX_DOMAIN})
     if used:
         for proto in function_protos():
@@ -359,14 +362,13 @@ def _versions() -> dict:
     import onnx
     import onnxscript
 
-    from .. import __name__ as pkg
     try:
         from importlib.metadata import version
         own = version("dysink-deploy")
     except Exception:  # noqa: BLE001
         own = "unknown"
     return {"dysink_deploy": own, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxscript": onnxscript.__version__, "python": sys.version.split()[0], "package": pkg}
+            "onnxscript": onnxscript.__version__, "python": sys.version.split()[0]}
 
 
 def check_bundle(path: str | os.PathLike, verify_hashes: bool = True, run_checker: bool = True,
@@ -448,8 +450,7 @@ def describe_bundle(bundle: Bundle) -> list[str]:
              f"VAE dim {m.vae.dim}; PE width {m.pe.width}",
              "stream: " + ", ".join(f"{n}={getattr(s, n)}" for n in GRAPH_STREAM_FIELDS)
              + f"; pool_pages={s.pool_pages}, local_slots={s.local_slots}, sink_slots={s.sink_slots}",
-             "versions: " + ", ".join(f"{k} {v}" for k, v in bundle.manifest.get("versions", {}).items()
-                                      if k != "package")]
+             "versions: " + ", ".join(f"{k} {v}" for k, v in bundle.manifest.get("versions", {}).items())]
     total = 0
     for name, g in bundle.graphs.items():
         proto = onnx.load(str(bundle.graph_path(name)), load_external_data=False)
