@@ -225,11 +225,12 @@ class DiTStep(nn.Module):
         self.dit = dit
         self.threshold = float(stream.gate_threshold)
         self.sink_kv_bf16 = bool(stream.sink_kv_bf16)
+        self.fixed_sinks = int(stream.fixed_sink_pages)  # sink slots [fixed | retrieved]
 
     def forward(self, x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids):
         def attend(i, q, k, v):
             return gated_sink_attention_node(q, k, v, k_pools[i], v_pools[i], local_ids, sink_ids,
-                                             self.threshold, self.sink_kv_bf16)
+                                             self.threshold, self.sink_kv_bf16, self.fixed_sinks)
 
         flow, k_new, v_new, ratios = self.dit.forward_block(x_t, t, text_k, text_v, rope, attend)
         # The reference converts in float64 and rounds x0 to the model dtype.

@@ -12,6 +12,8 @@ Shapes (one stream, batch 1; L tokens per block, H heads, D head dim):
     local_ids         int64 [S_loc]  pages of the local window's past blocks
     sink_ids          int64 [S_sink] fixed-sink and retrieved pages
     -1 in an id list means "empty slot": it contributes nothing.
+    fixed_sinks       the first `fixed_sinks` sink slots hold the fixed (LongLive)
+                      sink: gated like the others but never bf16-rounded
 Outputs:
     out               [L, H, D]      in q's dtype
     ratios            float32 [S_sink]  fraction of heads with s_e > s_loc
@@ -58,35 +60,37 @@ PLUGIN_ATTRS = {"plugin_namespace": "dysink", "plugin_version": "1"}
 @torch.library.custom_op("dysink::gated_sink_attention", mutates_args=())
 def gated_sink_attention(
     q: Tensor, k_cur: Tensor, v_cur: Tensor, k_pool: Tensor, v_pool: Tensor,
-    local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool,
+    local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool, fixed_sinks: int = 0,
 ) -> tuple[Tensor, Tensor]:
     return gated_sink_attention_ref(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids,
-                                    threshold, sink_kv_bf16)
+                                    threshold, sink_kv_bf16, fixed_sinks)
 
 
 @gated_sink_attention.register_fake
-def _(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, threshold, sink_kv_bf16):
+def _(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, threshold, sink_kv_bf16, fixed_sinks=0):
     return torch.empty_like(q), q.new_empty(sink_ids.shape, dtype=torch.float32)
 
 
 def gated_sink_attention_node(
     q: Tensor, k_cur: Tensor, v_cur: Tensor, k_pool: Tensor, v_pool: Tensor,
-    local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool,
+    local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool, fixed_sinks: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """The op as models call it: the custom op eagerly, a `dysink::GatedSinkAttention`
     node (attributes threshold, sink_kv_bf16 + plugin strings) under ONNX export."""
     if torch.onnx.is_in_onnx_export():
         out, ratios = torch.onnx.ops.symbolic_multi_out(
             f"{ONNX_DOMAIN}::GatedSinkAttention", (q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids),
-            {"threshold": float(threshold), "sink_kv_bf16": int(bool(sink_kv_bf16)), **PLUGIN_ATTRS},
+            {"threshold": float(threshold), "sink_kv_bf16": int(bool(sink_kv_bf16)),
+             "fixed_sinks": int(fixed_sinks), **PLUGIN_ATTRS},
             dtypes=(q.dtype, torch.float32), shapes=(q.shape, sink_ids.shape), version=ONNX_DOMAIN_VERSION)
         return out, ratios
-    return gated_sink_attention(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, threshold, sink_kv_bf16)
+    return gated_sink_attention(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, threshold, sink_kv_bf16,
+                                fixed_sinks)
 
 
 def gated_sink_attention_ref(
     q: Tensor, k_cur: Tensor, v_cur: Tensor, k_pool: Tensor, v_pool: Tensor,
-    local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool = True,
+    local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool = True, fixed_sinks: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Reference math, softmax and accumulation in float32. See module docstring."""
     tokens, heads, dim = q.shape
@@ -96,9 +100,12 @@ def gated_sink_attention_ref(
     k_sink, v_sink = _gather_pages(k_pool, sink_ids), _gather_pages(v_pool, sink_ids)
     if sink_kv_bf16:
         # The reference casts retrieved K/V to bf16 before using them (gate and
-        # attention alike); a no-op when the pool already is bf16.
-        k_sink = k_sink.to(torch.bfloat16).to(k_pool.dtype)
-        v_sink = v_sink.to(torch.bfloat16).to(v_pool.dtype)
+        # attention alike); a no-op when the pool already is bf16. The first
+        # `fixed_sinks` slots hold the fixed sink, which the reference reads from
+        # its local cache: those are not rounded.
+        retrieved = (torch.arange(sink_ids.shape[0], device=sink_ids.device) >= fixed_sinks)[:, None, None, None]
+        k_sink = torch.where(retrieved, k_sink.to(torch.bfloat16).to(k_pool.dtype), k_sink)
+        v_sink = torch.where(retrieved, v_sink.to(torch.bfloat16).to(v_pool.dtype), v_sink)
 
     ratios = gate_ratios(q, k_cur, k_local, local_valid, k_sink, sink_valid)
     keep_sink = sink_valid & ~(ratios > threshold)

@@ -32,7 +32,7 @@ dysink = onnxscript.values.Opset(ONNX_DOMAIN, ONNX_DOMAIN_VERSION)
 
 @onnxscript.script(dysink, default_opset=op)
 def GatedSinkAttention(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids,
-                       threshold: float, sink_kv_bf16: int):
+                       threshold: float, sink_kv_bf16: int, fixed_sinks: int = 0):
     """q, k_cur, v_cur [L, H, D]; k_pool, v_pool [P, L, H, D]; local_ids [S_loc],
     sink_ids [S_sink] int64 (-1 = empty) -> out [L, H, D] (q's dtype), ratios float32 [S_sink]."""
     zero_id = op.Constant(value_int=0)
@@ -44,10 +44,14 @@ def GatedSinkAttention(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids,
     v_local = op.Gather(v_pool, local_safe, axis=0)
     k_sink_raw = op.Gather(k_pool, sink_safe, axis=0)              # [S_sink, L, H, D]
     v_sink_raw = op.Gather(v_pool, sink_safe, axis=0)
-    # The reference rounds retrieved K/V through bf16 when asked (attribute, so a Where on a constant).
+    # The reference rounds retrieved K/V through bf16 when asked; the first
+    # `fixed_sinks` slots hold the fixed sink, which it never rounds.
     round_bf16 = op.Cast(op.Constant(value_int=sink_kv_bf16), to=_BOOL)
-    k_sink = op.Where(round_bf16, op.CastLike(op.Cast(k_sink_raw, to=_BF16), k_pool), k_sink_raw)
-    v_sink = op.Where(round_bf16, op.CastLike(op.Cast(v_sink_raw, to=_BF16), v_pool), v_sink_raw)
+    slot = op.Range(op.Constant(value_int=0), op.Squeeze(op.Shape(sink_ids), [0]), op.Constant(value_int=1))
+    retrieved = op.And(round_bf16, op.GreaterOrEqual(slot, op.Constant(value_int=fixed_sinks)))
+    round_mask = op.Unsqueeze(retrieved, [1, 2, 3])                # [S_sink, 1, 1, 1]
+    k_sink = op.Where(round_mask, op.CastLike(op.Cast(k_sink_raw, to=_BF16), k_pool), k_sink_raw)
+    v_sink = op.Where(round_mask, op.CastLike(op.Cast(v_sink_raw, to=_BF16), v_pool), v_sink_raw)
 
     # -- gate (gate_ratios), float32 -------------------------------------------------
     qf = op.Cast(q, to=_FLOAT)

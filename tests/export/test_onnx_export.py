@@ -161,3 +161,26 @@ def test_fp16_graph_keeps_fp32_islands(bundles):
     for node in shape_inferred.graph.node:
         if node.op_type in ("LayerNormalization", "Softmax", "ReduceMean"):
             assert types.get(node.input[0]) == onnx.TensorProto.FLOAT, (node.op_type, node.name)
+
+
+def test_fixed_sink_bundle_carries_fixed_sinks_and_matches(tmp_path):
+    """sink_size = 3: slot 0 of sink_ids is the fixed sink, not bf16-rounded in the graph either."""
+    from dysink_deploy.export.onnx_export import export_onnx
+
+    stream = CFG.default_stream(sink_size=3)
+    path = export_onnx("tiny", precision="fp32", out=tmp_path / "b", stream=stream, graphs=["dit_step"])
+    model = onnx.load(str(path / "dit_step.onnx"))
+    nodes = [n for n in model.graph.node if n.op_type == "GatedSinkAttention"]
+    assert nodes and all(onnx.helper.get_attribute_value(a) == 1
+                         for n in nodes for a in n.attribute if a.name == "fixed_sinks")
+    models = build_models(CFG, seed=0)
+    args = sample_inputs("dit_step", CFG, stream, "fp32", seed=2)
+    sink_pos = [i for i, s in enumerate(graph_specs(CFG, stream, "fp32")["dit_step"].inputs) if s.name == "sink_ids"][0]
+    args[sink_pos] = torch.tensor([1, 2, -1])     # fixed sink page 1, retrieved page 2
+    with torch.no_grad():
+        ref = [_np(o) for o in _as_tuple(graph_module("dit_step", models, stream)(*args))]
+    sess = __import__("onnxruntime").InferenceSession(str(path / "dit_step.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {s.name: a.numpy() for s, a in zip(graph_specs(CFG, stream, "fp32")["dit_step"].inputs, args)}
+    got = sess.run(None, feeds)
+    for r, o in zip(ref, got):
+        np.testing.assert_allclose(o, r, rtol=0, atol=1e-5 * max(1.0, np.abs(r).max()))

@@ -126,3 +126,15 @@ def test_sink_kv_bf16_rounds_sinks_only():
     c, _ = gated_sink_attention_ref(q, k, v, kp, vp, local, sink, 1.0, False)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().max() > 0
+
+
+def test_fixed_sink_slots_are_not_rounded():
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(4, 2, 8, generator=g) for _ in range(3))
+    kp, vp = torch.randn(3, 4, 2, 8, generator=g), torch.randn(3, 4, 2, 8, generator=g)
+    sink = torch.tensor([1, 2])                   # slot 0 = fixed sink (page 1), slot 1 = retrieved (page 2)
+    rk, rv = kp.clone(), vp.clone()
+    rk[2], rv[2] = kp[2].to(torch.bfloat16).float(), vp[2].to(torch.bfloat16).float()
+    a, _ = gated_sink_attention_ref(q, k, v, kp, vp, torch.tensor([0]), sink, 1.0, True, fixed_sinks=1)
+    b, _ = gated_sink_attention_ref(q, k, v, rk, rv, torch.tensor([0]), sink, 1.0, False)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

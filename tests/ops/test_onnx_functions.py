@@ -40,13 +40,14 @@ def _session(op_type, inputs, outputs, **attrs):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def gsa_session(dtype=torch.float32, threshold=0.5, sink_kv_bf16=0, heads=H, s_loc=2, s_sink=3):
+def gsa_session(dtype=torch.float32, threshold=0.5, sink_kv_bf16=0, heads=H, s_loc=2, s_sink=3, fixed_sinks=None):
     et = _ET[dtype]
     inputs = [("q", et, [L, heads, D]), ("k_cur", et, [L, heads, D]), ("v_cur", et, [L, heads, D]),
               ("k_pool", et, [P, L, heads, D]), ("v_pool", et, [P, L, heads, D]),
               ("local_ids", TP.INT64, [s_loc]), ("sink_ids", TP.INT64, [s_sink])]
     outputs = [("out", et, [L, heads, D]), ("ratios", TP.FLOAT, [s_sink])]
-    return _session("GatedSinkAttention", inputs, outputs, threshold=threshold, sink_kv_bf16=sink_kv_bf16)
+    extra = {} if fixed_sinks is None else {"fixed_sinks": fixed_sinks}  # None: rely on the default (0)
+    return _session("GatedSinkAttention", inputs, outputs, threshold=threshold, sink_kv_bf16=sink_kv_bf16, **extra)
 
 
 def run_gsa(sess, args):
@@ -69,13 +70,14 @@ ID_CASES = [
 ]
 
 
+@pytest.mark.parametrize("fixed_sinks", [None, 1, 2])
 @pytest.mark.parametrize("sink_kv_bf16", [0, 1])
 @pytest.mark.parametrize("local_ids,sink_ids", ID_CASES)
-def test_gated_sink_attention_fp32_matches_reference(local_ids, sink_ids, sink_kv_bf16):
-    sess = gsa_session(threshold=0.5, sink_kv_bf16=sink_kv_bf16)
+def test_gated_sink_attention_fp32_matches_reference(local_ids, sink_ids, sink_kv_bf16, fixed_sinks):
+    sess = gsa_session(threshold=0.5, sink_kv_bf16=sink_kv_bf16, fixed_sinks=fixed_sinks)
     for seed in range(3):
         args = random_gsa_args(seed, local_ids, sink_ids)
-        ref_out, ref_ratios = gated_sink_attention_ref(*args, 0.5, bool(sink_kv_bf16))
+        ref_out, ref_ratios = gated_sink_attention_ref(*args, 0.5, bool(sink_kv_bf16), fixed_sinks or 0)
         out, ratios = run_gsa(sess, args)
         np.testing.assert_allclose(out, ref_out.numpy(), atol=1e-6, rtol=0)
         np.testing.assert_array_equal(ratios, ref_ratios.numpy())
@@ -237,6 +239,8 @@ def test_function_protos_declare_opset_and_attributes():
     for p in protos.values():
         assert p.domain == "dysink"
         assert [(o.domain, o.version) for o in p.opset_import] == [("", OPSET)]
-    assert set(protos["GatedSinkAttention"].attribute) == {"threshold", "sink_kv_bf16", "plugin_namespace",
-                                                           "plugin_version"}
+    gsa = protos["GatedSinkAttention"]
+    declared = set(gsa.attribute) | {a.name for a in gsa.attribute_proto}
+    assert declared == {"threshold", "sink_kv_bf16", "fixed_sinks", "plugin_namespace", "plugin_version"}
+    assert [a.i for a in gsa.attribute_proto if a.name == "fixed_sinks"] == [0], "fixed_sinks defaults to 0"
     assert set(protos["RetrieveSinks"].attribute) == {"sink_size", "k", "plugin_namespace", "plugin_version"}
