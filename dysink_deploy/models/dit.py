@@ -73,7 +73,9 @@ def timestep_sinusoid(t: Tensor, freq_dim: int) -> Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1).float()
 
 
-class SelfAttention(nn.Module):
+class _Projections(nn.Module):
+    """q, k, v, o Linear layers and RMSNorm on q and k over the full width (self and cross alike)."""
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.heads, self.head_dim = cfg.heads, cfg.head_dim
@@ -81,30 +83,26 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(cfg.dim, cfg.eps)
         self.norm_k = RMSNorm(cfg.dim, cfg.eps)
 
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], self.heads, self.head_dim)
+
+
+class SelfAttention(_Projections):
     def qkv(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [L, dim] -> post-RoPE q, k and v, each [L, H, D]."""
-        shape = (x.shape[0], self.heads, self.head_dim)
-        q = self.norm_q(self.q(x)).view(shape)
-        k = self.norm_k(self.k(x)).view(shape)
-        v = self.v(x).view(shape)
-        return apply_rope(q, rope), apply_rope(k, rope), v
+        q = self._heads(self.norm_q(self.q(x)))
+        k = self._heads(self.norm_k(self.k(x)))
+        return apply_rope(q, rope), apply_rope(k, rope), self._heads(self.v(x))
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, cfg: DiTConfig):
-        super().__init__()
-        self.heads, self.head_dim = cfg.heads, cfg.head_dim
-        self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
-        self.norm_q = RMSNorm(cfg.dim, cfg.eps)
-        self.norm_k = RMSNorm(cfg.dim, cfg.eps)
-
+class CrossAttention(_Projections):
     def text_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """Projected text tokens [T, dim] -> k, v [T, H, D] (computed once per prompt)."""
-        shape = (context.shape[0], self.heads, self.head_dim)
-        return self.norm_k(self.k(context)).view(shape), self.v(context).view(shape)
+        return self._heads(self.norm_k(self.k(context))), self._heads(self.v(context))
 
     def forward(self, x: Tensor, text_k: Tensor, text_v: Tensor) -> Tensor:
-        q = self.norm_q(self.q(x)).view(x.shape[0], self.heads, self.head_dim)
+        """All text tokens attend, zero-padded ones included (the reference passes no lengths)."""
+        q = self._heads(self.norm_q(self.q(x)))
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1).float(), text_k.transpose(0, 1).float(), text_v.transpose(0, 1).float())
         return self.o(out.transpose(0, 1).reshape(x.shape[0], -1).to(x.dtype))
