@@ -1,5 +1,6 @@
 # Two entry points do all the set-up on a fresh machine:
-#   make demo   -> stream the tiny model on CPU into demo-out/
+#   make demo   -> export the tiny model to bundles/tiny-fp32 (once) and stream it
+#                  with ONNX Runtime on CPU into demo-out/
 #   make test   -> the CPU test suite
 PY ?= python3
 VENV ?= .venv
@@ -15,8 +16,15 @@ $(STAMP): pyproject.toml
 .PHONY: install demo test bench
 install: $(STAMP)
 
+# The bundle is reused when Bundle.load accepts it (files present, checksums and versions match).
+DEMO_BUNDLE := bundles/tiny-fp32
+
 demo: $(STAMP)
-	$(VENV)/bin/dysink-run --model tiny --backend torch --blocks 12 --seed 0 --out demo-out --overwrite
+	@$(VENV)/bin/python -c "from dysink_deploy.bundle import Bundle; Bundle.load('$(DEMO_BUNDLE)')" 2>/dev/null \
+		&& echo "reusing $(DEMO_BUNDLE)" \
+		|| $(VENV)/bin/dysink-export onnx --model tiny --precision fp32 --out $(DEMO_BUNDLE) --overwrite
+	$(VENV)/bin/dysink-run --backend onnxruntime --bundle $(DEMO_BUNDLE) --blocks 12 --seed 0 \
+		--out demo-out --overwrite
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

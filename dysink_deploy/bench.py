@@ -2,10 +2,12 @@
 
   dysink-bench stream  --model tiny --blocks 20      blocks/s and per-phase medians
   dysink-bench memory  --blocks 300 --bank-capacity 16   peak RSS at block 100 vs the end
+  dysink-bench graphs  --model tiny [--mid]        per-graph latency, onnxruntime CPU vs torch eager
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import statistics
 import sys
@@ -123,6 +125,118 @@ def memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold,
                f"(limit {100 * tolerance:.0f}%)")
     if verdict == "FAILED":
         sys.exit(1)
+
+
+def mid_model():
+    """4 DiT layers at the 1.3B width (dim 1536, 12 heads, ffn 8960) with the real VAE decoder and
+    PE-Core-S16-384 configs, at 128x128: the 1.3B's per-layer costs at a size a CPU runs in seconds."""
+    from .config import DIT_PRESETS, PE_PRESETS, VAE_PRESETS, ModelConfig
+
+    dit = dataclasses.replace(DIT_PRESETS["wan2.1-t2v-1.3b"], layers=4)
+    return ModelConfig("mid-1.3b-width-4-layers", dit, VAE_PRESETS["wan2.1"], PE_PRESETS["pe-core-s16-384"],
+                       height=128, width=128)
+
+
+def _median_ms(fn, runs: int) -> float:
+    fn()  # warm-up: first-run allocations, ORT's lazy kernel set-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def _top_ops(profile_file: str, n: int = 8) -> list[tuple[str, float, float]]:
+    """ONNX Runtime profile JSON -> [(op type, total ms, share)] of node kernel time, largest first."""
+    import json
+
+    with open(profile_file) as f:
+        events = json.load(f)
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1000.0
+    total = sum(per_op.values()) or 1.0
+    return [(op, ms, ms / total) for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:n]]
+
+
+@main.command()
+@click.option("--model", "model_name", default="tiny", show_default=True, help="Model preset.")
+@click.option("--mid", is_flag=True, help="Instead of --model: 4 DiT layers at the 1.3B width, real VAE and "
+                                          "PE-Core configs, 128x128 (random weights).")
+@click.option("--graph", "graph_names", multiple=True, help="Only this graph (repeatable; default: all).")
+@click.option("--runs", type=int, default=10, show_default=True, help="Timed runs per graph and backend.")
+@click.option("--threads", type=int, default=None, help="Threads for both (default: torch's choice).")
+@click.option("--profile", "profile_dir", type=click.Path(), default=None,
+              help="Also profile onnxruntime per node into this folder and print the top op types per graph.")
+def graphs(model_name, mid, graph_names, runs, threads, profile_dir):
+    """Median latency per graph: onnxruntime CPU vs the torch reference, same inputs, same process."""
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+
+    from .bundle import Bundle
+    from .config import model_preset
+    from .export.onnx_export import export_onnx, graph_module, sample_inputs
+    from .graphs import graph_specs
+    from .models.factory import build_models
+
+    if runs < 1:
+        raise DysinkError(f"--runs must be >= 1, got {runs}")
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    model = mid_model() if mid else model_preset(model_name)
+    stream = model.default_stream()
+    specs = graph_specs(model, stream, "fp32")
+    names = list(graph_names) or list(specs)
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise DysinkError(f"unknown graph(s) {', '.join(unknown)}; choose from {', '.join(specs)}")
+    models = build_models(model, seed=0).eval()
+    click.echo(f"model {model.name} | {stream.height}x{stream.width} fp32 | torch {torch.__version__} eager vs "
+               f"onnxruntime {ort.__version__} CPUExecutionProvider | {threads} threads | median of {runs} runs")
+    with tempfile.TemporaryDirectory(prefix="dysink-bench-") as tmp:
+        t0 = time.perf_counter()
+        path = export_onnx(model, precision="fp32", out=os.path.join(tmp, "bundle"), graphs=names)
+        click.echo(f"exported {len(names)} graph(s) in {time.perf_counter() - t0:.1f}s")
+        bundle = Bundle.load(path, require=names)
+        click.echo(f"{'graph':<20}{'torch ms':>11}{'ort ms':>11}{'torch/ort':>11}")
+        profiles = {}
+        for name in names:
+            inputs = sample_inputs(name, model, stream, "fp32", seed=0)
+            module = graph_module(name, models, stream).eval()
+
+            def run_torch():
+                with torch.inference_mode():
+                    module(*inputs)
+
+            # torch first, with no ORT session alive: ORT's pool threads spin after a run and would
+            # steal the cores torch's OpenMP threads wait on (seen as 10-100x slower torch on 2 cores).
+            gc.collect()
+            t_torch = _median_ms(run_torch, runs)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.log_severity_level = 3
+            if profile_dir:
+                os.makedirs(profile_dir, exist_ok=True)
+                opts.enable_profiling = True
+                opts.profile_file_prefix = os.path.join(profile_dir, name)
+            sess = ort.InferenceSession(str(bundle.graph_path(name)), sess_options=opts,
+                                        providers=["CPUExecutionProvider"])
+            feeds = {s.name: x.numpy() for s, x in zip(specs[name].inputs, inputs)}
+            t_ort = _median_ms(lambda: sess.run(None, feeds), runs)
+            click.echo(f"{name:<20}{t_torch:>11.2f}{t_ort:>11.2f}{t_torch / t_ort:>10.2f}x")
+            if profile_dir:
+                profiles[name] = sess.end_profiling()
+            del sess
+        for name, file in profiles.items():
+            ops = ", ".join(f"{op} {ms:.0f} ms ({100 * share:.0f}%)" for op, ms, share in _top_ops(file))
+            click.echo(f"profile {name} ({file}): {ops}")
 
 
 if __name__ == "__main__":

@@ -140,8 +140,6 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
 def compare_streams(bundle: Bundle, models=None, blocks: int = 6, dedup_threshold: float = 0.985,
                     provider: str = "cpu", seed: int = 0) -> tuple[list[dict], list[dict], list[str]]:
     """Stream `blocks` blocks on torch and onnxruntime -> (torch decisions, ort decisions, differences)."""
-    import torch
-
     from ..runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
     from ..runtime.backends.torch_backend import TorchBackend
     from ..runtime.report import decisions
@@ -158,7 +156,6 @@ def compare_streams(bundle: Bundle, models=None, blocks: int = 6, dedup_threshol
                     OnnxRuntimeBackend(bundle, providers=provider)):
         s = Streamer(backend, bundle.model.dit, stream, prompt, seed=seed)
         runs.append(decisions({"blocks": [r.to_json() for r in s.blocks(blocks)]}))
-    del torch
     diffs = []
     for a, b in zip(*runs):
         keys = [k for k in a if a[k] != b.get(k)]

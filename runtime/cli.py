@@ -19,6 +19,9 @@ from ..errors import DysinkError
 from .backends import BACKENDS
 
 _DEFAULT = StreamConfig()
+ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")
+# Flags that choose weights / precision / device of the torch reference: a bundle fixes all of them.
+_TORCH_ONLY = ("checkpoint", "lora", "vae", "pe", "use_ema", "weights_seed", "device", "dtype")
 
 
 def _stream_overrides(kw: dict) -> dict:
@@ -60,11 +63,40 @@ def build_torch_streamer(model_name, kw, stream, prompt_embeds, seed):
     return Streamer(backend, model.dit, stream, prompt_embeds, seed=seed)
 
 
+def build_onnxruntime_streamer(bundle, provider: str, stream: StreamConfig, prompt_embeds, seed: int):
+    """Streamer over the bundle's ONNX graphs (no torch import on this path)."""
+    from .backends.onnxruntime_backend import OnnxRuntimeBackend
+    from .stream import Streamer
+
+    backend = OnnxRuntimeBackend(bundle, providers=provider)
+    return Streamer(backend, bundle.model.dit, stream, prompt_embeds, seed=seed)
+
+
+def _bundle_stream(bundle, kw: dict) -> StreamConfig:
+    """The bundle's stream config with the host-side settings the user may still change
+    (dedup threshold, eviction, schedule); graph settings given on the command line must agree."""
+    from ..bundle import GRAPH_STREAM_FIELDS, rebuild_command
+
+    wanted = {**_load_config_file(kw["config_file"]), **_stream_overrides(kw)}
+    wanted_cfg = stream_config_from_dict(wanted, base=bundle.stream)   # validates names and values
+    conflicts = [f"{n}={wanted[n]!r} (bundle: {getattr(bundle.stream, n)!r})" for n in GRAPH_STREAM_FIELDS
+                 if n in wanted and getattr(wanted_cfg, n) != getattr(bundle.stream, n)]
+    if conflicts:
+        raise DysinkError(f"bundle {bundle.path} fixes the stream settings baked into its graphs, and "
+                          f"{'; '.join(conflicts)} differ; drop the flag(s) or export a bundle for them: "
+                          f"{rebuild_command(bundle.model, wanted_cfg, bundle.precision, 'NEW_BUNDLE')}")
+    return wanted_cfg
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_name", default="tiny", show_default=True,
-              help=f"Model preset: {', '.join(MODEL_PRESETS)}.")
+@click.option("--model", "model_name", default=None,
+              help=f"Model preset: {', '.join(MODEL_PRESETS)} [tiny; with --bundle: the bundle's].")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
-@click.option("--bundle", type=click.Path(), default=None, help="Exported bundle (onnxruntime / tensorrt backends).")
+@click.option("--bundle", type=click.Path(), default=None,
+              help="Bundle from `dysink-export onnx` (--backend onnxruntime); it fixes model, weights, "
+                   "precision and the stream settings baked into its graphs.")
+@click.option("--ort-provider", type=click.Choice(ORT_PROVIDERS), default="cpu", show_default=True,
+              help="onnxruntime backend: execution provider (cuda / tensorrt need onnxruntime-gpu).")
 @click.option("--blocks", type=int, default=None, help="Blocks of 3 latent frames to generate (default 12).")
 @click.option("--seconds", type=float, default=None, help="Video length instead of --blocks (16 fps).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
@@ -100,6 +132,9 @@ def main(**kw):
     """Stream a DySink video block by block into --out (video.mp4, stats.json, timeline.png)."""
     started = time.perf_counter()
     command = " ".join(shlex.quote(a) for a in ["dysink-run", *sys.argv[1:]])
+    ctx = click.get_current_context()
+    kw["_given"] = {name for name in kw
+                    if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
     try:
         result = run_cli(kw)
     except DysinkError as exc:
@@ -121,14 +156,43 @@ def run_cli(kw: dict):
         raise DysinkError("give --blocks or --seconds, not both")
     if kw["blocks"] is not None and kw["blocks"] < 1:
         raise DysinkError(f"--blocks must be >= 1, got {kw['blocks']}")
-    model = model_preset(kw["model_name"])
-    settings = {"height": model.height, "width": model.width, **_load_config_file(kw["config_file"]),
-                **_stream_overrides(kw)}
-    stream = stream_config_from_dict(settings)
+    given = kw.get("_given", set())
+    backend = kw["backend"]
+    if backend == "tensorrt":
+        raise DysinkError("--backend tensorrt: TensorRT engines are not built by this version of dysink-deploy "
+                          "(dysink-export writes ONNX bundles); stream a bundle with --backend onnxruntime "
+                          "--ort-provider tensorrt where onnxruntime-gpu has TensorRT")
+    if backend == "torch" and kw["bundle"]:
+        raise DysinkError("--bundle is read by --backend onnxruntime only; drop it or add --backend onnxruntime")
+    if backend == "torch" and "ort_provider" in given:
+        raise DysinkError("--ort-provider applies to --backend onnxruntime only")
+    bundle = None
+    if backend == "onnxruntime":
+        if not kw["bundle"]:
+            raise DysinkError("--backend onnxruntime needs --bundle DIR from `dysink-export onnx` "
+                              "(e.g. dysink-export onnx --model tiny --precision fp32 --out bundles/tiny-fp32)")
+        torch_flags = [f"--{n.replace('_', '-')}" for n in _TORCH_ONLY if n in given]
+        if torch_flags:
+            raise DysinkError(f"{', '.join(torch_flags)}: torch-backend flag(s); a bundle already fixes the weights, "
+                              "precision and device: drop the flag(s) or use --backend torch")
+        from ..bundle import Bundle
+
+        bundle = Bundle.load(kw["bundle"])
+        if kw["model_name"] is not None and kw["model_name"] != bundle.model.name:
+            raise DysinkError(f"--model {kw['model_name']} conflicts with bundle {bundle.path}, built for model "
+                              f"{bundle.model.name!r}; drop --model or use a bundle exported for it")
+        model = bundle.model
+        stream = _bundle_stream(bundle, kw)
+        has_ckpt = any(k != "random_seed" for k in bundle.manifest.get("checkpoints", {}))
+    else:
+        model = model_preset(kw["model_name"] or "tiny")
+        settings = {"height": model.height, "width": model.width, **_load_config_file(kw["config_file"]),
+                    **_stream_overrides(kw)}
+        stream = stream_config_from_dict(settings)
+        has_ckpt = any(kw[k] for k in ("checkpoint", "lora", "vae", "pe"))
     blocks = kw["blocks"] if kw["blocks"] is not None else (
         blocks_for_seconds(kw["seconds"], stream.block_frames) if kw["seconds"] is not None else 12)
 
-    has_ckpt = any(kw[k] for k in ("checkpoint", "lora", "vae", "pe"))
     if kw["prompt_embeds"]:
         prompt = load_prompt_embeds(kw["prompt_embeds"], model)
     elif has_ckpt or model.name != "tiny":
@@ -136,13 +200,23 @@ def run_cli(kw: dict):
                           "(umT5-XXL output, [512, 4096])")
     else:
         prompt = default_prompt_embeds(model)
-    if kw["backend"] != "torch":
-        raise DysinkError(f"--backend {kw['backend']} needs --bundle from `dysink-export`; "
-                          "it is not available in this version yet, use --backend torch")
+    if bundle is not None:
+        # Sessions first: a provider or precision this machine cannot run fails before --out is touched.
+        streamer = build_onnxruntime_streamer(bundle, kw["ort_provider"], stream, prompt, kw["seed"])
+        prepare_out_dir(kw["out"], kw["overwrite"])
+        run_config = {
+            "model": model.name, "backend": backend, "seed": kw["seed"], "blocks": blocks,
+            "bundle": str(bundle.path), "precision": bundle.precision, "ort_provider": kw["ort_provider"],
+            "checkpoints": bundle.manifest.get("checkpoints", {}),
+            "prompt_embeds": kw["prompt_embeds"] or "embedded-default",
+            "stream": stream.to_dict(), "timesteps": stream.timesteps(),
+        }
+        return stream_to_dir(streamer, model, stream, blocks, os.path.abspath(kw["out"]), run_config,
+                             progress=not kw["quiet"])
     prepare_out_dir(kw["out"], kw["overwrite"])
     streamer = build_torch_streamer(model.name, kw, stream, prompt, kw["seed"])
     run_config = {
-        "model": model.name, "backend": kw["backend"], "seed": kw["seed"], "blocks": blocks,
+        "model": model.name, "backend": backend, "seed": kw["seed"], "blocks": blocks,
         "dtype": kw["dtype"], "device": kw["device"],
         "checkpoints": {k: kw[k] for k in ("checkpoint", "lora", "vae", "pe") if kw[k]},
         "prompt_embeds": kw["prompt_embeds"] or "embedded-default",
