@@ -28,7 +28,11 @@ from .config import (ModelConfig, StreamConfig, model_config_from_dict, model_pr
 from .errors import DysinkError
 from .graphs import PRECISIONS, GraphSpec, TensorSpec, graph_specs
 
-BUNDLE_FORMAT_VERSION = 1
+# Bump whenever a graph's meaning or I/O changes, so older bundles are refused
+# with a rebuild hint instead of running with other semantics.
+#   1: first release
+#   2: GatedSinkAttention gained `fixed_sinks`; vae_decode_first takes z only
+BUNDLE_FORMAT_VERSION = 2
 MANIFEST_NAME = "bundle.json"
 
 # Stream settings baked into the graphs (shapes, node attributes). The rest

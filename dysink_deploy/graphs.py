@@ -8,7 +8,8 @@ Graphs:
   text_encoder      prompt_embeds -> per-layer cross-attention K/V (once per prompt)
   dit_step          one DiT evaluation of one block over the paged K/V cache
   retrieve          RetrieveSinks over the memory bank
-  vae_decode_first  first block through the VAE decoder (first-frame rule)
+  vae_decode_first  first block through the VAE decoder (first-frame rule, zero history:
+                    z in, frames + cache out)
   vae_decode        any later block, streaming cache in -> out
   memory_encoder_tN N decoded frames -> unit bank feature (N = 9 for the
                     block-alone decode; 4*B for streamed frames)
@@ -139,10 +140,11 @@ def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str) -> dic
     caches = vae_cache_shapes(model, stream)
     for name, first in (("vae_decode_first", True), ("vae_decode", False)):
         t_out = frames_out(stream, first)
+        # The first block starts from zero history: no cache inputs (zero padding inside).
+        cache_in = () if first else tuple(TensorSpec(f"cache_{i}", s, md) for i, s in enumerate(caches))
         specs[name] = GraphSpec(
             name,
-            (TensorSpec("z", (1,) + latent, md),
-             *[TensorSpec(f"cache_{i}", s, md) for i, s in enumerate(caches)]),
+            (TensorSpec("z", (1,) + latent, md), *cache_in),
             (TensorSpec("frames", (1, 3, t_out, stream.height, stream.width), md),
              *[TensorSpec(f"cache_out_{i}", s, md) for i, s in enumerate(caches)]))
 

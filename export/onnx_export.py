@@ -89,14 +89,14 @@ class RetrieveGraph(nn.Module):
 
 class VAEDecodeGraph(nn.Module):
     """(z [1, C, F, h, w], cache_0..) -> (frames, cache_out_0..); `first` applies Wan's first-frame rule
-    (the cache inputs are then ignored: the stream starts from zeros)."""
+    and takes z alone (the stream starts from zero history)."""
 
     def __init__(self, models: DySinkModels, first: bool):
         super().__init__()
         self.vae, self.first = models.vae, first
 
     def forward(self, z, *cache):
-        frames, new_cache = self.vae.decode_block(z, list(cache), self.first)
+        frames, new_cache = self.vae.decode_block(z, None if self.first else list(cache), self.first)
         return (frames, *new_cache)
 
 

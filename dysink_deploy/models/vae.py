@@ -84,8 +84,14 @@ class _CausalConv3d(nn.Conv3d):
         assert kernel[0] == CACHE_FRAMES + 1
         super().__init__(in_dim, out_dim, kernel, padding=(0, kernel[1] // 2, kernel[2] // 2))
 
-    def forward(self, x: torch.Tensor, history: torch.Tensor):
-        full = torch.cat([history, x], dim=2)
+    def forward(self, x: torch.Tensor, history: torch.Tensor | None):
+        # No history (start of a video) is zero history: pad rather than
+        # concatenate zeros, so an exported first-block graph needs no cache
+        # inputs and holds no zero constants.
+        if history is None:
+            full = F.pad(x, (0, 0, 0, 0, CACHE_FRAMES, 0))
+        else:
+            full = torch.cat([history, x], dim=2)
         return super().forward(full), full[:, :, -CACHE_FRAMES:]
 
 
@@ -171,6 +177,8 @@ class _Upsample(nn.Module):
                 x = y.reshape(b, 2, c2 // 2, t, hh, ww).permute(0, 2, 3, 1, 4, 5)
                 x = x.reshape(b, c2 // 2, 2 * t, hh, ww)
             x = torch.cat([head, x], dim=2)
+            if history is None:  # a 1-frame first block never reached time_conv
+                history = head.new_zeros(head.shape[0], head.shape[1], CACHE_FRAMES, *head.shape[3:])
             new_caches.append(history)
         return _unfold_time(self.resample(_fold_time(x)), x.shape[0]), new_caches
 
@@ -271,7 +279,7 @@ class WanVAEDecoder(nn.Module):
         Args:
             z: normalised latent [B, z_dim, T, h, w]; de-normalised here as z * std + mean.
             cache: tensors shaped as `cache_shapes(B, h, w)`; not modified. Ignored
-                (treated as zeros) when ``first`` is True.
+                (zero history) when ``first`` is True, where it may be None.
             first: True for the first block of a video (Wan's first-frame rule).
 
         Returns:
@@ -281,7 +289,7 @@ class WanVAEDecoder(nn.Module):
         if z.dim() != 5 or z.shape[1] != self.config.z_dim:
             raise ValueError(f"z must be [B, {self.config.z_dim}, T, h, w], got {tuple(z.shape)}")
         expected = self.cache_shapes(z.shape[0], z.shape[3], z.shape[4])
-        got = [tuple(c.shape) for c in cache]
+        got = expected if cache is None and first else [tuple(c.shape) for c in cache]
         if got != expected:
             bad = next((i for i, (g, e) in enumerate(zip(got, expected)) if g != e), None)
             detail = f"entry {bad} is {got[bad]}, expected {expected[bad]}" if bad is not None else (
@@ -291,7 +299,7 @@ class WanVAEDecoder(nn.Module):
         std = torch.tensor(self.config.latent_std, dtype=z.dtype, device=z.device)
         x = self.conv2(z * std.view(1, -1, 1, 1, 1) + mean.view(1, -1, 1, 1, 1))
         if first:
-            cache = [torch.zeros_like(c) for c in cache]
+            cache = [None] * len(expected)
         x, new_cache = self.decoder(x, list(cache), first)
         return x.clamp(-1.0, 1.0), new_cache
 

@@ -12,7 +12,8 @@ Buffers:
     (no copy), on CUDA device buffers written with a device-to-device memcpy.
   * text K/V: computed once per prompt, kept on the device, bound once.
   * VAE streaming cache: the cache_out_* OrtValues of one block are bound as
-    the cache_* inputs of the next; `decode_alone` feeds zeros instead.
+    the cache_* inputs of the next; the first-block graph starts from zero
+    history and takes none (`decode_alone` uses it too).
   * k_new / v_new: one preallocated pair, overwritten by every dit_step (the
     loop only uses the clean pass's pair, right away, in write_page).
 Other outputs are allocated by ONNX Runtime per call (outputs bound by
@@ -165,9 +166,7 @@ class OnnxRuntimeBackend(Backend):
         self._fixed = {"text_k": text_k, "text_v": text_v,
                        **{f"k_pool_{i}": v for i, (v, _) in enumerate(self.k_pools)},
                        **{f"v_pool_{i}": v for i, (v, _) in enumerate(self.v_pools)}}
-        caches = [t for t in self.specs["vae_decode"].inputs if t.name.startswith("cache_")]
-        self._zero_cache = {t.name: self._zeros(t.shape, self.np_dtype)[0] for t in caches}
-        self.vae_cache = dict(self._zero_cache)
+        self.vae_cache: dict = {}  # filled by the first block's cache_out_*
 
     def upload(self, array: np.ndarray) -> OrtTensor:
         return self._wrap(array)
@@ -211,14 +210,14 @@ class OnnxRuntimeBackend(Backend):
     def decode(self, latent: OrtTensor, first: bool) -> OrtTensor:
         """Latent [C, F, h, w] -> frames [3, T, H, W] (model dtype), streaming cache kept here."""
         name = "vae_decode_first" if first else "vae_decode"
-        cache = self._zero_cache if first else self.vae_cache
+        cache = {} if first else self.vae_cache
         frames, *cache_out = self._run(name, {"z": self._latent_in(latent), **cache})
         self.vae_cache = {f"cache_{i}": v for i, v in enumerate(cache_out)}
         return OrtTensor(frames, self.specs[name].output("frames").shape[1:])
 
     def decode_alone(self, latent: OrtTensor) -> OrtTensor:
         """The block without the streaming cache (vae_decode_first on zeros): 1 + 4 (F - 1) frames."""
-        frames, *_ = self._run("vae_decode_first", {"z": self._latent_in(latent), **self._zero_cache})
+        frames, *_ = self._run("vae_decode_first", {"z": self._latent_in(latent)})
         return OrtTensor(frames, self.specs["vae_decode_first"].output("frames").shape[1:])
 
     def encode(self, frames: OrtTensor) -> OrtTensor:
