@@ -15,6 +15,7 @@ export their own fp32 islands (norm statistics, softmax, gate, RoPE).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import shutil
@@ -36,6 +37,10 @@ from ..models.factory import CheckpointPaths, DySinkModels, build_models
 from ..ops.gated_sink_attention import ONNX_DOMAIN, ONNX_DOMAIN_VERSION
 from ..ops.retrieve_sinks import retrieve_sinks_node
 from ..rope import rope_phases
+
+# torch's exporter warns, on every export, that torchvision's ops cannot be
+# registered; we use none of them, so the warnings only bury real output.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 OPSET = 23
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -7,23 +7,12 @@ this file only assembles them. A `DysinkError` prints one line and exits 2.
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from ..errors import DysinkError
+from .common import UserErrorGroup
 
 
-class _Group(click.Group):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except DysinkError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=UserErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Export DySink to ONNX / TensorRT, and check every artifact against the PyTorch reference."""
 
