@@ -149,8 +149,8 @@ def main(**kw):
 
 
 def run_cli(kw: dict):
-    from .run import (blocks_for_seconds, default_prompt_embeds, load_prompt_embeds, prepare_out_dir,
-                      stream_to_dir)
+    from .run import (blocks_for_seconds, check_out_dir, default_prompt_embeds, load_prompt_embeds,
+                      prepare_out_dir, stream_to_dir)
 
     if kw["blocks"] is not None and kw["seconds"] is not None:
         raise DysinkError("give --blocks or --seconds, not both")
@@ -200,25 +200,20 @@ def run_cli(kw: dict):
                           "(umT5-XXL output, [512, 4096])")
     else:
         prompt = default_prompt_embeds(model)
+    # Build the backend before creating --out: weights, a provider or a precision
+    # this machine cannot run fail before anything is written.
+    check_out_dir(kw["out"], kw["overwrite"])
     if bundle is not None:
-        # Sessions first: a provider or precision this machine cannot run fails before --out is touched.
         streamer = build_onnxruntime_streamer(bundle, kw["ort_provider"], stream, prompt, kw["seed"])
-        prepare_out_dir(kw["out"], kw["overwrite"])
-        run_config = {
-            "model": model.name, "backend": backend, "seed": kw["seed"], "blocks": blocks,
-            "bundle": str(bundle.path), "precision": bundle.precision, "ort_provider": kw["ort_provider"],
-            "checkpoints": bundle.manifest.get("checkpoints", {}),
-            "prompt_embeds": kw["prompt_embeds"] or "embedded-default",
-            "stream": stream.to_dict(), "timesteps": stream.timesteps(),
-        }
-        return stream_to_dir(streamer, model, stream, blocks, os.path.abspath(kw["out"]), run_config,
-                             progress=not kw["quiet"])
+        details = {"bundle": str(bundle.path), "precision": bundle.precision, "ort_provider": kw["ort_provider"],
+                   "checkpoints": bundle.manifest.get("checkpoints", {})}
+    else:
+        streamer = build_torch_streamer(model.name, kw, stream, prompt, kw["seed"])
+        details = {"dtype": kw["dtype"], "device": kw["device"],
+                   "checkpoints": {k: kw[k] for k in ("checkpoint", "lora", "vae", "pe") if kw[k]}}
     prepare_out_dir(kw["out"], kw["overwrite"])
-    streamer = build_torch_streamer(model.name, kw, stream, prompt, kw["seed"])
     run_config = {
-        "model": model.name, "backend": backend, "seed": kw["seed"], "blocks": blocks,
-        "dtype": kw["dtype"], "device": kw["device"],
-        "checkpoints": {k: kw[k] for k in ("checkpoint", "lora", "vae", "pe") if kw[k]},
+        "model": model.name, "backend": backend, "seed": kw["seed"], "blocks": blocks, **details,
         "prompt_embeds": kw["prompt_embeds"] or "embedded-default",
         "stream": stream.to_dict(), "timesteps": stream.timesteps(),
     }

@@ -76,19 +76,25 @@ def load_prompt_embeds(path: str, cfg: ModelConfig) -> np.ndarray:
     return arr
 
 
-def prepare_out_dir(out: str, overwrite: bool) -> None:
+def check_out_dir(out: str, overwrite: bool) -> None:
+    """Cheap checks before any expensive work: not a file, no earlier outputs unless --overwrite."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise DysinkError(f"--out {out!r} exists and is not a directory")
+    present = [f for f in OUTPUT_FILES if os.path.exists(os.path.join(out, f))]
+    if present and not overwrite:
+        raise DysinkError(f"--out {out!r} already holds {', '.join(present)}; pass --overwrite or choose "
+                          "another directory")
+
+
+def prepare_out_dir(out: str, overwrite: bool) -> None:
+    """Create --out (after the backend is built, so a failed start leaves no directory)."""
+    check_out_dir(out, overwrite)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
         raise DysinkError(f"cannot create --out {out!r} ({exc.strerror}); choose a writable directory") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise DysinkError(f"--out {out!r} is not writable; choose a writable directory")
-    present = [f for f in OUTPUT_FILES if os.path.exists(os.path.join(out, f))]
-    if present and not overwrite:
-        raise DysinkError(f"--out {out!r} already holds {', '.join(present)}; pass --overwrite or choose "
-                          "another directory")
 
 
 @dataclass
