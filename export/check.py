@@ -38,6 +38,17 @@ from ..errors import DysinkError
 FLOOR = 1e-5
 
 
+def mark_for(ok: bool) -> str:
+    """✓ / x, with 'v' where the terminal's encoding has no ✓ (a C-locale pipe)."""
+    if not ok:
+        return "x"
+    try:
+        "✓".encode(sys.stdout.encoding or "ascii")
+        return "✓"
+    except (UnicodeEncodeError, LookupError):
+        return "v"
+
+
 @dataclasses.dataclass
 class OutputCheck:
     graph: str
@@ -52,7 +63,7 @@ class OutputCheck:
         return bool(np.isfinite(self.max_abs)) and self.max_abs <= self.tol
 
     def line(self) -> str:
-        mark = "v" if self.ok else "x"
+        mark = mark_for(self.ok)
         if self.exact:
             return f"- [{mark}] {self.graph}/{self.output} {int(self.max_abs)} mismatching elements (tol 0)"
         return (f"- [{mark}] {self.graph}/{self.output} max abs {self.max_abs:.2e}, max rel {self.max_rel:.2e} "
@@ -209,7 +220,7 @@ def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider):
         if diffs and not strict:
             click.echo(f"  ({bundle.precision}: torch and onnxruntime round differently; a near-tie may flip)")
         stream_failed = strict and bool(diffs)
-        mark = "x" if stream_failed else "v"
+        mark = mark_for(not stream_failed)
         click.echo(f"- [{mark}] stream of {blocks} blocks: {len(diffs)} blocks with different decisions "
                    f"(torch: {_coverage(dec_torch)})")
     runtime = time.perf_counter() - t0
