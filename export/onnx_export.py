@@ -324,6 +324,10 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
     models = build_models(cfg, checkpoints, seed=seed).to(TORCH_DTYPES[precision]).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # mkdtemp makes the directory 0700; a bundle is shared like any build output.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         entries = {}
         for name in names:

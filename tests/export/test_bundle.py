@@ -177,3 +177,13 @@ def test_cli_bad_inputs_one_line(tmp_path):
     assert not (tmp_path / "b").exists()
     result = runner.invoke(export_cli, ["inspect", "--bundle", str(tmp_path / "missing")])
     assert result.exit_code == 2 and result.output.startswith("error: bundle")
+
+
+def test_bundle_directory_has_normal_permissions(bundles):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE(os.stat(bundles("fp32")).st_mode)
+    assert mode == 0o777 & ~umask, oct(mode)
