@@ -17,6 +17,7 @@ import click
 from ..bundle import GRAPH_STREAM_FIELDS
 from ..config import FEATURE_MODES, MODEL_PRESETS, StreamConfig
 from ..graphs import PRECISIONS
+from ..cli.common import checkpoint_file_options
 
 
 def _stream_options(fn):
@@ -42,10 +43,7 @@ def _stream_options(fn):
 @click.command("onnx")
 @click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), required=True,
               help="model preset")
-@click.option("--checkpoint", type=click.Path(), default=None, help="DiT checkpoint (stage1_base.pt)")
-@click.option("--lora", type=click.Path(), default=None, help="stage-2 LoRA (stage2_lora.pt), merged into the DiT")
-@click.option("--vae", type=click.Path(), default=None, help="Wan2.1_VAE.pth")
-@click.option("--pe", type=click.Path(), default=None, help="PE-Core-S16-384.pt")
+@checkpoint_file_options
 @click.option("--ema/--no-ema", default=False, help="use generator_ema from the DiT checkpoint")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--out", type=click.Path(), required=True, help="bundle directory to create")

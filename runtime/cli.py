@@ -17,6 +17,7 @@ import click
 from ..config import MODEL_PRESETS, StreamConfig, model_preset, stream_config_from_dict
 from ..errors import DysinkError
 from .backends import BACKENDS
+from ..cli.common import checkpoint_file_options
 
 _DEFAULT = StreamConfig()
 ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")
@@ -105,10 +106,7 @@ def _bundle_stream(bundle, kw: dict) -> StreamConfig:
 @click.option("--prompt-embeds", type=click.Path(), default=None,
               help="umT5 output [512, 4096] in a .safetensors file (default: the demo's embedded prompt; "
                    "required for real checkpoints).")
-@click.option("--checkpoint", type=click.Path(), default=None, help="DiT base: stage1_base.pt or .safetensors.")
-@click.option("--lora", type=click.Path(), default=None, help="stage2_lora.pt to merge into the DiT.")
-@click.option("--vae", type=click.Path(), default=None, help="Wan2.1_VAE.pth.")
-@click.option("--pe", type=click.Path(), default=None, help="PE-Core-S16-384.pt.")
+@checkpoint_file_options
 @click.option("--use-ema", is_flag=True, help="Load generator_ema instead of generator from the DiT checkpoint.")
 @click.option("--weights-seed", type=int, default=0, show_default=True,
               help="Seed of the random weights used where no checkpoint is given.")

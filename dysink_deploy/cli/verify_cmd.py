@@ -23,6 +23,7 @@ import torch
 from .. import checkpoints as ck
 from ..config import MODEL_PRESETS, model_preset
 from ..errors import DysinkError
+from .common import checkpoint_file_options
 
 
 _MAX_WARNINGS = 20
@@ -38,10 +39,7 @@ def _build_on_meta(cfg):
 @click.command("verify-checkpoint")
 @click.option("--model", "model_name", required=True, type=click.Choice(sorted(MODEL_PRESETS)),
               help="Model preset the files must fit.")
-@click.option("--checkpoint", type=click.Path(), default=None, help="DiT base: stage1_base.pt or .safetensors.")
-@click.option("--lora", type=click.Path(), default=None, help="stage2_lora.pt (checked against the preset's DiT).")
-@click.option("--vae", type=click.Path(), default=None, help="Wan2.1_VAE.pth (decoder part is checked).")
-@click.option("--pe", type=click.Path(), default=None, help="PE-Core-S16-384.pt.")
+@checkpoint_file_options
 @click.option("--use-ema", is_flag=True, help="Check generator_ema instead of generator in --checkpoint.")
 def verify_checkpoint(model_name, checkpoint, lora, vae, pe, use_ema):
     """List every missing, unexpected or mis-shaped key of the given checkpoint files.

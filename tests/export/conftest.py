@@ -1,22 +1,6 @@
-"""Tiny-preset bundles, exported once per test session (seconds each)."""
+"""Export tests need onnxruntime and onnxscript (the shared `bundles` fixture is in tests/conftest.py)."""
 
 import pytest
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    """precision -> bundle path (lazily exported, shared by every export/bundle test)."""
-    from dysink_deploy.export.onnx_export import export_onnx
-
-    root = tmp_path_factory.mktemp("bundles")
-    cache: dict[str, object] = {}
-
-    def get(precision: str):
-        if precision not in cache:
-            cache[precision] = export_onnx("tiny", precision=precision, out=root / precision)
-        return cache[precision]
-
-    return get

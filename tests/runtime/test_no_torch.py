@@ -7,18 +7,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from tests.no_torch import BLOCK_TORCH  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SCRIPT = textwrap.dedent("""
+SCRIPT = BLOCK_TORCH + textwrap.dedent("""
     import sys
-
-    class BlockTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
-
-    sys.meta_path.insert(0, BlockTorch())
     import numpy as np
     import dysink_deploy.runtime as rt
     from dysink_deploy.runtime import cli, run, report, video   # noqa: F401  (all import without torch)

@@ -28,24 +28,10 @@ from dysink_deploy.bundle import Bundle, sha256_file, write_manifest  # noqa: E4
 from dysink_deploy.errors import DysinkError  # noqa: E402
 from dysink_deploy.runtime import cli as run_cli  # noqa: E402
 from dysink_deploy.runtime.report import decisions  # noqa: E402
+from tests.no_torch import BLOCK_TORCH  # noqa: E402
 
 BLOCKS = 12
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    from dysink_deploy.export.onnx_export import export_onnx
-
-    root = tmp_path_factory.mktemp("bundles")
-    cache: dict[str, object] = {}
-
-    def get(precision: str):
-        if precision not in cache:
-            cache[precision] = export_onnx("tiny", precision=precision, out=root / f"tiny-{precision}")
-        return cache[precision]
-
-    return get
 
 
 def _dysink_run(*args):
@@ -189,15 +175,8 @@ def test_device_ops_graphs_match_numpy():
     np.testing.assert_array_equal(z[0], x0.astype(np.float16))
 
 
-NO_TORCH = textwrap.dedent("""
+NO_TORCH = BLOCK_TORCH + textwrap.dedent("""
     import sys
-
-    class BlockTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
-
-    sys.meta_path.insert(0, BlockTorch())
     from dysink_deploy.runtime import cli
     try:
         cli.main(["--backend", "onnxruntime", "--bundle", sys.argv[1], "--blocks", "2", "--out", sys.argv[2],
