@@ -1,0 +1,321 @@
+"""Ahead-of-time compilation of the Triton kernels to cubins, without a GPU.
+
+`triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))` turns each
+kernel variant into a cubin for one architecture. The TensorRT plugin library
+embeds those cubins and launches them with the CUDA driver API, so neither
+Python nor Triton is needed where engines run. What the launcher needs is
+written into `kernels.json` beside the cubins: symbol, architecture, warps,
+dynamic shared memory, the argument list in launch order (Triton appends two
+pointers, global and profile scratch, after the non-constexpr arguments;
+constexpr arguments are baked in and absent), the grid rule, and the
+assumptions the compiler was allowed to make (16-byte aligned pointers).
+
+`TRITON_PTXAS_PATH` selects the ptxas Triton uses (on a Jetson: the device
+toolkit's own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..config import ModelConfig, StreamConfig
+from ..errors import DysinkError
+from . import variants as V
+
+MANIFEST = "kernels.json"
+FORMAT_VERSION = 1
+POINTER_ALIGN = 16
+
+# Argument types of every kernel, in the kernel's own order (constexprs excluded).
+_I32, _F32 = "i32", "fp32"
+ARG_TYPES: dict[str, dict[str, str]] = {
+    "gate_partial_sums": {"q": "*DT", "k_cur": "*DT", "k_pool": "*DT", "local_ids": "*i64", "sink_ids": "*i64",
+                          "partial": "*fp32", "L": _I32, "H": _I32, "n_local": _I32, "n_sink": _I32,
+                          "fixed_sinks": _I32, "tokens_per_split": _I32},
+    "gate_decide": {"partial": "*fp32", "local_ids": "*i64", "sink_ids": "*i64", "ratios": "*fp32",
+                    "inv_tokens": _F32, "inv_heads": "fp64", "L": _I32, "H": _I32, "n_local": _I32, "n_sink": _I32},
+    "paged_attention": {"q": "*DT", "k_cur": "*DT", "v_cur": "*DT", "k_pool": "*DT", "v_pool": "*DT",
+                        "local_ids": "*i64", "sink_ids": "*i64", "ratios": "*fp32", "out": "*DT",
+                        "threshold": _F32, "sm_scale": _F32, "L": _I32, "H": _I32, "n_local": _I32,
+                        "n_sink": _I32, "fixed_sinks": _I32},
+    "retrieve_scores": {"bank_feats": "*fp32", "bank_start": "*i64", "queries": "*fp32", "query_valid": "*i1",
+                        "current_start": "*i64", "window_frames": "*i64", "scores_ws": "*fp32",
+                        "C": _I32, "F": _I32, "Q": _I32, "sink_size": _I32},
+    "retrieve_topk": {"scores_ws": "*fp32", "slots": "*i64", "top_scores": "*fp32", "C": _I32, "k": _I32},
+}
+KERNEL_MODULE = {"gate_partial_sums": "gated_sink_attention", "gate_decide": "gated_sink_attention",
+                 "paged_attention": "gated_sink_attention", "retrieve_scores": "retrieve_sinks",
+                 "retrieve_topk": "retrieve_sinks"}
+GRID = {
+    "gate_partial_sums": ["n_sink + n_local + 2", "H", "N_SPLIT"],
+    "gate_decide": ["n_sink", "1", "1"],
+    "paged_attention": ["cdiv(L, BLOCK_M)", "H", "1"],
+    "retrieve_scores": ["cdiv(C, BLOCK_C)", "1", "1"],
+    "retrieve_topk": ["1", "1", "1"],
+}
+# What each op launches, in order, and the host-side rules the launcher applies.
+OPS = {
+    "GatedSinkAttention": {
+        "launch": ["gate_partial_sums", "gate_decide", "paged_attention"],
+        "rules": {
+            "skip_gate_when": "n_sink == 0 (ratios is then empty)",
+            "N_SPLIT": V.GATE_SPLITS,
+            "tokens_per_split": "cdiv(L, N_SPLIT)",
+            "workspace_bytes": "4 * (n_sink + n_local + 2) * H * N_SPLIT * HEAD_DIM (gate partial sums)",
+            "threshold": "the node's threshold attribute as float32",
+            "inv_tokens": "float32(1 / L)",
+            "inv_heads": "float64(1 / H)",
+            "sm_scale": "1 / sqrt(HEAD_DIM) as float32",
+        },
+    },
+    "RetrieveSinks": {
+        "launch": ["retrieve_scores", "retrieve_topk"],
+        "rules": {"workspace_bytes": "4 * C (scores)", "C": f"bank capacity <= {V.MAX_BANK_CAPACITY}",
+                  "k": f"<= {V.MAX_TOP_K}"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One kernel compiled with one set of constexprs for one architecture."""
+    kernel: str
+    arch: int
+    dtype: str | None                  # graph dtype name of the K/V tensors, None if dtype-free
+    constexprs: dict = field(hash=False)
+    num_warps: int = 4
+    num_stages: int = 1
+    key: dict = field(default_factory=dict, hash=False)   # what the launcher matches on
+
+    @property
+    def name(self) -> str:
+        parts = [self.kernel] + [f"{k}-{v}" for k, v in sorted(self.key.items())]
+        parts += [f"w{self.num_warps}", f"s{self.num_stages}", f"sm{self.arch}"]
+        return ".".join(str(p) for p in parts)
+
+    def signature(self) -> dict[str, str]:
+        sig = {}
+        for arg, ty in ARG_TYPES[self.kernel].items():
+            sig[arg] = ty.replace("DT", V.TRITON_DTYPES[self.dtype]) if "DT" in ty else ty
+        for name in self.constexprs:
+            sig[name] = "constexpr"
+        return sig
+
+
+def kernel_variants(model: ModelConfig, stream: StreamConfig, precisions: list[str], arch: int) -> list[Variant]:
+    """Every variant a bundle of this model / stream / precision needs on one architecture."""
+    heads, dim = model.dit.heads, model.dit.head_dim
+    V.check_head_dim(dim)
+    V.check_retrieval(stream.bank_capacity, stream.top_k)
+    block_d = max(16, V.next_pow2(dim))
+    out: list[Variant] = []
+    for precision in precisions:
+        dtype = V.PRECISION_DTYPES[precision]
+        sink_bf16 = bool(stream.sink_kv_bf16) and dtype != "bfloat16"
+        tiles = V.attention_tiles(arch, dim, dtype)
+        base_key = {"dtype": dtype, "head_dim": dim, "sink_bf16": int(sink_bf16)}
+        out.append(Variant("gate_partial_sums", arch, dtype,
+                           {"HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_T": V.gate_block_t(arch),
+                            "SINK_BF16": sink_bf16}, V.GATE_WARPS, 1, base_key))
+        out.append(Variant("paged_attention", arch, dtype,
+                           {"HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_M": tiles.block_m, "BLOCK_N": tiles.block_n,
+                            "SINK_BF16": sink_bf16, "DOT_PRECISION": "ieee" if dtype == "float32" else "tf32"},
+                           tiles.num_warps, tiles.num_stages, base_key))
+    out.append(Variant("gate_decide", arch, None,
+                       {"HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_H": V.next_pow2(heads), "N_SPLIT": V.GATE_SPLITS},
+                       V.DECIDE_WARPS, 1,
+                       {"head_dim": dim, "heads": heads}))
+    out.append(Variant("retrieve_scores", arch, None,
+                       {"BLOCK_C": V.RETRIEVE_BLOCK_C, "BLOCK_F": V.RETRIEVE_BLOCK_F, "BLOCK_Q": V.RETRIEVE_BLOCK_Q},
+                       V.RETRIEVE_SCORES_WARPS, 1, {}))
+    out.append(Variant("retrieve_topk", arch, None, {"BLOCK_C": V.RETRIEVE_TOPK_BLOCK_C}, V.RETRIEVE_TOPK_WARPS, 1, {}))
+    return out
+
+
+@contextmanager
+def _compile_mode():
+    """Kernel modules loaded with Triton's interpreter off, whatever TRITON_INTERPRET says:
+    the AOT path needs real JIT functions even inside an interpreted test run."""
+    names = ("TRITON_INTERPRET", "TRITON_ALWAYS_COMPILE", "TRITON_DUMP_PTXAS_LOG")
+    saved = {name: os.environ.get(name) for name in names}
+    # Always run ptxas (no cache hit) and let it print its -v log: registers, stack and
+    # spill bytes come from the very run that produced the cubin.
+    os.environ.update({"TRITON_INTERPRET": "0", "TRITON_ALWAYS_COMPILE": "1", "TRITON_DUMP_PTXAS_LOG": "1"})
+    try:
+        modules = {}
+        here = Path(__file__).parent / "triton_kernels"
+        for stem in ("gated_sink_attention", "retrieve_sinks"):
+            spec = importlib.util.spec_from_file_location(f"_dysink_aot_{stem}", here / f"{stem}.py")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            modules[stem] = mod
+        yield modules
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _triton():
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:
+        raise DysinkError("compiling kernels needs Triton: pip install 'dysink-deploy[kernels]'") from None
+    return triton, GPUTarget, ASTSource
+
+
+def compile_variant(modules: dict, variant: Variant) -> tuple[bytes, dict]:
+    """-> (cubin bytes, manifest entry without the file fields)."""
+    triton, GPUTarget, ASTSource = _triton()
+    fn = getattr(modules[KERNEL_MODULE[variant.kernel]], variant.kernel)
+    sig = variant.signature()
+    arg_names = list(fn.arg_names)
+    if list(sig) != arg_names:
+        raise AssertionError(f"{variant.kernel}: signature table {list(sig)} != kernel arguments {arg_names}")
+    attrs = {(arg_names.index(a),): [["tt.divisibility", POINTER_ALIGN]] for a, t in sig.items() if t.startswith("*")}
+    src = ASTSource(fn=fn, signature=sig, constexprs=dict(variant.constexprs), attrs=attrs)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(src, target=GPUTarget("cuda", variant.arch, 32),
+                                      options={"num_warps": variant.num_warps, "num_stages": variant.num_stages})
+    except Exception as exc:  # ptxas / MLIR failures: name the variant, keep the first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DysinkError(f"compiling {variant.name} for sm_{variant.arch} failed: {first}") from None
+    md = compiled.metadata
+    args = [{"name": a, "type": t} for a, t in sig.items() if t != "constexpr"]
+    args += [{"name": "global_scratch", "type": "*i8", "bytes": int(md.global_scratch_size)},
+             {"name": "profile_scratch", "type": "*i8", "bytes": int(md.profile_scratch_size)}]
+    entry = {
+        "variant": variant.name, "kernel": variant.kernel, "symbol": md.name, "arch": variant.arch,
+        "key": dict(variant.key), "constexprs": dict(variant.constexprs),
+        "num_warps": int(md.num_warps), "num_stages": variant.num_stages, "threads": 32 * int(md.num_warps),
+        "shared_bytes": int(md.shared), "global_scratch_bytes": int(md.global_scratch_size),
+        "global_scratch_align": int(getattr(md, "global_scratch_align", 1)),
+        "profile_scratch_bytes": int(md.profile_scratch_size), "args": args, "grid": GRID[variant.kernel],
+        "pointer_align": POINTER_ALIGN, "ptx_version": getattr(md, "ptx_version", None),
+        "ptxas": parse_ptxas_log(log.getvalue()),
+    }
+    return compiled.asm["cubin"], entry
+
+
+_PTXAS_USED = re.compile(r"Used (\d+) registers")
+_PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def parse_ptxas_log(text: str) -> dict:
+    """ptxas -v -> {registers, stack_frame, spill_stores, spill_loads} (None where absent)."""
+    used, frame = _PTXAS_USED.search(text), _PTXAS_FRAME.search(text)
+    return {"registers": int(used[1]) if used else None,
+            "stack_frame": int(frame[1]) if frame else None,
+            "spill_stores": int(frame[2]) if frame else None,
+            "spill_loads": int(frame[3]) if frame else None}
+
+
+def parse_archs(text: str) -> list[int]:
+    archs = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        digits = part.lower().removeprefix("sm_").removeprefix("sm")
+        if not digits.isdigit() or int(digits) not in V.ARCHS:
+            raise DysinkError(f"unknown architecture {part!r} in --arch; choose from "
+                              f"{','.join(str(a) for a in V.ARCHS)} (compute capability x 10)")
+        archs.append(int(digits))
+    if not archs:
+        raise DysinkError("--arch is empty; give e.g. --arch 87,90")
+    return sorted(set(archs))
+
+
+def compile_kernels(model: ModelConfig, stream: StreamConfig, precisions: list[str], archs: list[int],
+                    out: str | Path, overwrite: bool = False,
+                    log: Callable[[str], None] = lambda m: None) -> Path:
+    """Compile every variant for every architecture into `out` (written whole or not at all)."""
+    triton, _, _ = _triton()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DysinkError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if out.exists() and not (out / MANIFEST).is_file():
+        raise DysinkError(f"{out} exists and is not a kernel directory (no {MANIFEST}); "
+                          "refusing to replace it, choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        entries = []
+        with _compile_mode() as modules:
+            for arch in archs:
+                t0 = time.perf_counter()
+                variants = kernel_variants(model, stream, precisions, arch)
+                (tmp / f"sm{arch}").mkdir()
+                for variant in variants:
+                    cubin, entry = compile_variant(modules, variant)
+                    rel = f"sm{arch}/{variant.name}.cubin"
+                    (tmp / rel).write_bytes(cubin)
+                    entry.update(file=rel, bytes=len(cubin), sha256=hashlib.sha256(cubin).hexdigest())
+                    entries.append(entry)
+                log(f"sm_{arch}: {len(variants)} kernels in {time.perf_counter() - t0:.1f}s")
+        manifest = {
+            "format_version": FORMAT_VERSION, "triton_version": triton.__version__,
+            "ptxas": os.environ.get("TRITON_PTXAS_PATH") or "bundled with triton",
+            "model": model.name, "heads": model.dit.heads, "head_dim": model.dit.head_dim,
+            "precisions": list(precisions), "sink_kv_bf16": bool(stream.sink_kv_bf16),
+            "archs": list(archs), "ops": OPS, "kernels": entries,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        os.chmod(tmp, 0o777 & ~_umask())
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_manifest(path: str | Path) -> dict:
+    """Read and check a kernel directory: manifest present, every cubin there with its sha256."""
+    root = Path(path)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise DysinkError(f"{root} has no {MANIFEST}; create it with dysink-export kernels --out {root}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DysinkError(f"{root / MANIFEST} is unreadable ({exc}); recreate it with dysink-export kernels") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DysinkError(f"{root / MANIFEST} has format version {manifest.get('format_version')!r}, "
+                          f"this version reads {FORMAT_VERSION}; recreate it with dysink-export kernels")
+    for entry in manifest.get("kernels", []):
+        file = (root / entry["file"]).resolve()
+        if root.resolve() not in file.parents:
+            raise DysinkError(f"{root / MANIFEST} names {entry['file']!r} outside the kernel directory")
+        if not file.is_file() or hashlib.sha256(file.read_bytes()).hexdigest() != entry["sha256"]:
+            raise DysinkError(f"{file} is missing or does not match its sha256 in {MANIFEST}; "
+                              "recreate the directory with dysink-export kernels")
+    return manifest

@@ -1,0 +1,96 @@
+"""`dysink-export kernels`: compile the Triton kernels to cubins for every target, and report on them."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..config import MODEL_PRESETS
+from ..errors import DysinkError
+from ..graphs import PRECISIONS
+from . import variants as V
+
+ARCH_HELP = ("compute capabilities x 10, comma-separated (default: "
+             f"{','.join(str(a) for a in V.DEFAULT_ARCHS)}; known: {','.join(str(a) for a in V.ARCHS)})")
+
+
+@click.command("kernels")
+@click.option("--bundle", "bundle_path", type=click.Path(), default=None,
+              help="compile what this bundle needs (its model, stream and precision)")
+@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
+              help="or: compile for this model preset (released stream settings)")
+@click.option("--precision", "precisions", type=click.Choice(PRECISIONS), multiple=True,
+              help="with --model: precisions to compile (repeatable; default: all)")
+@click.option("--sink-kv-bf16/--no-sink-kv-bf16", default=True, show_default=True,
+              help="with --model: the stream's sink_kv_bf16 setting")
+@click.option("--arch", "arch_text", default=",".join(str(a) for a in V.DEFAULT_ARCHS), show_default=True,
+              help=ARCH_HELP)
+@click.option("--out", type=click.Path(), required=True, help="kernel directory to create (cubins + kernels.json)")
+@click.option("--overwrite", is_flag=True, help="replace an existing kernel directory at --out")
+@click.option("--report", is_flag=True,
+              help="print registers, spills, shared memory and tensor-core instructions per cubin "
+                   "(on an existing --out without --overwrite: report only, no compile)")
+@click.option("--markdown", type=click.Path(), default=None, help="also write the report as a Markdown table")
+def kernels_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text, out, overwrite, report, markdown):
+    """Compile the GatedSinkAttention / RetrieveSinks kernels to cubins, no GPU needed.
+
+    Every kernel variant a bundle needs (dtype x head dim x tile config) is
+    compiled for each architecture with Triton's ahead-of-time path; the
+    TensorRT plugin library embeds the cubins. Set TRITON_PTXAS_PATH to use
+    another ptxas (on a Jetson: the device toolkit's, e.g.
+    /usr/local/cuda/bin/ptxas).
+    """
+    from . import aot
+
+    t0 = time.perf_counter()
+    out_path = Path(out)
+    report_only = report and out_path.exists() and not overwrite
+    if not report_only:
+        model, stream, precisions = _what_to_compile(bundle_path, model_name, list(precisions), sink_kv_bf16)
+        archs = aot.parse_archs(arch_text)
+        if out_path.exists() and not overwrite:
+            raise DysinkError(f"{out_path} already exists; pass --overwrite to replace it, --report to report "
+                              "on it, or choose another --out")
+        click.echo(f"compiling {model.name} ({', '.join(precisions)}) for "
+                   f"{', '.join(f'sm_{a}' for a in archs)} into {out_path}", err=True)
+        aot.compile_kernels(model, stream, precisions, archs, out_path, overwrite=overwrite,
+                            log=lambda m: click.echo(m, err=True))
+    manifest = aot.load_manifest(out_path)
+    click.echo(f"{len(manifest['kernels'])} cubins in {out_path} (triton {manifest['triton_version']})")
+    ok = True
+    if report or markdown:
+        from . import report as rep
+
+        rows = rep.report_rows(manifest, out_path)
+        for line in rep.format_report(rows):
+            click.echo(line)
+        if markdown:
+            Path(markdown).write_text("\n".join(rep.format_report(rows, markdown=True)) + "\n")
+        ok = rep.report_ok(rows)
+        if not ok:
+            click.echo("static targets missed: a kernel spills, or a 16-bit attention kernel has no "
+                       "tensor-core instruction (see the NO rows)", err=True)
+    verdict = "PASSED" if ok else "FAILED"
+    click.echo(f"{verdict} | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
+    if not ok:
+        sys.exit(1)
+
+
+def _what_to_compile(bundle_path, model_name, precisions, sink_kv_bf16):
+    if bool(bundle_path) == bool(model_name):
+        raise DysinkError("give exactly one of --bundle or --model")
+    if bundle_path:
+        if precisions:
+            raise DysinkError("--precision goes with --model; a bundle has its own precision")
+        from ..bundle import Bundle
+
+        bundle = Bundle.load(bundle_path)
+        return bundle.model, bundle.stream, [bundle.precision]
+    from ..config import model_preset
+
+    model = model_preset(model_name)
+    return model, model.default_stream(sink_kv_bf16=sink_kv_bf16), precisions or list(PRECISIONS)

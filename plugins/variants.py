@@ -1,0 +1,117 @@
+"""Which kernel variants exist and how each is launched: the single table shared by
+the launch wrappers (interpreter and JIT), the ahead-of-time compiler and the
+TensorRT plugin (through the kernel manifest).
+
+A variant = kernel x dtype x head dim (x heads for the gate) x feature flags x
+tile config. Tile configs are chosen per architecture so that the 1.3B variants
+(head dim 128, bf16 / fp16) use tensor cores and spill nothing; the committed
+static report (docs/kernels-report.md) shows the result for each target.
+Torch-free and Triton-free: the manifest and the C++ side read these rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import DysinkError
+
+# Supported ranges (the kernels are written and tested for these).
+HEAD_DIM_RANGE = (16, 256)
+MAX_BANK_CAPACITY = 1024          # retrieve_topk holds all scores in one tile
+MAX_TOP_K = 8
+RETRIEVE_TOPK_BLOCK_C = MAX_BANK_CAPACITY
+RETRIEVE_BLOCK_C, RETRIEVE_BLOCK_F, RETRIEVE_BLOCK_Q = 64, 64, 4
+GATE_SPLITS = 8                   # gate_partial_sums: programs per (slot, head) (grid dim 2)
+
+# ONNX / graph dtype names -> Triton signature dtype names.
+TRITON_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+ARCHS = (80, 86, 87, 89, 90, 100, 110, 120)   # compute capability x 10 that we compile for
+DEFAULT_ARCHS = (80, 87, 90, 100, 110, 120)
+
+
+def next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Tile config of `paged_attention` (and the warps of the other kernels)."""
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+    @property
+    def tag(self) -> str:
+        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}"
+
+
+# Interpreter: small tiles keep numpy fast and make odd token counts span several tiles.
+INTERPRETER_TILES = Tiles(block_m=32, block_n=32, num_warps=4, num_stages=1)
+
+
+def attention_tiles(arch: int | None, head_dim: int, dtype: str) -> Tiles:
+    """Tile config per target. arch None = Triton's CPU interpreter.
+
+    Chosen from the static report (registers, spills, tensor-core
+    instructions of the compiled cubins; docs/kernels-report.md), not from
+    timings (none were possible yet): with Triton 3.7 at head dim 128,
+    128 x 64 tiles spill on sm_80/87/100/120 at 8 warps (and badly at 4);
+    128 x 32 tiles with 8 warps stay within 255 registers with no stack
+    (2 stages on mma.sync targets, where the fp16 variant's bf16 sink
+    rounding adds pressure; 3 on Blackwell). Hopper's warpgroup MMA (HGMMA)
+    keeps 128 x 64 tiles spill-free. float32 pools use exact (IEEE) dots,
+    no tensor cores: 32 x 16 tiles over 8 warps avoid spills there (sm_120
+    keeps an 8-byte stack frame). Head dims <= 64: 64 x 64 tiles, 4 warps.
+    """
+    if arch is None:
+        return INTERPRETER_TILES
+    if dtype == "float32":
+        return Tiles(32, 16, 8, 1)
+    if head_dim <= 64:
+        return Tiles(64, 64, 4, 2)
+    if arch == 90:
+        return Tiles(128, 64, 8, 2)
+    if arch in (100, 110):
+        return Tiles(128, 32, 8, 3)
+    return Tiles(128, 32, 8, 2)
+
+
+GATE_WARPS = 4
+DECIDE_WARPS = 8
+RETRIEVE_SCORES_WARPS, RETRIEVE_TOPK_WARPS = 4, 8
+
+
+def gate_block_t(arch: int | None) -> int:
+    return 16 if arch is None else 32
+
+
+def gate_tokens_per_split(tokens: int) -> int:
+    return cdiv(tokens, GATE_SPLITS)
+
+
+def gate_workspace_floats(n_sink: int, n_local: int, heads: int, head_dim: int) -> int:
+    """float32 elements of the gate's workspace: [n_sink + n_local + 2, heads, GATE_SPLITS, head_dim]."""
+    return (n_sink + n_local + 2) * heads * GATE_SPLITS * head_dim
+
+
+def check_head_dim(head_dim: int) -> None:
+    lo, hi = HEAD_DIM_RANGE
+    if not lo <= head_dim <= hi:
+        raise DysinkError(f"the Triton kernels support head dims {lo}..{hi}, got {head_dim}; "
+                          "use --kernels reference for this model")
+
+
+def check_retrieval(capacity: int, k: int) -> None:
+    if capacity > MAX_BANK_CAPACITY:
+        raise DysinkError(f"the retrieval kernel supports a bank capacity up to {MAX_BANK_CAPACITY}, "
+                          f"got {capacity}; lower bank_capacity or use --kernels reference")
+    if k > MAX_TOP_K:
+        raise DysinkError(f"the retrieval kernel supports top_k up to {MAX_TOP_K}, got {k}; "
+                          "lower top_k or use --kernels reference")
