@@ -72,7 +72,7 @@ OPS = {
         "launch": ["gate_partial_sums", "gate_decide", "paged_attention"],
         "rules": {
             "skip_gate_when": "n_sink == 0 (ratios is then empty)",
-            "N_SPLIT": V.GATE_SPLITS,
+            "N_SPLIT": V.GATE_SPLITS,     # also gate_decide's constexpr N_SPLIT
             "tokens_per_split": "cdiv(L, N_SPLIT)",
             "workspace_bytes": "4 * (n_sink + n_local + 2) * H * N_SPLIT * HEAD_DIM (gate partial sums)",
             "threshold": "the node's threshold attribute as float32",
@@ -135,7 +135,7 @@ def kernel_variants(model: ModelConfig, stream: StreamConfig, precisions: list[s
                             "SINK_BF16": sink_bf16, "DOT_PRECISION": "ieee" if dtype == "float32" else "tf32"},
                            tiles.num_warps, tiles.num_stages, base_key))
     out.append(Variant("gate_decide", arch, None,
-                       {"HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_H": V.next_pow2(heads), "N_SPLIT": V.GATE_SPLITS},
+                       {"HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_H": V.next_pow2(heads), "N_SPLIT": V.gate_splits(arch)},
                        V.DECIDE_WARPS, 1,
                        {"head_dim": dim, "heads": heads}))
     out.append(Variant("retrieve_scores", arch, None,

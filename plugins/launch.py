@@ -65,14 +65,14 @@ def _need(cond: bool, message: str) -> None:
 def gated_sink_attention(
     q: Tensor, k_cur: Tensor, v_cur: Tensor, k_pool: Tensor, v_pool: Tensor,
     local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool = True, fixed_sinks: int = 0,
-    *, tiles: V.Tiles | None = None,
+    *, tiles: V.Tiles | None = None, gate_splits: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """GatedSinkAttention with the Triton kernels.
 
     q, k_cur, v_cur [L, H, D]; k_pool, v_pool [P, L, H, D] (same dtype: fp32,
     fp16 or bf16, contiguous); local_ids int64 [S_loc]; sink_ids int64 [S_sink]
     (-1 = empty). Returns out [L, H, D] in q's dtype and float32 ratios [S_sink].
-    `tiles` overrides the per-architecture tile config (tests).
+    `tiles` and `gate_splits` override the per-architecture launch config (tests).
     """
     device = _check_device(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids)
     _need(q.dim() == 3 and k_pool.dim() == 4, f"q must be [L, H, D] and the pools [P, L, H, D], got "
@@ -101,14 +101,14 @@ def gated_sink_attention(
     # bf16 rounding is the identity on a bf16 pool: compile the lean variant.
     round_sinks = bool(sink_kv_bf16) and q.dtype != torch.bfloat16
 
-    splits = V.GATE_SPLITS
+    splits = gate_splits or V.gate_splits(arch)
     partial = torch.empty((n_sink + n_local + 2, heads, splits, dim), dtype=torch.float32, device=device)
     ratios = torch.zeros((n_sink,), dtype=torch.float32, device=device)
     out = torch.empty_like(q)
     if n_sink > 0:
         gsa_k.gate_partial_sums[(n_sink + n_local + 2, heads, splits)](
             q, k_cur, k_pool, local_ids, sink_ids, partial,
-            tokens, heads, n_local, n_sink, fixed_sinks, V.gate_tokens_per_split(tokens),
+            tokens, heads, n_local, n_sink, fixed_sinks, V.cdiv(tokens, splits),
             HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_T=V.gate_block_t(arch), SINK_BF16=round_sinks,
             num_warps=V.GATE_WARPS)
         gsa_k.gate_decide[(n_sink,)](

@@ -21,7 +21,8 @@ MAX_BANK_CAPACITY = 1024          # retrieve_topk holds all scores in one tile
 MAX_TOP_K = 8
 RETRIEVE_TOPK_BLOCK_C = MAX_BANK_CAPACITY
 RETRIEVE_BLOCK_C, RETRIEVE_BLOCK_F, RETRIEVE_BLOCK_Q = 64, 64, 4
-GATE_SPLITS = 8                   # gate_partial_sums: programs per (slot, head) (grid dim 2)
+GATE_SPLITS = 8                   # gate_partial_sums: programs per (slot, head) on a GPU (grid dim 2)
+INTERPRETER_GATE_SPLITS = 1       # the interpreter runs programs one by one: fewer is faster
 
 # ONNX / graph dtype names -> Triton signature dtype names.
 TRITON_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
@@ -52,8 +53,10 @@ class Tiles:
         return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}"
 
 
-# Interpreter: small tiles keep numpy fast and make odd token counts span several tiles.
-INTERPRETER_TILES = Tiles(block_m=32, block_n=32, num_warps=4, num_stages=1)
+# Interpreter: every tile op is a numpy call with Python overhead, so big tiles (one per
+# tiny-preset block) keep CPU tests fast. The kernel tests also run small tiles (ragged
+# tails, several tiles per page) and each GPU target's tile config under the interpreter.
+INTERPRETER_TILES = Tiles(block_m=128, block_n=128, num_warps=4, num_stages=1)
 
 
 def attention_tiles(arch: int | None, head_dim: int, dtype: str) -> Tiles:
@@ -89,16 +92,16 @@ RETRIEVE_SCORES_WARPS, RETRIEVE_TOPK_WARPS = 4, 8
 
 
 def gate_block_t(arch: int | None) -> int:
-    return 16 if arch is None else 32
+    return 128 if arch is None else 32
 
 
-def gate_tokens_per_split(tokens: int) -> int:
-    return cdiv(tokens, GATE_SPLITS)
+def gate_splits(arch: int | None) -> int:
+    return INTERPRETER_GATE_SPLITS if arch is None else GATE_SPLITS
 
 
-def gate_workspace_floats(n_sink: int, n_local: int, heads: int, head_dim: int) -> int:
-    """float32 elements of the gate's workspace: [n_sink + n_local + 2, heads, GATE_SPLITS, head_dim]."""
-    return (n_sink + n_local + 2) * heads * GATE_SPLITS * head_dim
+def gate_workspace_floats(n_sink: int, n_local: int, heads: int, head_dim: int, splits: int = GATE_SPLITS) -> int:
+    """float32 elements of the gate's workspace: [n_sink + n_local + 2, heads, splits, head_dim]."""
+    return (n_sink + n_local + 2) * heads * splits * head_dim
 
 
 def check_head_dim(head_dim: int) -> None:

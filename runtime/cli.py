@@ -22,7 +22,7 @@ from ..cli.common import checkpoint_file_options
 _DEFAULT = StreamConfig()
 ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")
 # Flags that choose weights / precision / device of the torch reference: a bundle fixes all of them.
-_TORCH_ONLY = ("checkpoint", "lora", "vae", "pe", "use_ema", "weights_seed", "device", "dtype")
+_TORCH_ONLY = ("checkpoint", "lora", "vae", "pe", "use_ema", "weights_seed", "device", "dtype", "kernels")
 
 
 def _stream_overrides(kw: dict) -> dict:
@@ -60,7 +60,7 @@ def build_torch_streamer(model_name, kw, stream, prompt_embeds, seed):
         raise DysinkError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[kw["dtype"]]
     models = build_models(model, paths, seed=kw["weights_seed"])
-    backend = TorchBackend(models, stream, device=device, dtype=dtype)
+    backend = TorchBackend(models, stream, device=device, dtype=dtype, kernels=kw["kernels"])
     return Streamer(backend, model.dit, stream, prompt_embeds, seed=seed)
 
 
@@ -113,6 +113,9 @@ def _bundle_stream(bundle, kw: dict) -> StreamConfig:
 @click.option("--device", default="cpu", show_default=True, help="torch backend: cpu or cuda[:N].")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="torch backend: model precision.")
+@click.option("--kernels", type=click.Choice(["auto", "triton", "reference"]), default="auto", show_default=True,
+              help="torch backend: custom ops as Triton kernels or PyTorch references (auto: triton on CUDA, "
+                   "reference on CPU).")
 @click.option("--config", "config_file", type=click.Path(), default=None, help="JSON file of stream settings.")
 @click.option("--top-k", type=int, default=None, help=f"Retrieved sinks per block [{_DEFAULT.top_k}].")
 @click.option("--local-attn-size", type=int, default=None, help=f"Local window frames [{_DEFAULT.local_attn_size}].")
@@ -207,7 +210,7 @@ def run_cli(kw: dict):
                    "checkpoints": bundle.manifest.get("checkpoints", {})}
     else:
         streamer = build_torch_streamer(model.name, kw, stream, prompt, kw["seed"])
-        details = {"dtype": kw["dtype"], "device": kw["device"],
+        details = {"dtype": kw["dtype"], "device": kw["device"], "kernels": streamer.backend.kernels,
                    "checkpoints": {k: kw[k] for k in ("checkpoint", "lora", "vae", "pe") if kw[k]}}
     prepare_out_dir(kw["out"], kw["overwrite"])
     run_config = {

@@ -1,6 +1,13 @@
 """Fixtures shared across the suite."""
 
+import os
+
 import pytest
+
+# The Triton kernels run on CPU tensors under Triton's interpreter, which is chosen
+# when a kernel module is imported: set it before any test imports one. GPU runs
+# of the kernels go through `dysink-bench kernels` (make gpu-check), not this suite.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -218,17 +218,20 @@ class DiTStep(nn.Module):
              ratios float32 [layers, S_sink].
     """
 
-    def __init__(self, dit: CausalWanDiT, stream: StreamConfig):
+    def __init__(self, dit: CausalWanDiT, stream: StreamConfig, attention: Callable | None = None):
+        """`attention`: an implementation of GatedSinkAttention with the reference's signature
+        (default: the reference / ONNX node; the torch backend passes the Triton kernels)."""
         super().__init__()
         self.dit = dit
         self.threshold = float(stream.gate_threshold)
         self.sink_kv_bf16 = bool(stream.sink_kv_bf16)
         self.fixed_sinks = int(stream.fixed_sink_pages)  # sink slots [fixed | retrieved]
+        self.attention = attention or gated_sink_attention_node
 
     def forward(self, x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids):
         def attend(i, q, k, v):
-            return gated_sink_attention_node(q, k, v, k_pools[i], v_pools[i], local_ids, sink_ids,
-                                             self.threshold, self.sink_kv_bf16, self.fixed_sinks)
+            return self.attention(q, k, v, k_pools[i], v_pools[i], local_ids, sink_ids,
+                                  self.threshold, self.sink_kv_bf16, self.fixed_sinks)
 
         flow, k_new, v_new, ratios = self.dit.forward_block(x_t, t, text_k, text_v, rope, attend)
         # The reference converts in float64 and rounds x0 to the model dtype.

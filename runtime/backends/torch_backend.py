@@ -3,6 +3,11 @@
 Imports torch, so the runtime imports this module only when asked for the
 torch backend. On CUDA nothing in `dit_step`, `renoise` or `write_page`
 reads back to the host: the loop syncs once per block (`to_numpy`).
+
+The two custom ops run either as their PyTorch references or as the Triton
+kernels (`kernels="triton"`, JIT-compiled on CUDA; on CPU only under
+TRITON_INTERPRET=1, for tests). `"auto"` picks the kernels on CUDA and the
+references on CPU; nothing else in the loop changes.
 """
 
 from __future__ import annotations
@@ -13,20 +18,52 @@ import torch
 from ...config import StreamConfig
 from ...models.factory import DySinkModels
 from ...models.dit import DiTStep
+from ...errors import DysinkError
 from ...ops.retrieve_sinks import retrieve_sinks_ref
 from .base import Backend
+
+KERNEL_CHOICES = ("auto", "triton", "reference")
+
+
+def resolve_kernels(kernels: str, device: torch.device) -> str:
+    """'auto' | 'triton' | 'reference' -> 'triton' | 'reference' for this device, or a clear error."""
+    if kernels not in KERNEL_CHOICES:
+        raise DysinkError(f"--kernels must be one of {', '.join(KERNEL_CHOICES)}, got {kernels!r}")
+    if kernels == "reference" or (kernels == "auto" and device.type != "cuda"):
+        return "reference"
+    try:
+        from ...plugins import launch
+    except ImportError:
+        if kernels == "auto":
+            return "reference"
+        raise DysinkError("--kernels triton needs Triton: pip install 'dysink-deploy[kernels]' "
+                          "(or use --kernels reference)") from None
+    if device.type == "cpu" and not launch.interpreted():
+        raise DysinkError("--kernels triton on the CPU runs only under Triton's interpreter "
+                          "(TRITON_INTERPRET=1, slow: for tests); use --kernels reference or --device cuda")
+    return "triton"
 
 
 class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, models: DySinkModels, stream: StreamConfig, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, kernels: str = "auto"):
+        self.device = torch.device(device)
+        self.kernels = resolve_kernels(kernels, self.device)
         self.models = models.to(device=device, dtype=dtype).eval()
         self.stream = stream
-        self.device = torch.device(device)
         self.dtype = dtype
-        self.step_module = DiTStep(self.models.dit, stream)
+        if self.kernels == "triton":
+            from ...plugins import launch
+            from ...plugins.variants import check_head_dim, check_retrieval
+
+            check_head_dim(models.dit.cfg.head_dim)
+            check_retrieval(stream.bank_capacity, stream.top_k)
+            self._attention, self._retrieve = launch.gated_sink_attention, launch.retrieve_sinks
+        else:
+            self._attention, self._retrieve = None, retrieve_sinks_ref
+        self.step_module = DiTStep(self.models.dit, stream, attention=self._attention)
         self.lat_hw = stream.latent_hw
 
     @property
@@ -83,7 +120,7 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def retrieve(self, bank_feats, bank_start, queries, query_valid, current_start, window_frames, sink_size, k):
         as_t = self.upload
-        slots, scores = retrieve_sinks_ref(
+        slots, scores = self._retrieve(
             as_t(bank_feats), as_t(bank_start), as_t(queries), as_t(query_valid),
             torch.tensor(current_start, device=self.device), torch.tensor(window_frames, device=self.device),
             sink_size, k)

@@ -1,0 +1,3 @@
+import pytest
+
+pytest.importorskip("triton", reason="the kernels extra (triton) is not installed")

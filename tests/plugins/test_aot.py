@@ -1,0 +1,106 @@
+"""Ahead-of-time cubins: `dysink-export kernels` for the tiny preset on sm_87 and sm_90, checked
+against its manifest (ELF magic, the named symbol, sha256, launch arguments), plus its refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dysink_deploy.config import model_preset
+from dysink_deploy.errors import DysinkError
+from dysink_deploy.plugins import aot
+
+EXE = [sys.executable, "-m", "dysink_deploy.cli.export_cli"]
+
+
+def _run(*args, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([*EXE, *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def kernel_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("k") / "tiny-kernels"
+    res = _run("kernels", "--model", "tiny", "--arch", "87,90", "--out", str(out), "--report")
+    assert res.returncode == 0, res.stderr + res.stdout
+    return out, res.stdout
+
+
+def test_manifest_matches_cubins(kernel_dir):
+    out, _ = kernel_dir
+    manifest = json.loads((out / "kernels.json").read_text())
+    assert manifest["archs"] == [87, 90] and manifest["triton_version"]
+    kernels = manifest["kernels"]
+    # Every kernel every op launches, for every architecture and every precision.
+    for arch in (87, 90):
+        names = {(e["kernel"], e["key"].get("dtype")) for e in kernels if e["arch"] == arch}
+        for op in manifest["ops"].values():
+            for kernel in op["launch"]:
+                dtypes = {d for k, d in names if k == kernel}
+                assert dtypes, (arch, kernel)
+        assert {d for k, d in names if k == "paged_attention"} == {"float32", "float16", "bfloat16"}
+    for e in kernels:
+        blob = (out / e["file"]).read_bytes()
+        assert blob[:4] == b"\x7fELF", e["file"]
+        assert e["symbol"].encode() + b"\x00" in blob, f"{e['symbol']} not in {e['file']}"
+        assert hashlib.sha256(blob).hexdigest() == e["sha256"] and len(blob) == e["bytes"]
+        assert [a["name"] for a in e["args"][-2:]] == ["global_scratch", "profile_scratch"]
+        assert all(a["type"] != "constexpr" for a in e["args"])
+        assert e["threads"] == 32 * e["num_warps"] and e["shared_bytes"] >= 0
+        assert e["ptxas"]["registers"] and e["ptxas"]["spill_stores"] == 0, e["variant"]
+    # The attention kernel's launch arguments in order (what the plugin passes).
+    attn = next(e for e in kernels if e["kernel"] == "paged_attention")
+    assert [a["name"] for a in attn["args"]][:9] == ["q", "k_cur", "v_cur", "k_pool", "v_pool", "local_ids",
+                                                      "sink_ids", "ratios", "out"]
+    assert aot.load_manifest(out)["kernels"] == kernels
+
+
+def test_report_lists_every_cubin(kernel_dir):
+    out, stdout = kernel_dir
+    n = len(json.loads((out / "kernels.json").read_text())["kernels"])
+    rows = [line for line in stdout.splitlines() if line.startswith("sm_")]
+    assert len(rows) == n
+    assert all(line.rstrip().endswith("yes") for line in rows if "paged_attention.dtype-bfloat16" in line)
+    assert stdout.rstrip().splitlines()[-1].startswith("PASSED")
+
+
+def test_tampered_cubin_is_refused(kernel_dir, tmp_path):
+    out, _ = kernel_dir
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
+    victim = next((copy / "sm90").iterdir())
+    blob = bytearray(victim.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    victim.write_bytes(bytes(blob))
+    with pytest.raises(DysinkError, match="does not match its sha256"):
+        aot.load_manifest(copy)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "tiny", "--arch", "75"], "unknown architecture '75'"),
+    (["--model", "tiny", "--arch", ","], "--arch is empty"),
+    (["--arch", "90"], "exactly one of --bundle or --model"),
+    (["--model", "tiny", "--bundle", "x"], "exactly one of --bundle or --model"),
+    (["--bundle", "does-not-exist"], "does-not-exist"),
+])
+def test_bad_arguments(tmp_path, args, message):
+    res = _run("kernels", *args, "--out", str(tmp_path / "k"))
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "k").exists()
+
+
+def test_existing_out_is_not_replaced_without_overwrite(tmp_path):
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "keep.txt").write_text("mine")
+    res = _run("kernels", "--model", "tiny", "--arch", "90", "--out", str(tmp_path / "k"))
+    assert res.returncode == 2 and "already exists" in res.stderr
+    with pytest.raises(DysinkError, match="not a kernel directory"):
+        aot.compile_kernels(model_preset("tiny"), model_preset("tiny").default_stream(), ["fp32"], [90],
+                            tmp_path / "k", overwrite=True)
+    assert (tmp_path / "k" / "keep.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["k"], "no partial directory left behind"
