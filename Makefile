@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e '.[all]'
 	touch $(STAMP)
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench gpu-check
 install: $(STAMP)
 
 # The bundle is reused when Bundle.load accepts it (files present, checksums and versions match).
@@ -34,3 +34,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/dysink-bench stream --model tiny --blocks 20
 	$(VENV)/bin/dysink-bench memory --model tiny --blocks 300 --bank-capacity 16
+
+# On a machine with a CUDA GPU: the kernels compiled (not interpreted) against the references and
+# timed against SDPA (table written to docs/, commit it), then the GPU-marked tests.
+gpu-check: $(STAMP)
+	TRITON_INTERPRET=0 $(VENV)/bin/dysink-bench kernels --markdown docs/kernels-gpu-check-$$(date +%F).md
+	TRITON_INTERPRET=0 $(VENV)/bin/python -m pytest -q -m gpu

@@ -3,6 +3,7 @@
   dysink-bench stream  --model tiny --blocks 20      blocks/s and per-phase medians
   dysink-bench memory  --blocks 300 --bank-capacity 16   peak RSS at block 100 vs the end
   dysink-bench graphs  --model tiny [--mid]        per-graph latency, onnxruntime CPU vs torch eager
+  dysink-bench kernels [--markdown FILE]           GPU check: Triton kernels vs references, vs SDPA
 """
 
 from __future__ import annotations
@@ -229,6 +230,18 @@ def graphs(model_name, mid, graph_names, runs, threads, profile_dir):
         for name, file in profiles.items():
             ops = ", ".join(f"{op} {ms:.0f} ms ({100 * share:.0f}%)" for op, ms, share in _top_ops(file))
             click.echo(f"profile {name} ({file}): {ops}")
+
+
+@main.command()
+@click.option("--markdown", type=click.Path(), default=None,
+              help="also write the table to FILE (commit it under docs/ with the date and device)")
+def kernels(markdown):
+    """GPU check of the Triton kernels: correctness vs the references (PASSED/FAILED per case), then
+    timings against SDPA over the same keys and retrieval over 1,000 entries. Skips without a GPU."""
+    from .plugins.gpu_check import run
+
+    if not run(log=click.echo, markdown=markdown):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 # The Triton kernels run on CPU tensors under Triton's interpreter, which is chosen
 # when a kernel module is imported: set it before any test imports one. GPU runs
 # of the kernels go through `dysink-bench kernels` (make gpu-check), not this suite.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_INTERPRET", "1")   # `make gpu-check` sets it to 0
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,224 @@
+"""The GPU check of the kernels (`dysink-bench kernels`, `make gpu-check`).
+
+On a CUDA GPU: every case runs the JIT-compiled Triton kernels against the
+PyTorch references (ratios and slots identical; outputs within 2x the error
+of a plain PyTorch run in the same low precision, SDPA over the same kept
+keys, both against the float32 reference), then times them against
+`torch.nn.functional.scaled_dot_product_attention` over the same number of
+keys held contiguously. Prints a table; returns False if a case failed.
+Timings are printed against the targets, never asserted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from dataclasses import dataclass
+from typing import Callable
+
+TARGET_VS_SDPA = 1.3          # gated sink attention time / SDPA time at the 1.3B shape
+TARGET_GATE_SHARE = 0.05      # gate kernels / attention kernel
+TARGET_RETRIEVE_MS = 0.1      # retrieval over 1,000 bank entries
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    tokens: int
+    heads: int
+    head_dim: int
+    dtype: str
+    sinks: int = 2
+    locals_: int = 2
+
+
+CASES = [
+    Case("tiny fp32", 72, 2, 32, "float32", 2, 4),
+    Case("tiny fp16", 72, 2, 32, "float16", 2, 4),
+    Case("tiny bf16", 72, 2, 32, "bfloat16", 2, 4),
+    Case("1.3B bf16", 4680, 12, 128, "bfloat16"),
+    Case("1.3B fp16", 4680, 12, 128, "float16"),
+]
+
+
+def skip_reason() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed (pip install 'dysink-deploy[kernels]')"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU visible to torch"
+    from . import launch
+    if launch.interpreted():
+        return "TRITON_INTERPRET is set: unset it to run the compiled kernels"
+    return None
+
+
+def _inputs(case: Case, seed: int = 0):
+    import torch
+
+    dt = getattr(torch, case.dtype)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    pages = case.sinks + case.locals_ + 1
+    shape = (case.tokens, case.heads, case.head_dim)
+    q, k, v = (torch.randn(shape, generator=g, device="cuda").to(dt) for _ in range(3))
+    kp = torch.randn((pages, *shape), generator=g, device="cuda").to(dt)
+    vp = torch.randn((pages, *shape), generator=g, device="cuda").to(dt)
+    # Sink page 0 leans towards the mean query, so its gate ratio is high and it is dropped.
+    kp[0] += 0.5 * q.float().mean(0).to(dt)
+    local_ids = torch.arange(case.sinks, case.sinks + case.locals_, device="cuda")
+    sink_ids = torch.arange(case.sinks, device="cuda")
+    return q, k, v, kp, vp, local_ids, sink_ids
+
+
+def _sdpa_same_keys(q, k, v, kp, vp, local_ids, sink_ids, keep):
+    """Plain PyTorch in the inputs' dtype over the kept keys, gathered contiguously: the baseline."""
+    import torch
+    import torch.nn.functional as F
+
+    pages = [kp[i] for i, kept in zip(sink_ids.tolist(), keep.tolist()) if kept] + [kp[i] for i in local_ids.tolist()]
+    vpages = [vp[i] for i, kept in zip(sink_ids.tolist(), keep.tolist()) if kept] + [vp[i] for i in local_ids.tolist()]
+    keys = torch.cat(pages + [k]).transpose(0, 1)[None]
+    vals = torch.cat(vpages + [v]).transpose(0, 1)[None]
+    return F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, vals)[0].transpose(0, 1)
+
+
+def check_case(case: Case, threshold: float = 0.5) -> dict:
+    import torch
+
+    from ..ops.gated_sink_attention import gated_sink_attention_ref
+    from . import launch
+
+    q, k, v, kp, vp, local_ids, sink_ids = _inputs(case)
+    out, ratios = launch.gated_sink_attention(q, k, v, kp, vp, local_ids, sink_ids, threshold, True)
+    try:
+        ref, ref_ratios = gated_sink_attention_ref(q, k, v, kp, vp, local_ids, sink_ids, threshold, True)
+    except torch.cuda.OutOfMemoryError:
+        return {"case": case.name, "ok": None, "detail": "SKIPPED: the float32 reference does not fit in memory"}
+    keep = ~(ref_ratios > threshold)
+    # Baseline rounding: retrieved sinks bf16-rounded like the op does (a no-op for bf16).
+    kp_r, vp_r = kp.clone(), vp.clone()
+    kp_r[sink_ids] = kp[sink_ids].to(torch.bfloat16).to(kp.dtype)
+    vp_r[sink_ids] = vp[sink_ids].to(torch.bfloat16).to(vp.dtype)
+    base = _sdpa_same_keys(q, k, v, kp_r, vp_r, local_ids, sink_ids, keep)
+    err = (out.float() - ref.float()).abs().max().item()
+    base_err = (base.float() - ref.float()).abs().max().item()
+    floor = 1e-5 * max(1.0, ref.float().abs().max().item())
+    same_ratios = torch.equal(ratios, ref_ratios)
+    ok = same_ratios and err <= 2 * base_err + floor
+    return {"case": case.name, "ok": ok, "err": err, "base_err": base_err, "same_ratios": same_ratios,
+            "dropped": int((~keep).sum().item()),
+            "detail": f"max err {err:.2e} (SDPA {case.dtype}: {base_err:.2e}), ratios "
+                      f"{'identical' if same_ratios else 'DIFFER'}, {int((~keep).sum())} of {case.sinks} sinks dropped"}
+
+
+def check_retrieval(capacity: int = 1000, k: int = 2, feat: int = 512) -> dict:
+    import torch
+
+    from ..ops.retrieve_sinks import retrieve_sinks_ref
+    from . import launch
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    feats = torch.nn.functional.normalize(torch.randn(capacity, feat, generator=g, device="cuda"), dim=-1)
+    start = torch.arange(capacity, device="cuda") * 3
+    queries = torch.nn.functional.normalize(torch.randn(3, feat, generator=g, device="cuda"), dim=-1)
+    valid = torch.ones(3, dtype=torch.bool, device="cuda")
+    cur, win = torch.tensor(3 * capacity, device="cuda"), torch.tensor(9, device="cuda")
+    slots, scores = launch.retrieve_sinks(feats, start, queries, valid, cur, win, 0, k)
+    ref_slots, ref_scores = retrieve_sinks_ref(feats, start, queries, valid, cur, win, 0, k)
+    ok = torch.equal(slots, ref_slots) and torch.allclose(scores, ref_scores, atol=1e-5)
+    return {"case": f"retrieve {capacity} x {feat}, k {k}", "ok": ok,
+            "detail": f"slots {'identical' if torch.equal(slots, ref_slots) else 'DIFFER'}",
+            "fn": lambda: launch.retrieve_sinks(feats, start, queries, valid, cur, win, 0, k)}
+
+
+def time_attention(case: Case, bench: Callable) -> dict:
+    """Median ms of: the whole op, its gate kernels alone, SDPA over the same number of contiguous keys."""
+    import torch
+    import torch.nn.functional as F
+
+    from . import launch, variants as V
+    from .triton_kernels import gated_sink_attention as K
+
+    q, k, v, kp, vp, local_ids, sink_ids = _inputs(case)
+    keep_all = 1.1   # threshold above every ratio: all sinks attended, like SDPA's key count
+    op_ms = bench(lambda: launch.gated_sink_attention(q, k, v, kp, vp, local_ids, sink_ids, keep_all, True))
+    n_sink, n_local = sink_ids.numel(), local_ids.numel()
+    splits = V.GATE_SPLITS
+    partial = torch.empty((n_sink + n_local + 2, case.heads, splits, case.head_dim), device="cuda")
+    ratios = torch.empty(n_sink, device="cuda")
+    block_d = max(16, V.next_pow2(case.head_dim))
+    round_sinks = case.dtype != "bfloat16"
+
+    def gate():
+        K.gate_partial_sums[(n_sink + n_local + 2, case.heads, splits)](
+            q, k, kp, local_ids, sink_ids, partial, case.tokens, case.heads, n_local, n_sink, 0,
+            V.cdiv(case.tokens, splits), HEAD_DIM=case.head_dim, BLOCK_D=block_d,
+            BLOCK_T=V.gate_block_t(90), SINK_BF16=round_sinks, num_warps=V.GATE_WARPS)
+        K.gate_decide[(n_sink,)](partial, local_ids, sink_ids, ratios, 1.0 / case.tokens, 1.0 / case.heads,
+                                 case.tokens, case.heads, n_local, n_sink, HEAD_DIM=case.head_dim,
+                                 BLOCK_D=block_d, BLOCK_H=V.next_pow2(case.heads), N_SPLIT=splits,
+                                 num_warps=V.DECIDE_WARPS)
+
+    gate_ms = bench(gate)
+    keys = (n_sink + n_local + 1) * case.tokens
+    qs = q.transpose(0, 1)[None].contiguous()
+    ks = torch.randn((1, case.heads, keys, case.head_dim), device="cuda").to(q.dtype)
+    vs = torch.randn_like(ks)
+    sdpa_ms = bench(lambda: F.scaled_dot_product_attention(qs, ks, vs))
+    return {"op_ms": op_ms, "gate_ms": gate_ms, "attn_ms": op_ms - gate_ms, "sdpa_ms": sdpa_ms, "keys": keys}
+
+
+def run(log: Callable[[str], None] = print, markdown: str | None = None) -> bool:
+    """The whole check; returns True when every correctness case passed (or was skipped)."""
+    reason = skip_reason()
+    if reason:
+        log(f"SKIPPED | dysink-bench kernels needs a CUDA GPU: {reason}")
+        return True
+    import torch
+    import triton
+    from triton.testing import do_bench
+
+    device = torch.cuda.get_device_name()
+    cc = torch.cuda.get_device_capability()
+    head = (f"{datetime.date.today().isoformat()} | {device} (sm_{cc[0]}{cc[1]}) | torch {torch.__version__} | "
+            f"triton {triton.__version__} | {platform.node()}")
+    lines = [head, "", "| check | result | detail |", "|---|---|---|"]
+    ok_all = True
+    for case in CASES:
+        res = check_case(case)
+        mark = "SKIPPED" if res["ok"] is None else ("PASSED" if res["ok"] else "FAILED")
+        ok_all &= res["ok"] is not False
+        lines.append(f"| {case.name} ({case.tokens} tokens, {case.heads} heads, d {case.head_dim}) | {mark} | "
+                     f"{res['detail']} |")
+    retrieval = check_retrieval()
+    ok_all &= bool(retrieval["ok"])
+    lines.append(f"| {retrieval['case']} | {'PASSED' if retrieval['ok'] else 'FAILED'} | {retrieval['detail']} |")
+
+    def bench(fn):
+        return do_bench(fn, warmup=25, rep=100)
+
+    lines += ["", "| timing (median) | ms | vs target |", "|---|---|---|"]
+    for case in (c for c in CASES if c.name.startswith("1.3B")):
+        t = time_attention(case, bench)
+        ratio = t["op_ms"] / t["sdpa_ms"]
+        share = t["gate_ms"] / max(t["attn_ms"], 1e-9)
+        lines.append(f"| {case.name}: gated sink attention, {t['keys']} keys | {t['op_ms']:.3f} | "
+                     f"{ratio:.2f}x SDPA (target <= {TARGET_VS_SDPA}x) |")
+        lines.append(f"| {case.name}: SDPA, same keys contiguous | {t['sdpa_ms']:.3f} | |")
+        lines.append(f"| {case.name}: gate kernels | {t['gate_ms']:.3f} | {100 * share:.1f}% of attention "
+                     f"(target < {100 * TARGET_GATE_SHARE:.0f}%) |")
+    r_ms = bench(retrieval["fn"])
+    lines.append(f"| retrieval over 1,000 entries | {r_ms:.4f} | target < {TARGET_RETRIEVE_MS} ms |")
+    lines.append("")
+    lines.append(f"{'PASSED' if ok_all else 'FAILED'} | correctness cases above; timings are reported, not asserted")
+    for line in lines:
+        log(line)
+    if markdown:
+        with open(markdown, "w") as fh:
+            fh.write("# Kernel GPU check\n\n" + "\n".join(lines) + "\n")
+    return ok_all

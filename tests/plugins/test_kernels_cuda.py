@@ -1,0 +1,33 @@
+"""The compiled kernels on a CUDA GPU (make gpu-check runs this with TRITON_INTERPRET=0)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dysink_deploy.plugins import gpu_check
+
+pytestmark = pytest.mark.gpu
+_reason = gpu_check.skip_reason()
+
+
+@pytest.mark.skipif(_reason is not None, reason=f"needs a CUDA GPU and compiled kernels: {_reason}")
+@pytest.mark.parametrize("case", gpu_check.CASES, ids=lambda c: c.name.replace(" ", "-"))
+def test_kernels_match_references_on_cuda(case):
+    res = gpu_check.check_case(case)
+    if res["ok"] is None:
+        pytest.skip(res["detail"])
+    assert res["ok"], res["detail"]
+
+
+@pytest.mark.skipif(_reason is not None, reason=f"needs a CUDA GPU and compiled kernels: {_reason}")
+def test_retrieval_matches_reference_on_cuda():
+    res = gpu_check.check_retrieval()
+    assert res["ok"], res["detail"]
+
+
+def test_gpu_check_skips_with_one_line_without_a_gpu():
+    if _reason is None:
+        pytest.skip("a GPU is present: the check runs for real")
+    lines = []
+    assert gpu_check.run(log=lines.append) is True
+    assert len(lines) == 1 and lines[0].startswith("SKIPPED | dysink-bench kernels needs a CUDA GPU")
