@@ -56,3 +56,33 @@ def test_kernel_choice():
     assert resolve_kernels("triton", torch.device("cpu")) == "triton"     # interpreter is on in this suite
     with pytest.raises(DysinkError, match="--kernels must be one of"):
         resolve_kernels("cuda", torch.device("cpu"))
+
+
+def _dysink_run(*args, interpret: bool):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    return subprocess.run([sys.executable, "-m", "dysink_deploy.runtime.cli", "--quiet", *args],
+                          capture_output=True, text=True, env=env)
+
+
+def test_dysink_run_kernels_flag(tmp_path):
+    # Interpreted: a real run, and stats.json says which implementation ran.
+    out = tmp_path / "ok"
+    res = _dysink_run("--model", "tiny", "--kernels", "triton", "--blocks", "1", "--out", str(out), interpret=True)
+    assert res.returncode == 0, res.stderr
+    import json
+    assert json.loads((out / "stats.json").read_text())["config"]["kernels"] == "triton"
+    # Compiled kernels on the CPU: refused in one line, before --out is created.
+    res = _dysink_run("--model", "tiny", "--kernels", "triton", "--blocks", "1", "--out", str(tmp_path / "no"),
+                      interpret=False)
+    assert res.returncode == 2 and "only under Triton's interpreter" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "no").exists()
+    # A torch-backend flag with the onnxruntime backend.
+    res = _dysink_run("--backend", "onnxruntime", "--bundle", str(tmp_path), "--kernels", "triton", "--blocks", "1",
+                      "--out", str(tmp_path / "no"), interpret=True)
+    assert res.returncode == 2 and "--kernels" in res.stderr, res.stderr
