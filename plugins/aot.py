@@ -198,7 +198,7 @@ def compile_variant(modules: dict, variant: Variant) -> tuple[bytes, dict]:
                                       options={"num_warps": variant.num_warps, "num_stages": variant.num_stages})
     except Exception as exc:  # ptxas / MLIR failures: name the variant, keep the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DysinkError(f"compiling {variant.name} for sm_{variant.arch} failed: {first}") from None
+        raise DysinkError(f"compiling {variant.name} for sm_{variant.arch} failed: {first}") from exc
     md = compiled.metadata
     args = [{"name": a, "type": t} for a, t in sig.items() if t != "constexpr"]
     args += [{"name": "global_scratch", "type": "*i8", "bytes": int(md.global_scratch_size)},
@@ -244,10 +244,20 @@ def parse_archs(text: str) -> list[int]:
     return sorted(set(archs))
 
 
+def _interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 def compile_kernels(model: ModelConfig, stream: StreamConfig, precisions: list[str], archs: list[int],
                     out: str | Path, overwrite: bool = False,
                     log: Callable[[str], None] = lambda m: None) -> Path:
-    """Compile every variant for every architecture into `out` (written whole or not at all)."""
+    """Compile every variant for every architecture into `out` (written whole or not at all).
+
+    In a process where Triton's interpreter is on (the test suite), the interpreter has patched
+    triton.language and the compiler cannot run in-process: the work goes to a child process.
+    """
+    if _interpreter_on():
+        return _compile_in_child(model, stream, precisions, archs, out, overwrite, log)
     triton, _, _ = _triton()
     out = Path(out)
     if out.exists() and not overwrite:
@@ -293,6 +303,41 @@ def compile_kernels(model: ModelConfig, stream: StreamConfig, precisions: list[s
     return out
 
 
+def _compile_in_child(model, stream, precisions, archs, out, overwrite, log) -> Path:
+    import subprocess
+    import sys
+
+    spec = {"model": model.to_dict(), "stream": stream.to_dict(), "precisions": list(precisions),
+            "archs": list(archs), "out": str(out), "overwrite": bool(overwrite)}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-m", "dysink_deploy.plugins.aot", json.dumps(spec)],
+                         capture_output=True, text=True, env=env)
+    for line in res.stderr.splitlines():
+        if line.startswith("log: "):
+            log(line[5:])
+    if res.returncode != 0:
+        errors = [ln[7:] for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+        raise DysinkError(errors[0] if errors else f"kernel compilation failed: {res.stderr.strip()[-300:]}")
+    return Path(out)
+
+
+def _main(argv: list[str]) -> int:
+    """Child-process entry of `compile_kernels` (see there)."""
+    import sys
+
+    from ..config import model_config_from_dict, stream_config_from_dict
+
+    spec = json.loads(argv[0])
+    try:
+        compile_kernels(model_config_from_dict(spec["model"]), stream_config_from_dict(spec["stream"]),
+                        spec["precisions"], spec["archs"], spec["out"], spec["overwrite"],
+                        log=lambda m: print(f"log: {m}", file=sys.stderr))
+    except DysinkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -319,3 +364,9 @@ def load_manifest(path: str | Path) -> dict:
             raise DysinkError(f"{file} is missing or does not match its sha256 in {MANIFEST}; "
                               "recreate the directory with dysink-export kernels")
     return manifest
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

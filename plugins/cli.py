@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -94,3 +95,72 @@ def _what_to_compile(bundle_path, model_name, precisions, sink_kv_bf16):
 
     model = model_preset(model_name)
     return model, model.default_stream(sink_kv_bf16=sink_kv_bf16), precisions or list(PRECISIONS)
+
+
+@click.command("plugins")
+@click.option("--bundle", "bundle_path", type=click.Path(), default=None,
+              help="build for this bundle (its model, stream and precision)")
+@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
+              help="or: for this model preset, every precision (released stream settings)")
+@click.option("--precision", "precisions", type=click.Choice(PRECISIONS), multiple=True,
+              help="with --model: precisions to embed (repeatable; default: all)")
+@click.option("--sink-kv-bf16/--no-sink-kv-bf16", default=True, show_default=True,
+              help="with --model: the stream's sink_kv_bf16 setting")
+@click.option("--arch", "arch_text", default=",".join(str(a) for a in V.DEFAULT_ARCHS), show_default=True,
+              help=ARCH_HELP)
+@click.option("--tensorrt-include", type=click.Path(), default=None,
+              help="folder holding NvInferRuntime.h (default: $TensorRT_INCLUDE_DIR, $TensorRT_ROOT/include, "
+                   "/usr/include/<arch>-linux-gnu)")
+@click.option("--out", type=click.Path(), required=True, help="directory for libdysink_plugins.so (+ kernels/, build/)")
+@click.option("--overwrite", is_flag=True, help="replace an existing --out")
+def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text, tensorrt_include, out, overwrite):
+    """Build libdysink_plugins.so: compile the kernels, embed the cubins, build the IPluginV3 library.
+
+    Needs cmake, a C++17 compiler, the CUDA toolkit's headers and TensorRT's headers (no TensorRT
+    or GPU at build time). Load the result with trtexec --dynamicPlugins, IPluginRegistry::loadLibrary,
+    polygraphy --plugins, ctypes.CDLL (after importing tensorrt) or ONNX Runtime's
+    trt_extra_plugin_lib_paths. Set TRITON_PTXAS_PATH to compile with another ptxas (on a Jetson: the
+    device toolkit's).
+    """
+    import shutil
+    import tempfile
+
+    from . import aot
+    from .build import HEADERS_HINT, LIBRARY, build_library, find_tensorrt_include, tensorrt_header_version
+
+    t0 = time.perf_counter()
+    out_path = Path(out)
+    if out_path.exists() and not overwrite:
+        raise DysinkError(f"{out_path} already exists; pass --overwrite to replace it or choose another --out")
+    if out_path.exists() and not (out_path / LIBRARY).is_file():
+        raise DysinkError(f"{out_path} exists and holds no {LIBRARY}; refusing to replace it, choose another --out")
+    include = find_tensorrt_include(tensorrt_include)
+    if include is None:
+        raise DysinkError(f"TensorRT headers not found; {HEADERS_HINT}")
+    model, stream, precisions = _what_to_compile(bundle_path, model_name, list(precisions), sink_kv_bf16)
+    archs = aot.parse_archs(arch_text)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.partial-", dir=out_path.parent))
+    try:
+        click.echo(f"[1/3] kernels: {model.name} ({', '.join(precisions)}) for "
+                   f"{', '.join(f'sm_{a}' for a in archs)}", err=True)
+        aot.compile_kernels(model, stream, precisions, archs, tmp / "kernels", log=lambda m: click.echo(f"  {m}", err=True))
+        click.echo(f"[2/3] embedding into the library source; TensorRT {tensorrt_header_version(include)} headers "
+                   f"from {include}", err=True)
+        click.echo("[3/3] cmake build", err=True)
+        built = build_library(tmp / "kernels", tmp / "build", include)
+        shutil.copy2(built, tmp / LIBRARY)
+        # The build directory names the temporary path; rebuild it in place on the next run.
+        shutil.rmtree(tmp / "build", ignore_errors=True)
+        if out_path.exists():
+            old = out_path.parent / f".{out_path.name}.old-{os.getpid()}"
+            out_path.rename(old)
+            tmp.rename(out_path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    click.echo(f"wrote {out_path / LIBRARY}")
+    click.echo(f"PASSED | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")

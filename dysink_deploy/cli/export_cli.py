@@ -21,10 +21,11 @@ def _register() -> None:
     from .verify_cmd import verify_checkpoint
     from ..export.check import check_command
     from ..export.commands import COMMANDS
-    from ..plugins.cli import kernels_command
+    from ..plugins.cli import kernels_command, plugins_command
 
     main.add_command(verify_checkpoint)
     main.add_command(kernels_command)
+    main.add_command(plugins_command)
     main.add_command(check_command)
     for cmd in COMMANDS:
         main.add_command(cmd)
