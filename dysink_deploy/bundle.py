@@ -32,7 +32,8 @@ from .graphs import PRECISIONS, GraphSpec, TensorSpec, graph_specs
 # with a rebuild hint instead of running with other semantics.
 #   1: first release
 #   2: GatedSinkAttention gained `fixed_sinks`; vae_decode_first takes z only
-BUNDLE_FORMAT_VERSION = 2
+#   3: dit_step takes the timestep sinusoid `t_freq` (no float64 in graphs); default opset 20, IR 9
+BUNDLE_FORMAT_VERSION = 3
 MANIFEST_NAME = "bundle.json"
 
 # Stream settings baked into the graphs (shapes, node attributes). The rest

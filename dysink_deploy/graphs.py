@@ -120,6 +120,7 @@ def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str) -> dic
     specs["dit_step"] = GraphSpec(
         "dit_step",
         (TensorSpec("x_t", latent, "float32"), TensorSpec("t", (), "float32"),
+         TensorSpec("t_freq", (d.freq_dim,), "float32"),
          TensorSpec("text_k", text, md), TensorSpec("text_v", text, md),
          TensorSpec("rope", (2, L, hd // 2), "float32"),
          *[TensorSpec(f"k_pool_{i}", pool, md) for i in range(layers)],

@@ -48,3 +48,17 @@ def rope_phases(cfg: DiTConfig, start_frame: int, frames: int, grid_h: int, grid
     """cos and sin of `rope_angles`, stacked: float32 [2, tokens, head_dim // 2]."""
     ang = rope_angles(cfg, start_frame, frames, grid_h, grid_w)
     return np.stack([np.cos(ang), np.sin(ang)]).astype(np.float32)
+
+
+def timestep_frequencies(t: float, freq_dim: int) -> np.ndarray:
+    """Wan's sinusoidal timestep embedding [cos | sin] of one timestep, float64 math, float32 out.
+
+    The same formula as `models.dit.timestep_sinusoid` (the reference's float64
+    computation). Graphs take it as an input (`t_freq`), like the RoPE phases:
+    TensorRT has no float64 arithmetic, so computing it inside the graph would
+    lose the reference's precision.
+    """
+    half = freq_dim // 2
+    inv = np.power(10000.0, -np.arange(half, dtype=np.float64) / half)
+    args = np.float64(t) * inv
+    return np.concatenate([np.cos(args), np.sin(args)]).astype(np.float32)

@@ -192,9 +192,16 @@ def _coverage(dec: list[dict]) -> str:
 @click.option("--dedup-threshold", type=float, default=0.985, show_default=True,
               help="stream comparison: bank dedup cosine (the default lets the bank grow so blocks retrieve)")
 @click.option("--ort-provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
-def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider):
-    """Compare every graph output of a bundle, then a short stream, with the PyTorch reference."""
+@click.option("--trt", "trt_versions", multiple=True, type=click.Choice(["10.3", "10.13", "11"]),
+              help="instead: lint every node against this TensorRT version's ONNX parser (operator matrix, dtypes, "
+                   "opset, IR version, plugin attributes, 2^31 elements); repeatable; CPU only, no TensorRT needed")
+def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, trt_versions):
+    """Compare every graph output of a bundle, then a short stream, with the PyTorch reference
+    (or, with --trt, lint the bundle against TensorRT parsers)."""
     t0 = time.perf_counter()
+    if trt_versions:
+        _lint_command(bundle_path, trt_versions, t0)
+        return
     if blocks < 0:
         raise DysinkError(f"--blocks must be >= 0, got {blocks}")
     bundle = Bundle.load(bundle_path)
@@ -230,3 +237,23 @@ def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider):
         click.echo(f"FAILED | {what} | Runtime: {runtime:.1f}s | Command: {command}")
         sys.exit(1)
     click.echo(f"PASSED | {len(checks)} outputs | Runtime: {runtime:.1f}s | Command: {command}")
+
+
+def _lint_command(bundle_path, trt_versions, t0) -> None:
+    from .trt_lint import lint_bundle
+
+    bundle = Bundle.load(bundle_path)
+    failed = 0
+    for version in trt_versions:
+        problems = lint_bundle(bundle, version)
+        for p in problems:
+            click.echo(f"- [x] TensorRT {version}: {p}")
+        mark = mark_for(not problems)
+        click.echo(f"- [{mark}] TensorRT {version}: {len(bundle.graphs)} graphs, {len(problems)} problems")
+        failed += bool(problems)
+    command = shlex.join(["dysink-export", *sys.argv[1:]])
+    verdict = "FAILED" if failed else "PASSED"
+    click.echo(f"{verdict} | {len(trt_versions)} TensorRT version(s) | Runtime: {time.perf_counter() - t0:.1f}s | "
+               f"Command: {command}")
+    if failed:
+        sys.exit(1)

@@ -50,9 +50,14 @@ def _stream_options(fn):
 @click.option("--overwrite", is_flag=True, help="replace an existing bundle at --out (only once the new one is complete)")
 @click.option("--graph", "graphs", multiple=True, help="export only this graph (repeatable; default: all)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the weights no checkpoint replaces")
+@click.option("--opset", type=int, default=None,
+              help="ONNX opset of graphs and function bodies, 18..23 (default: 20, what TensorRT 10.x parsers "
+                   "accept; 22 for bf16, whose Conv needs it; TensorRT 11.x accepts up to 25)")
+@click.option("--ir-version", type=int, default=None,
+              help="ONNX IR version (default: 9 with opset 20, else the opset's minimum)")
 @_stream_options
-def onnx_command(model_name, checkpoint, lora, vae, pe, ema, precision, out, overwrite, graphs, seed,
-                 **stream_flags):
+def onnx_command(model_name, checkpoint, lora, vae, pe, ema, precision, out, overwrite, graphs, seed, opset,
+                 ir_version, **stream_flags):
     """Export the ONNX graphs of one stream configuration into a bundle directory."""
     from ..models.factory import CheckpointPaths
     from .onnx_export import export_onnx
@@ -64,7 +69,8 @@ def onnx_command(model_name, checkpoint, lora, vae, pe, ema, precision, out, ove
         click.echo("warning: networks without a checkpoint keep random weights (frames will be meaningless)",
                    err=True)
     path = export_onnx(model_name, paths, precision, out, graphs=list(graphs) or None, overwrite=overwrite,
-                       seed=seed, log=lambda m: click.echo(m, err=True), **overrides)
+                       seed=seed, log=lambda m: click.echo(m, err=True), opset=opset, ir_version=ir_version,
+                       **overrides)
     click.echo(f"wrote {path}")
     click.echo(f"PASSED | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
 

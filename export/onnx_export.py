@@ -36,13 +36,29 @@ from ..models.dit import DiTStep
 from ..models.factory import CheckpointPaths, DySinkModels, build_models
 from ..ops.gated_sink_attention import ONNX_DOMAIN, ONNX_DOMAIN_VERSION
 from ..ops.retrieve_sinks import retrieve_sinks_node
-from ..rope import rope_phases
+from ..rope import rope_phases, timestep_frequencies
 
 # torch's exporter warns, on every export, that torchvision's ops cannot be
 # registered; we use none of them, so the warnings only bury real output.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
-OPSET = 23
+# Defaults that every TensorRT parser we target documents as supported: the 10.x
+# parser's operator matrix covers opsets 9..20 (TensorRT 11: up to 25); opset 20
+# is ONNX 1.15, whose IR version is 9. bf16 is the exception: ONNX's Conv has no
+# bfloat16 before opset 22, so bf16 bundles default to opset 22 (IR 10), which the
+# TensorRT 11 parsers accept and the 10.x ones do not document (use fp16 there).
+# `--opset` / `--ir-version` override them.
+DEFAULT_OPSET = 20
+DEFAULT_IR_VERSION = 9
+BF16_OPSET, BF16_IR_VERSION = 22, 10
+OPSETS = range(18, 24)            # what the exporter and the function bodies support
+OPSET = DEFAULT_OPSET             # kept for callers that read the default
+_MIN_IR = {18: 8, 19: 9, 20: 9, 21: 10, 22: 10, 23: 11}
+
+
+def default_opset(precision: str) -> tuple[int, int]:
+    """(opset, IR version) an export uses when none is given."""
+    return (BF16_OPSET, BF16_IR_VERSION) if precision == "bf16" else (DEFAULT_OPSET, DEFAULT_IR_VERSION)
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _SPEC_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "int64": torch.int64, "bool": torch.bool}
@@ -65,7 +81,7 @@ class TextEncoderGraph(nn.Module):
 
 
 class DiTStepGraph(nn.Module):
-    """The contract's flat inputs (x_t, t, text_k, text_v, rope, k_pool_0.., v_pool_0.., local_ids,
+    """The contract's flat inputs (x_t, t, t_freq, text_k, text_v, rope, k_pool_0.., v_pool_0.., local_ids,
     sink_ids) -> (x0, k_new, v_new, ratios), through `DiTStep`."""
 
     def __init__(self, models: DySinkModels, stream: StreamConfig):
@@ -73,11 +89,11 @@ class DiTStepGraph(nn.Module):
         self.step = DiTStep(models.dit, stream)
         self.layers = models.dit.cfg.layers
 
-    def forward(self, x_t, t, text_k, text_v, rope, *pools_and_ids):
+    def forward(self, x_t, t, t_freq, text_k, text_v, rope, *pools_and_ids):
         n = self.layers
         k_pools, v_pools = list(pools_and_ids[:n]), list(pools_and_ids[n:2 * n])
         local_ids, sink_ids = pools_and_ids[2 * n:]
-        return self.step(x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids)
+        return self.step(x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids, t_freq=t_freq)
 
 
 class RetrieveGraph(nn.Module):
@@ -150,6 +166,9 @@ def sample_inputs(name: str, model: ModelConfig, stream: StreamConfig, precision
         dtype = _SPEC_DTYPES[t.dtype]
         if t.name == "t":
             x = torch.tensor(stream.timesteps()[min(1, len(stream.timesteps()) - 1)], dtype=torch.float32)
+        elif t.name == "t_freq":
+            step = stream.timesteps()[min(1, len(stream.timesteps()) - 1)]
+            x = torch.from_numpy(timestep_frequencies(step, d.freq_dim))
         elif t.name == "rope":
             lat_h, lat_w = stream.latent_hw
             x = torch.from_numpy(rope_phases(d, 9, stream.block_frames, lat_h // d.patch[1], lat_w // d.patch[2]))
@@ -187,12 +206,12 @@ def _sdpa_matmul_softmax(query, key, value, attn_mask=None, dropout_p=0.0, is_ca
                          enable_gqa=False):
     """aten SDPA -> MatMul / Softmax(float32) / MatMul, for any rank.
 
-    The default opset-23 translation emits the standard `Attention` op, which
+    The opset-23 translation emits the standard `Attention` op, which
     the TensorRT parsers we target (10.3, 10.13) lack, and it refuses the
     DiT's 3-D cross-attention. Softmax runs in float32 like torch's CPU/CUDA
     kernels accumulate; the two MatMuls stay in the input dtype.
     """
-    from onnxscript import opset23 as op
+    from onnxscript import opset18 as op   # these ops are unchanged up to opset 23
 
     if attn_mask is not None or is_causal or dropout_p or enable_gqa:
         raise NotImplementedError("only plain (unmasked, non-causal) attention is exported")
@@ -230,7 +249,21 @@ def _check_io(model_proto, spec: GraphSpec) -> None:
         raise RuntimeError(f"exported {spec.name} does not match its contract: {bad}")
 
 
-def export_graph(module: nn.Module, spec: GraphSpec, args: Sequence[Tensor], path: str | os.PathLike) -> dict:
+def check_opset(opset: int, ir_version: int, precision: str | None = None) -> None:
+    if opset not in OPSETS:
+        raise DysinkError(f"--opset must lie in {OPSETS.start}..{OPSETS.stop - 1} (the exporter's and the custom ops' "
+                          f"range; TensorRT 10.x parsers accept up to 20), got {opset}")
+    if not 8 <= ir_version <= 11:
+        raise DysinkError(f"--ir-version must lie in 8..11, got {ir_version}")
+    if ir_version < _MIN_IR[opset]:
+        raise DysinkError(f"opset {opset} needs IR version >= {_MIN_IR[opset]}, got --ir-version {ir_version}")
+    if precision == "bf16" and opset < BF16_OPSET:
+        raise DysinkError(f"a bf16 bundle needs --opset >= {BF16_OPSET} (ONNX's Conv has no bfloat16 before opset 22), "
+                          f"got {opset}; for TensorRT 10.x export fp16 instead")
+
+
+def export_graph(module: nn.Module, spec: GraphSpec, args: Sequence[Tensor], path: str | os.PathLike,
+                 opset: int = DEFAULT_OPSET, ir_version: int = DEFAULT_IR_VERSION) -> dict:
     """Export `module(*args)` to `path` (plus `path`.data when over 2 GB) and check it.
 
     Returns {"file", "external_data", "custom_ops"} for the manifest (names relative to path's folder).
@@ -239,14 +272,14 @@ def export_graph(module: nn.Module, spec: GraphSpec, args: Sequence[Tensor], pat
     import onnx_ir as ir
     import onnxscript
 
-    from ..ops.onnx_functions import OPSET as FN_OPSET, function_protos
+    from ..ops.onnx_functions import function_protos
 
-    assert FN_OPSET == OPSET, "function bodies and models must share the opset"
+    check_opset(opset, ir_version)
     path = Path(path)
     with torch.no_grad():
         # optimize=False, then onnxscript's plain optimizer: torch's own pass also fuses
         # RMSNormalization, a standard op that TensorRT 10.3 / 10.13 parsers lack.
-        prog = torch.onnx.export(module, tuple(args), dynamo=True, opset_version=OPSET, verbose=False,
+        prog = torch.onnx.export(module, tuple(args), dynamo=True, opset_version=opset, verbose=False,
                                  optimize=False,
                                  input_names=[t.name for t in spec.inputs],
                                  output_names=[t.name for t in spec.outputs],
@@ -259,7 +292,7 @@ def export_graph(module: nn.Module, spec: GraphSpec, args: Sequence[Tensor], pat
     onnxscript.optimizer.remove_unused_nodes(model)
     used = sorted({n.op_type for n in model.graph.all_nodes() if n.domain == ONNX_DOMAIN})
     if used:
-        for proto in function_protos():
+        for proto in function_protos(opset):
             if proto.name in used:
                 fn = ir.serde.deserialize_function(proto)
                 model.functions[fn.identifier()] = fn
@@ -267,8 +300,9 @@ def export_graph(module: nn.Module, spec: GraphSpec, args: Sequence[Tensor], pat
     foreign = sorted({n.domain for n in model.graph.all_nodes()} - {"", ONNX_DOMAIN})
     if foreign:  # e.g. com.microsoft: ORT-only, TensorRT would reject the file
         raise RuntimeError(f"exported {spec.name} uses non-standard op domains {foreign}")
-    if model.opset_imports.get("") != OPSET:
-        raise RuntimeError(f"exported {spec.name} has opset {model.opset_imports.get('')}, expected {OPSET}")
+    if model.opset_imports.get("") != opset:
+        raise RuntimeError(f"exported {spec.name} has opset {model.opset_imports.get('')}, expected {opset}")
+    model.ir_version = ir_version
     weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     external = weight_bytes > EXTERNAL_DATA_BYTES
     prog.save(str(path), external_data=external)
@@ -298,12 +332,14 @@ def resolve_config(model: str | ModelConfig, stream: StreamConfig | None = None,
 def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = None, precision: str = "fp32",
                 out: str | os.PathLike = "bundle", stream: StreamConfig | None = None, *,
                 graphs: Iterable[str] | None = None, overwrite: bool = False, seed: int = 0,
-                log: Callable[[str], None] | None = None, **stream_overrides) -> Path:
+                log: Callable[[str], None] | None = None, opset: int | None = None,
+                ir_version: int | None = None, **stream_overrides) -> Path:
     """Export every graph of the contract for one stream configuration into bundle `out`.
 
     model: preset name or ModelConfig. checkpoints: weights (random from `seed`
     otherwise). stream / stream_overrides: the stream configuration (default:
     the preset's released one). graphs: a subset of the contract (default all).
+    opset / ir_version: of every graph and function body (default: `default_opset(precision)`).
     The bundle is written to a temporary sibling directory and renamed to
     `out` only when complete; on any error nothing is left behind.
     Returns the bundle path.
@@ -311,6 +347,11 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
     cfg, stream = resolve_config(model, stream, **stream_overrides)
     if precision not in TORCH_DTYPES:
         raise DysinkError(f"precision must be one of {', '.join(TORCH_DTYPES)}, got {precision!r}")
+    default = default_opset(precision)
+    opset = default[0] if opset is None else opset
+    if ir_version is None:
+        ir_version = default[1] if opset == default[0] else _MIN_IR.get(opset, default[1])
+    check_opset(opset, ir_version, precision)
     specs = graph_specs(cfg, stream, precision)
     names = list(specs) if graphs is None else list(graphs)
     unknown = [n for n in names if n not in specs]
@@ -334,10 +375,11 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
             t0 = time.perf_counter()
             module = graph_module(name, models, stream).eval()
             args = sample_inputs(name, cfg, stream, precision, seed=seed)
-            entries[name] = export_graph(module, specs[name], args, tmp / f"{name}.onnx")
+            entries[name] = export_graph(module, specs[name], args, tmp / f"{name}.onnx", opset, ir_version)
             log(f"exported {name} ({time.perf_counter() - t0:.1f}s)")
         write_manifest(tmp, cfg, stream, precision, entries, extra={
-            "opset": OPSET,
+            "opset": opset,
+            "ir_version": ir_version,
             "custom_op_domain": {"domain": ONNX_DOMAIN, "version": ONNX_DOMAIN_VERSION},
             "checkpoints": _checkpoint_record(checkpoints, seed),
             "versions": _versions(),
@@ -493,5 +535,5 @@ def _attr(a) -> str:
     return v.decode() if isinstance(v, bytes) else (f"{v:g}" if isinstance(v, float) else str(v))
 
 
-__all__ = ["describe_bundle", "BUNDLE_FORMAT_VERSION", "OPSET", "check_bundle", "export_graph", "export_onnx", "graph_module",
+__all__ = ["describe_bundle", "BUNDLE_FORMAT_VERSION", "OPSET", "DEFAULT_OPSET", "DEFAULT_IR_VERSION", "check_bundle", "export_graph", "export_onnx", "graph_module",
            "io_specs_of", "rebuild_command", "resolve_config", "sample_inputs"]

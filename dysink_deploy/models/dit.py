@@ -168,15 +168,17 @@ class CausalWanDiT(nn.Module):
         return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
 
     # -- per block and step --------------------------------------------------
-    def _time(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Model timestep -> (e [dim], e0 [6, dim]) in the parameters' dtype."""
+    def _time(self, t: Tensor, t_freq: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Model timestep -> (e [dim], e0 [6, dim]) in the parameters' dtype. `t_freq`
+        [freq_dim] float32: the sinusoid computed outside (graphs: no float64 in TensorRT)."""
         dtype = self.time_embedding[0].weight.dtype
-        e = self.time_embedding(timestep_sinusoid(t.reshape(1), self.cfg.freq_dim).to(dtype))
+        freq = timestep_sinusoid(t.reshape(1), self.cfg.freq_dim) if t_freq is None else t_freq.reshape(1, -1)
+        e = self.time_embedding(freq.to(dtype))
         e0 = self.time_projection(e).reshape(6, self.cfg.dim)
         return e[0], e0
 
     def forward_block(self, x_t: Tensor, t: Tensor, text_k: Tensor, text_v: Tensor, rope: Tensor,
-                      attend: AttendFn) -> tuple[Tensor, Tensor, Tensor, list]:
+                      attend: AttendFn, t_freq: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, list]:
         """One evaluation of the DiT on one block.
 
         x_t [C, F, h, w] latent, t scalar tensor (model timestep, 0..1000),
@@ -191,7 +193,7 @@ class CausalWanDiT(nn.Module):
         tokens = self.patch_embedding(x_t[None].to(wdtype))[0]                 # [dim, F, gh, gw]
         grid = tokens.shape[1:]
         x = tokens.flatten(1).transpose(0, 1)                                  # [L, dim]
-        e, e0 = self._time(t)
+        e, e0 = self._time(t, t_freq)
         ks, vs, ratios = [], [], []
         for i, blk in enumerate(self.blocks):
             x, k, v, r = blk(x, e0, text_k[i], text_v[i], rope,
@@ -228,12 +230,12 @@ class DiTStep(nn.Module):
         self.fixed_sinks = int(stream.fixed_sink_pages)  # sink slots [fixed | retrieved]
         self.attention = attention or gated_sink_attention_node
 
-    def forward(self, x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids):
+    def forward(self, x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids, t_freq=None):
         def attend(i, q, k, v):
             return self.attention(q, k, v, k_pools[i], v_pools[i], local_ids, sink_ids,
                                   self.threshold, self.sink_kv_bf16, self.fixed_sinks)
 
-        flow, k_new, v_new, ratios = self.dit.forward_block(x_t, t, text_k, text_v, rope, attend)
+        flow, k_new, v_new, ratios = self.dit.forward_block(x_t, t, text_k, text_v, rope, attend, t_freq)
         # The reference converts in float64 and rounds x0 to the model dtype.
         sigma = t.float() / 1000.0
         x0 = (x_t.float() - sigma * flow).to(self.dit.patch_embedding.weight.dtype).float()

@@ -1,4 +1,4 @@
-"""ONNX model-local function bodies of the two custom ops, in standard opset-23 ops.
+"""ONNX model-local function bodies of the two custom ops, in standard ONNX ops.
 
 An exported graph holds `dysink::GatedSinkAttention` / `dysink::RetrieveSinks`
 nodes (domain version 1). TensorRT binds its plugin to them (the nodes carry
@@ -13,6 +13,11 @@ The bodies are type-polymorphic in the model dtype (Cast/CastLike only), so
 one definition serves fp32, fp16 and bf16 graphs. TopK runs in float32: its
 opset-11 schema has no bfloat16.
 
+The bodies are written with opset-23 onnxscript ops but use only operators
+whose semantics are the same from opset 18 to 23 (later versions only added
+types): `function_protos(opset)` stamps them with the model's opset, and the
+full ONNX checker validates every node's schema and types at that opset.
+
 Imports onnxscript: used at export time only.
 """
 
@@ -24,7 +29,8 @@ from onnxscript import opset23 as op
 
 from .gated_sink_attention import ONNX_DOMAIN, ONNX_DOMAIN_VERSION, PLUGIN_ATTRS
 
-OPSET = 23  # must equal the opset of the models that carry these functions
+OPSET = 23            # the onnxscript opset the bodies are written in
+MIN_OPSET = 18        # the oldest opset the bodies are valid at (ReduceMean / ReduceSum with axes inputs)
 _FLOAT, _BOOL, _BF16 = onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL, onnx.TensorProto.BFLOAT16
 
 dysink = onnxscript.values.Opset(ONNX_DOMAIN, ONNX_DOMAIN_VERSION)
@@ -130,11 +136,17 @@ def RetrieveSinks(bank_feats, bank_start, queries, query_valid, current_start, w
 CUSTOM_OPS = {"GatedSinkAttention": GatedSinkAttention, "RetrieveSinks": RetrieveSinks}
 
 
-def function_protos() -> list[onnx.FunctionProto]:
-    """The bodies to attach to a model that uses the custom nodes (opset imports [("", 23)])."""
+def function_protos(opset: int = OPSET) -> list[onnx.FunctionProto]:
+    """The bodies to attach to a model at `opset` (their opset import is set to it: a model's
+    functions must share its opset)."""
+    if not MIN_OPSET <= opset <= OPSET:
+        raise ValueError(f"the function bodies support opsets {MIN_OPSET}..{OPSET}, got {opset}")
     protos = []
     for fn in CUSTOM_OPS.values():
         proto = fn.to_function_proto()
+        for imp in proto.opset_import:
+            if imp.domain == "":
+                imp.version = opset
         # The nodes also carry the TensorRT plugin strings: declare them so the
         # function's signature lists every attribute its nodes set (the body ignores them).
         for name in PLUGIN_ATTRS:

@@ -35,6 +35,7 @@ import numpy as np
 
 from ...bundle import Bundle, rebuild_command
 from ...errors import DysinkError
+from ...rope import timestep_frequencies
 from .base import Backend
 
 # --ort-provider NAME -> ONNX Runtime execution provider(s), in priority order.
@@ -175,6 +176,7 @@ class OnnxRuntimeBackend(Backend):
         """x [C, F, h, w] float32 handle; rope [2, L, D/2]; ids int64 -> (x0, k_new, v_new, ratios [layers, S])."""
         inputs = dict(self._fixed)
         inputs.update(x_t=x.value, t=self._value(np.asarray(t, dtype=np.float32)),
+                      t_freq=self._value(timestep_frequencies(float(t), self.bundle.model.dit.freq_dim)),
                       rope=self._value(rope.astype(np.float32)),
                       local_ids=self._value(local_ids.astype(np.int64)),
                       sink_ids=self._value(sink_ids.astype(np.int64)))

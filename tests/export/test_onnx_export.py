@@ -21,7 +21,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from dysink_deploy.config import model_preset  # noqa: E402
 from dysink_deploy.export.onnx_export import (  # noqa: E402
-    OPSET, TORCH_DTYPES, fp32_twin, graph_module, io_specs_of, sample_inputs)
+    TORCH_DTYPES, default_opset, fp32_twin, graph_module, io_specs_of, sample_inputs)
 from dysink_deploy.graphs import graph_specs  # noqa: E402
 from dysink_deploy.models.factory import build_models  # noqa: E402
 
@@ -76,7 +76,7 @@ def test_files_check_and_match_the_contract(bundles, precision):
         assert ins == [(t.name, t.shape, t.dtype) for t in spec.inputs]
         assert outs == [(t.name, t.shape, t.dtype) for t in spec.outputs]
         opsets = {o.domain: o.version for o in proto.opset_import}
-        assert opsets[""] == OPSET
+        assert opsets[""] == default_opset(precision)[0]
         assert {n.domain for n in proto.graph.node} <= {"", "dysink"}   # no com.microsoft
         # No standard ops the targeted TensorRT parsers (10.3, 10.13) lack.
         assert not {n.op_type for n in proto.graph.node} & {"Attention", "RMSNormalization", "RotaryEmbedding"}

@@ -244,3 +244,33 @@ def test_function_protos_declare_opset_and_attributes():
     assert declared == {"threshold", "sink_kv_bf16", "fixed_sinks", "plugin_namespace", "plugin_version"}
     assert [a.i for a in gsa.attribute_proto if a.name == "fixed_sinks"] == [0], "fixed_sinks defaults to 0"
     assert set(protos["RetrieveSinks"].attribute) == {"sink_size", "k", "plugin_namespace", "plugin_version"}
+
+
+@pytest.mark.parametrize("opset", [18, 20])
+def test_bodies_hold_at_older_opsets(opset):
+    """Stamped with an older opset, the bodies pass the full checker and ORT still equals the reference."""
+    g = torch.Generator().manual_seed(opset)
+    feats = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    queries = torch.nn.functional.normalize(torch.randn(2, 8, generator=g), dim=-1)
+    start, valid = torch.tensor([0, 3, 6, -1, 12, 15]), torch.tensor([True, True])
+    ins = [helper.make_tensor_value_info("bank_feats", TP.FLOAT, [6, 8]),
+           helper.make_tensor_value_info("bank_start", TP.INT64, [6]),
+           helper.make_tensor_value_info("queries", TP.FLOAT, [2, 8]),
+           helper.make_tensor_value_info("query_valid", TP.BOOL, [2]),
+           helper.make_tensor_value_info("current_start", TP.INT64, []),
+           helper.make_tensor_value_info("window_frames", TP.INT64, [])]
+    outs = [helper.make_tensor_value_info("slots", TP.INT64, [2]), helper.make_tensor_value_info("scores", TP.FLOAT, [2])]
+    node = helper.make_node("RetrieveSinks", [i.name for i in ins], ["slots", "scores"], domain="dysink",
+                            plugin_namespace="dysink", plugin_version="1", sink_size=0, k=2)
+    model = helper.make_model(helper.make_graph([node], "r", ins, outs), ir_version=9,
+                              opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("dysink", 1)],
+                              functions=function_protos(opset))
+    onnx.checker.check_model(model, full_check=True)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"bank_feats": feats.numpy(), "bank_start": start.numpy(), "queries": queries.numpy(),
+                          "query_valid": valid.numpy(), "current_start": np.array(18), "window_frames": np.array(9)})
+    ref = retrieve_sinks_ref(feats, start, queries, valid, torch.tensor(18), torch.tensor(9), 0, 2)
+    assert got[0].tolist() == ref[0].tolist()
+    np.testing.assert_allclose(got[1], ref[1].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="opsets 18..23"):
+        function_protos(17)
