@@ -87,4 +87,28 @@ def inspect_command(bundle_path, quick):
         click.echo(line)
 
 
-COMMANDS: list = [onnx_command, inspect_command]
+@click.command("plan")
+@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), required=True, help="model preset")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True)
+@click.option("--height", type=int, default=None, help="pixels (default: the preset's)")
+@click.option("--width", type=int, default=None, help="pixels (default: the preset's)")
+@click.option("--memory", required=True, help="device memory to plan for, e.g. 64GB (Jetson AGX Orin), 24GB, 16GiB")
+@click.option("--bank-capacity", type=int, default=None, help="bank entries to check (default: the released 16)")
+@click.option("--platform", type=click.Choice(["desktop", "jetson"]), default="desktop", show_default=True,
+              help="size of the fixed reserve (CUDA context, TensorRT)")
+def plan_command(model_name, precision, height, width, memory, bank_capacity, platform):
+    """Device memory of one stream: weights, K/V pool pages, caches, activations; the largest bank that fits."""
+    from ..config import model_preset
+    from .plan import check_fits, format_plan, parse_memory, plan
+
+    model = model_preset(model_name)
+    overrides = {k: v for k, v in (("height", height), ("width", width), ("bank_capacity", bank_capacity)) if v}
+    stream = model.default_stream(**overrides)
+    result = plan(model, stream, precision, parse_memory(memory), platform)
+    for line in format_plan(result):
+        click.echo(line)
+    check_fits(result, stream)
+    click.echo(f"PASSED | fits with bank capacity {stream.bank_capacity} (largest: {result.max_bank_capacity})")
+
+
+COMMANDS: list = [onnx_command, inspect_command, plan_command]
