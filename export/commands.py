@@ -111,4 +111,29 @@ def plan_command(model_name, precision, height, width, memory, bank_capacity, pl
     click.echo(f"PASSED | fits with bank capacity {stream.bank_capacity} (largest: {result.max_bank_capacity})")
 
 
-COMMANDS: list = [onnx_command, inspect_command, plan_command]
+@click.command("build")
+@click.option("--bundle", "bundle_path", type=click.Path(), required=True, help="ONNX bundle to build engines for")
+@click.option("--out", type=click.Path(), default=None, help="write a new bundle here instead of adding engines in place")
+@click.option("--graph", "graphs", multiple=True, help="build only this graph (repeatable; default: all)")
+@click.option("--workspace", "workspace_gb", type=float, default=None, help="builder workspace limit in GB")
+@click.option("--opt-level", type=int, default=None, help="builder optimization level 0..5 (TensorRT's default: 3)")
+@click.option("--timing-cache", type=click.Path(), default=None, help="timing cache file, read if present, then updated")
+@click.option("--hardware-compat", is_flag=True, help="engines that run on any Ampere-or-newer GPU (slower)")
+@click.option("--plugins", type=click.Path(), default=None,
+              help=f"plugin library (default: BUNDLE/plugins/libdysink_plugins.so from dysink-export plugins)")
+def build_command(bundle_path, out, graphs, workspace_gb, opt_level, timing_cache, hardware_compat, plugins):
+    """Build TensorRT engines from a bundle's ONNX graphs (on the GPU that will run them).
+
+    Strongly typed networks: the precision is the ONNX graph's. Needs TensorRT's Python package and
+    cuda-python; engines are written beside the ONNX files and recorded in bundle.json.
+    """
+    from .trt_build import build_engines
+
+    t0 = time.perf_counter()
+    path = build_engines(bundle_path, out, list(graphs) or None, workspace_gb, opt_level, timing_cache,
+                         hardware_compat, plugins, log=lambda m: click.echo(m, err=True))
+    click.echo(f"wrote engines into {path}")
+    click.echo(f"PASSED | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
+
+
+COMMANDS: list = [onnx_command, inspect_command, plan_command, build_command]

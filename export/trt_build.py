@@ -1,0 +1,196 @@
+"""`dysink-export build`: a bundle's ONNX graphs -> TensorRT engines, beside them, in the manifest.
+
+Strongly typed networks (precision comes from the ONNX graph; no fp16/int8 builder
+flags, TensorRT 11 has none), the plugin library loaded into the builder's registry,
+engines written atomically, one manifest entry per engine: TensorRT version, compute
+capability, plugin library file + sha256, engine sha256 and bytes, build options.
+
+Uses the TensorRT Python API directly (10.3 .. 11.x; every name it uses is checked
+against both versions' bindings, tests/export/test_trt_build.py). Not run on the
+development machines (no TensorRT, no GPU): see the README's support table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..bundle import MANIFEST_NAME, Bundle, sha256_file
+from ..errors import DysinkError
+
+NO_TENSORRT = ("TensorRT's Python package is not installed: on a Jetson it comes with JetPack "
+               "(sudo apt install python3-libnvinfer); on a desktop: pip install tensorrt "
+               "--extra-index-url https://pypi.nvidia.com")
+PLUGIN_LIBRARY = "libdysink_plugins.so"
+ENGINE_SUFFIX = ".engine"
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise DysinkError(NO_TENSORRT) from None
+    return trt
+
+
+def compute_capability() -> str:
+    """'sm_87' for the current CUDA device, through cuda-python (no torch)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            raise DysinkError("cuda-python is not installed: pip install cuda-python") from None
+    err, device = cudart.cudaGetDevice()
+    if int(err) != 0:
+        raise DysinkError(f"no CUDA device (cudaGetDevice: {err}); engines are built on the GPU that runs them")
+    err, major = cudart.cudaDeviceGetAttribute(cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor, device)
+    err, minor = cudart.cudaDeviceGetAttribute(cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor, device)
+    return f"sm_{major}{minor}"
+
+
+def check_build_options(workspace_gb: float | None, opt_level: int | None) -> None:
+    if workspace_gb is not None and not workspace_gb > 0:
+        raise DysinkError(f"--workspace must be > 0 GB, got {workspace_gb}")
+    if opt_level is not None and not 0 <= opt_level <= 5:
+        raise DysinkError(f"--opt-level must lie in 0..5 (TensorRT's builder optimization level), got {opt_level}")
+
+
+def find_plugin_library(bundle: Bundle, explicit: str | None) -> Path:
+    path = Path(explicit) if explicit else bundle.path / "plugins" / PLUGIN_LIBRARY
+    if not path.is_file():
+        raise DysinkError(f"no plugin library at {path}; build it with: dysink-export plugins --bundle {bundle.path} "
+                          f"--arch <this GPU, e.g. 87> --out {bundle.path / 'plugins'} (or pass --plugins FILE)")
+    return path
+
+
+def record_engines(bundle_dir: Path, entries: dict[str, dict]) -> None:
+    """Add engine entries to bundle.json (atomically): file, sha256, bytes + the build record."""
+    manifest_path = bundle_dir / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    engines = manifest.setdefault("engines", {})
+    for graph, info in entries.items():
+        if graph not in manifest["graphs"]:
+            raise DysinkError(f"bundle {bundle_dir} has no graph {graph!r} to attach an engine to")
+        engines[graph] = {"file": info["file"], "sha256": sha256_file(bundle_dir / info["file"]),
+                          "bytes": (bundle_dir / info["file"]).stat().st_size,
+                          **{k: v for k, v in info.items() if k != "file"}}
+    tmp = manifest_path.with_name(f".{MANIFEST_NAME}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(manifest_path)
+
+
+def _copy_bundle(src: Path, dst: Path) -> None:
+    """--out: a new bundle directory holding the ONNX files (hard links where possible) and the manifest."""
+    if dst.exists():
+        raise DysinkError(f"--out {dst} already exists; choose another directory")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    try:
+        for item in src.iterdir():
+            target = tmp / item.name
+            if item.is_dir():
+                shutil.copytree(item, target)
+            else:
+                try:
+                    os.link(item, target)
+                except OSError:
+                    shutil.copy2(item, target)
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def build_engines(bundle_path: str, out: str | None = None, graphs: list[str] | None = None,
+                  workspace_gb: float | None = None, opt_level: int | None = None,
+                  timing_cache: str | None = None, hardware_compat: bool = False, plugins: str | None = None,
+                  log: Callable[[str], None] = lambda m: None) -> Path:
+    check_build_options(workspace_gb, opt_level)
+    bundle = Bundle.load(bundle_path)
+    names = graphs or list(bundle.graphs)
+    unknown = [g for g in names if g not in bundle.graphs]
+    if unknown:
+        raise DysinkError(f"--graph {', '.join(unknown)}: not in bundle {bundle.path} ({', '.join(bundle.graphs)})")
+    trt = import_tensorrt()
+    plugin_lib = find_plugin_library(bundle, plugins)
+    cc = compute_capability()
+    target = Path(out) if out else bundle.path
+    if out:
+        _copy_bundle(bundle.path, target)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    registry = builder.get_plugin_registry()
+    if registry.load_library(str(plugin_lib)) is None:
+        raise DysinkError(f"TensorRT could not load the plugin library {plugin_lib} (see the messages above); "
+                          f"rebuild it with dysink-export plugins against this TensorRT version")
+    options = {"workspace_gb": workspace_gb, "opt_level": opt_level, "hardware_compat": bool(hardware_compat),
+               "strongly_typed": True, "timing_cache": bool(timing_cache)}
+    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
+    entries = {}
+    for i, name in enumerate(names, 1):
+        t0 = time.perf_counter()
+        log(f"[{i}/{len(names)}] {name}: parsing {bundle.graph_path(name).name}")
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(bundle.graph_path(name))):
+            first = parser.get_error(0).desc() if getattr(parser, "num_errors", 1) else "no error reported"
+            raise DysinkError(f"TensorRT's parser refused graph {name}: {first}")
+        config = builder.create_builder_config()
+        if workspace_gb:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * 2 ** 30))
+        if opt_level is not None:
+            config.builder_optimization_level = int(opt_level)
+        if hardware_compat:
+            config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+        cache = config.create_timing_cache(cache_bytes)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        log(f"[{i}/{len(names)}] {name}: building (minutes for the large graphs)")
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise DysinkError(f"TensorRT could not build graph {name} (see the builder's messages above)")
+        cache_bytes = bytes(memoryview(config.get_timing_cache().serialize()))
+        engine_file = f"{name}{ENGINE_SUFFIX}"
+        tmp = target / f".{engine_file}.partial-{os.getpid()}"
+        tmp.write_bytes(memoryview(serialized))
+        tmp.replace(target / engine_file)
+        entries[name] = {"file": engine_file, "tensorrt_version": trt.__version__, "compute_capability": cc,
+                         "plugin_library": {"file": str(plugin_lib), "sha256": sha256_file(plugin_lib)},
+                         "build_options": options}
+        log(f"[{i}/{len(names)}] {name}: {engine_file} ({time.perf_counter() - t0:.0f}s)")
+    if timing_cache:
+        tmp = Path(timing_cache).with_name(f".{Path(timing_cache).name}.partial-{os.getpid()}")
+        tmp.write_bytes(cache_bytes)
+        tmp.replace(timing_cache)
+    record_engines(target, entries)
+    return target
+
+
+def check_engine_entry(bundle: Bundle, graph: str, trt_version: str, cc: str) -> dict:
+    """The manifest entry of an engine, refused (one line, with the rebuild command) when it was built by
+    another TensorRT version or for another GPU, or when its file changed."""
+    engines = bundle.manifest.get("engines", {})
+    rebuild = f"dysink-export build --bundle {bundle.path} --graph {graph}"
+    if graph not in engines:
+        raise DysinkError(f"bundle {bundle.path} has no engine for {graph}; build it: {rebuild}")
+    entry = engines[graph]
+    if entry.get("tensorrt_version") != trt_version:
+        raise DysinkError(f"engine {entry['file']} was built by TensorRT {entry.get('tensorrt_version')}, this is "
+                          f"TensorRT {trt_version}; engines are version-specific: {rebuild}")
+    if entry.get("compute_capability") != cc:
+        raise DysinkError(f"engine {entry['file']} was built for {entry.get('compute_capability')}, this GPU is {cc}; "
+                          f"build engines on the GPU that runs them: {rebuild}")
+    path = bundle.path / entry["file"]
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != entry.get("sha256"):
+        raise DysinkError(f"engine {path} is missing or does not match its sha256 in {MANIFEST_NAME}: {rebuild}")
+    lib = Path(entry.get("plugin_library", {}).get("file", ""))
+    if not lib.is_file() or sha256_file(lib) != entry["plugin_library"].get("sha256"):
+        raise DysinkError(f"the plugin library the engine {entry['file']} was built with ({lib}) is missing or "
+                          f"changed; rebuild the engines with the library you have: {rebuild}")
+    return entry

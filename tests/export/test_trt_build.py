@@ -1,0 +1,101 @@
+"""`dysink-export build` and the engine manifest, without TensorRT: arguments, refusals, manifest
+records; the TensorRT Python names the code uses exist in both 10.3 and 11.x bindings."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dysink_deploy.bundle import Bundle
+from dysink_deploy.cli.export_cli import main as export_main
+from dysink_deploy.errors import DysinkError
+from dysink_deploy.export import trt_build as tb
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = [ROOT / "export" / "trt_build.py", ROOT / "runtime" / "backends" / "tensorrt_backend.py"]
+
+try:
+    import tensorrt  # noqa: F401
+    HAVE_TRT = True
+except ImportError:
+    HAVE_TRT = False
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: the missing-TensorRT message cannot be shown")
+def test_without_tensorrt_one_line_says_how_to_get_it(bundles):
+    res = CliRunner().invoke(export_main, ["build", "--bundle", str(bundles("fp32"))])
+    assert res.exit_code == 2
+    assert "TensorRT's Python package is not installed" in res.output and "JetPack" in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--opt-level", "7"], "--opt-level must lie in 0..5"),
+    (["--workspace", "0"], "--workspace must be > 0 GB"),
+    (["--graph", "nope"], "--graph nope: not in bundle"),
+])
+def test_bad_build_options(bundles, args, message):
+    res = CliRunner().invoke(export_main, ["build", "--bundle", str(bundles("fp32")), *args])
+    assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_missing_plugin_library_names_the_command(bundles):
+    bundle = Bundle.load(bundles("fp32"))
+    with pytest.raises(DysinkError, match="dysink-export plugins --bundle"):
+        tb.find_plugin_library(bundle, None)
+
+
+@pytest.fixture
+def bundle_with_engine(bundles, tmp_path):
+    import shutil
+
+    path = tmp_path / "b"
+    shutil.copytree(bundles("fp32"), path)
+    (path / "retrieve.engine").write_bytes(b"serialized engine bytes")
+    lib = tmp_path / "libdysink_plugins.so"
+    lib.write_bytes(b"library bytes")
+    tb.record_engines(path, {"retrieve": {"file": "retrieve.engine", "tensorrt_version": "10.3.0",
+                                          "compute_capability": "sm_87",
+                                          "plugin_library": {"file": str(lib), "sha256": tb.sha256_file(lib)},
+                                          "build_options": {"strongly_typed": True}}})
+    return path, lib
+
+
+def test_engine_records_and_refusals(bundle_with_engine):
+    path, lib = bundle_with_engine
+    manifest = json.loads((path / "bundle.json").read_text())
+    entry = manifest["engines"]["retrieve"]
+    assert entry["bytes"] == len(b"serialized engine bytes") and len(entry["sha256"]) == 64
+    bundle = Bundle.load(path)              # the ONNX bundle still loads with engines recorded
+    assert tb.check_engine_entry(bundle, "retrieve", "10.3.0", "sm_87")["file"] == "retrieve.engine"
+    with pytest.raises(DysinkError, match="built by TensorRT 10.3.0, this is TensorRT 11.1.0"):
+        tb.check_engine_entry(bundle, "retrieve", "11.1.0", "sm_87")
+    with pytest.raises(DysinkError, match="built for sm_87, this GPU is sm_90"):
+        tb.check_engine_entry(bundle, "retrieve", "10.3.0", "sm_90")
+    with pytest.raises(DysinkError, match="no engine for dit_step"):
+        tb.check_engine_entry(bundle, "dit_step", "10.3.0", "sm_87")
+    lib.write_bytes(b"another library")
+    with pytest.raises(DysinkError, match="plugin library the engine retrieve.engine was built with"):
+        tb.check_engine_entry(bundle, "retrieve", "10.3.0", "sm_87")
+    (path / "retrieve.engine").write_bytes(b"tampered")
+    with pytest.raises(DysinkError, match="does not match its sha256"):
+        tb.check_engine_entry(bundle, "retrieve", "10.3.0", "sm_87")
+
+
+def test_tensorrt_names_exist_in_10_3_and_11():
+    data = json.loads((ROOT / "export" / "data" / "trt_python_api.json").read_text())["present"]
+    assert all(all(v.values()) for v in data.values()), {n: v for n, v in data.items() if not all(v.values())}
+    used = set()
+    for src in SOURCES:
+        if src.exists():
+            text = src.read_text()
+            used |= set(re.findall(r"\btrt\.([A-Za-z_]+)", text))
+            used |= set(re.findall(r"\btrt\.[A-Za-z_]+\.([A-Za-z_]+)", text))
+            assert "BuilderFlag" not in text, "strongly typed networks: no precision builder flags (gone in 11)"
+            assert not re.search(r"\bdevice_memory_size\b", text), "device_memory_size is gone in 11; use _v2"
+    used -= {"__version__"}           # defined by the Python package, not the bindings
+    assert used <= set(data), f"add to export/data/trt_python_api.json and check: {sorted(used - set(data))}"
