@@ -129,6 +129,8 @@ def _bundle_stream(bundle, kw: dict) -> StreamConfig:
 @click.option("--height", type=int, default=None, help="Output height (default: the preset's).")
 @click.option("--width", type=int, default=None, help="Output width (default: the preset's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--dump-block", type=(int, click.Path()), default=None, metavar="N DIR",
+              help="Save block N's dit_step inputs and outputs as .npy into DIR (for the C++ embedding example).")
 def main(**kw):
     """Stream a DySink video block by block into --out (video.mp4, stats.json, timeline.png)."""
     started = time.perf_counter()
@@ -212,6 +214,17 @@ def run_cli(kw: dict):
         streamer = build_torch_streamer(model.name, kw, stream, prompt, kw["seed"])
         details = {"dtype": kw["dtype"], "device": kw["device"], "kernels": streamer.backend.kernels,
                    "checkpoints": {k: kw[k] for k in ("checkpoint", "lora", "vae", "pe") if kw[k]}}
+    if kw["dump_block"]:
+        from .dump import BlockDumper
+
+        block, dump_dir = kw["dump_block"]
+        if block >= blocks:
+            raise DysinkError(f"--dump-block {block}: the run has only {blocks} blocks (0..{blocks - 1})")
+        if os.path.exists(dump_dir) and os.listdir(dump_dir):
+            raise DysinkError(f"--dump-block directory {dump_dir!r} is not empty; choose an empty or new one")
+        streamer.backend = BlockDumper(streamer.backend, block, dump_dir, len(stream.timesteps()),
+                                       model.dit.freq_dim, details.get("precision", kw["dtype"]))
+        details["dump_block"] = {"block": block, "dir": os.path.abspath(dump_dir)}
     prepare_out_dir(kw["out"], kw["overwrite"])
     run_config = {
         "model": model.name, "backend": backend, "seed": kw["seed"], "blocks": blocks, **details,

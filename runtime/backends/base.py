@@ -65,5 +65,10 @@ class Backend(abc.ABC):
     def to_numpy(self, handle: Any) -> np.ndarray:
         ...
 
+    def graph_state(self) -> dict[str, np.ndarray]:
+        """The dit_step inputs that live across steps (text_k, text_v, k_pool_i, v_pool_i), on the host,
+        in the model dtype: what `dysink-run --dump-block` saves."""
+        raise NotImplementedError(f"the {self.name} backend cannot dump its state")
+
     def stack(self, handles: list[Any]) -> Any:
         return np.stack([self.to_numpy(h) for h in handles])

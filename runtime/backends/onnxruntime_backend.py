@@ -244,6 +244,9 @@ class OnnxRuntimeBackend(Backend):
         slots, scores = self.sessions["retrieve"].run(["slots", "scores"], feeds)
         return slots.astype(np.int64), scores.astype(np.float32)
 
+    def graph_state(self) -> dict[str, np.ndarray]:
+        return {k: np.array(v.numpy()) for k, v in self._fixed.items()}
+
     def to_numpy(self, handle: OrtTensor) -> np.ndarray:
         # A copy: on CPU .numpy() is a view of a buffer the next step may overwrite (k_new / v_new).
         return np.array(handle.value.numpy(), dtype=np.float32).reshape(handle.shape)

@@ -129,5 +129,13 @@ class TorchBackend(Backend):
     def to_numpy(self, handle) -> np.ndarray:
         return handle.detach().float().cpu().numpy()
 
+    def graph_state(self) -> dict[str, np.ndarray]:
+        if self.dtype == torch.bfloat16:
+            raise DysinkError("--dump-block: numpy has no bfloat16; dump an fp32 or fp16 run")
+        state = {"text_k": self.text_k, "text_v": self.text_v}
+        state.update({f"k_pool_{i}": p for i, p in enumerate(self.k_pools)})
+        state.update({f"v_pool_{i}": p for i, p in enumerate(self.v_pools)})
+        return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
     def stack(self, handles):
         return torch.stack(handles).float().cpu().numpy()
