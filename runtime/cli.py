@@ -161,19 +161,18 @@ def run_cli(kw: dict):
         raise DysinkError(f"--blocks must be >= 1, got {kw['blocks']}")
     given = kw.get("_given", set())
     backend = kw["backend"]
-    if backend == "tensorrt":
-        raise DysinkError("--backend tensorrt: TensorRT engines are not built by this version of dysink-deploy "
-                          "(dysink-export writes ONNX bundles); stream a bundle with --backend onnxruntime "
-                          "--ort-provider tensorrt where onnxruntime-gpu has TensorRT")
     if backend == "torch" and kw["bundle"]:
-        raise DysinkError("--bundle is read by --backend onnxruntime only; drop it or add --backend onnxruntime")
+        raise DysinkError("--bundle is read by --backend onnxruntime and tensorrt only; drop it or choose one of them")
     if backend == "torch" and "ort_provider" in given:
         raise DysinkError("--ort-provider applies to --backend onnxruntime only")
     bundle = None
-    if backend == "onnxruntime":
+    if backend == "tensorrt" and "ort_provider" in given:
+        raise DysinkError("--ort-provider applies to --backend onnxruntime only")
+    if backend in ("onnxruntime", "tensorrt"):
         if not kw["bundle"]:
-            raise DysinkError("--backend onnxruntime needs --bundle DIR from `dysink-export onnx` "
-                              "(e.g. dysink-export onnx --model tiny --precision fp32 --out bundles/tiny-fp32)")
+            how = ("`dysink-export onnx` (e.g. dysink-export onnx --model tiny --precision fp32 --out bundles/tiny-fp32)"
+                   if backend == "onnxruntime" else "`dysink-export onnx` + `dysink-export build` (its engines)")
+            raise DysinkError(f"--backend {backend} needs --bundle DIR from {how}")
         torch_flags = [f"--{n.replace('_', '-')}" for n in _TORCH_ONLY if n in given]
         if torch_flags:
             raise DysinkError(f"{', '.join(torch_flags)}: torch-backend flag(s); a bundle already fixes the weights, "
@@ -206,7 +205,16 @@ def run_cli(kw: dict):
     # Build the backend before creating --out: weights, a provider or a precision
     # this machine cannot run fail before anything is written.
     check_out_dir(kw["out"], kw["overwrite"])
-    if bundle is not None:
+    if bundle is not None and backend == "tensorrt":
+        from .backends.tensorrt_backend import TensorRTBackend
+        from .stream import Streamer
+
+        streamer = Streamer(TensorRTBackend(bundle), bundle.model.dit, stream, prompt, seed=kw["seed"])
+        details = {"bundle": str(bundle.path), "precision": bundle.precision,
+                   "engines": {g: {k: e.get(k) for k in ("tensorrt_version", "compute_capability")}
+                               for g, e in bundle.manifest.get("engines", {}).items()},
+                   "checkpoints": bundle.manifest.get("checkpoints", {})}
+    elif bundle is not None:
         streamer = build_onnxruntime_streamer(bundle, kw["ort_provider"], stream, prompt, kw["seed"])
         details = {"bundle": str(bundle.path), "precision": bundle.precision, "ort_provider": kw["ort_provider"],
                    "checkpoints": bundle.manifest.get("checkpoints", {})}

@@ -93,8 +93,8 @@ def test_tensorrt_names_exist_in_10_3_and_11():
     for src in SOURCES:
         if src.exists():
             text = src.read_text()
-            used |= set(re.findall(r"\btrt\.([A-Za-z_]+)", text))
-            used |= set(re.findall(r"\btrt\.[A-Za-z_]+\.([A-Za-z_]+)", text))
+            used |= set(re.findall(r"\btrt\.([A-Za-z_][A-Za-z0-9_]*)", text))
+            used |= set(re.findall(r"\btrt\.[A-Za-z_][A-Za-z0-9_]*\.([A-Za-z_][A-Za-z0-9_]*)", text))
             assert "BuilderFlag" not in text, "strongly typed networks: no precision builder flags (gone in 11)"
             assert not re.search(r"\bdevice_memory_size\b", text), "device_memory_size is gone in 11; use _v2"
     used -= {"__version__"}           # defined by the Python package, not the bindings

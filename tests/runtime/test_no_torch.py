@@ -16,6 +16,8 @@ SCRIPT = BLOCK_TORCH + textwrap.dedent("""
     import numpy as np
     import dysink_deploy.runtime as rt
     from dysink_deploy.runtime import cli, run, report, video   # noqa: F401  (all import without torch)
+    from dysink_deploy.runtime.backends import tensorrt_backend, onnxruntime_backend   # noqa: F401
+    from dysink_deploy.runtime import dump   # noqa: F401
     from dysink_deploy.config import model_preset
     from dysink_deploy.runtime.stream import Streamer
     from dysink_deploy.runtime.run import stream_to_dir, default_prompt_embeds

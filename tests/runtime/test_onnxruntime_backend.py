@@ -264,9 +264,19 @@ def test_host_settings_may_change(bundles, tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def test_tensorrt_backend_says_not_built(tmp_path):
+def test_tensorrt_backend_refusals(bundles, tmp_path):
     res = _dysink_run("--backend", "tensorrt", "--out", tmp_path / "o")
-    assert res.exit_code == 2 and "TensorRT engines are not built by this version" in res.output
+    assert res.exit_code == 2 and "--backend tensorrt needs --bundle DIR" in res.output
+    res = _dysink_run("--backend", "tensorrt", "--bundle", bundles("fp32"), "--ort-provider", "cuda",
+                      "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "--ort-provider applies to --backend onnxruntime only" in res.output
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        res = _dysink_run("--backend", "tensorrt", "--bundle", bundles("fp32"), "--out", tmp_path / "o")
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1 and "TensorRT's Python package is not installed" in lines[0]
+    assert not (tmp_path / "o").exists()
 
 
 def test_bf16_refused_on_cpu(bundles, tmp_path):

@@ -1,0 +1,385 @@
+"""The `tensorrt` backend: a bundle's engines (`dysink-export build`) with `libdysink_plugins.so`.
+
+numpy + tensorrt + cuda-python only: no PyTorch, no ONNX Runtime. Written to the TensorRT 10.3 ..
+11.x Python API (every name checked against both bindings: tests/export/test_trt_build.py) and
+cuda-python's runtime API. **Never run yet**: the development and CI machines have neither TensorRT
+nor a GPU. `make gpu-check` runs it against the torch backend where both exist.
+
+Device memory is allocated once in `start` and bound by address:
+  * K/V pools (one per layer per K/V), text K/V (the text_encoder writes straight into the buffers
+    dit_step reads), every engine's I/O, the t / t_freq of every timestep (uploaded once);
+  * latents live in a ring of preallocated buffers: a step's output never aliases its input, and
+    the x0 the loop still holds survives the clean pass;
+  * the VAE streaming cache ping-pongs between two buffer sets (cache_out of one block is the
+    cache of the next, by rebinding addresses); the block-alone decode writes its cache to scratch.
+A block's steps are enqueued on one stream with no synchronisation between them: renoise and the
+latent -> z cast are tiny engines built at start from TensorRT network layers; page writes are
+device-to-device copies. The host waits only in `to_numpy` and `retrieve` (block boundaries).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...bundle import Bundle
+from ...errors import DysinkError
+from ...export.trt_build import NO_TENSORRT, check_engine_entry, compute_capability
+from ...rope import timestep_frequencies
+from .base import Backend
+
+_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "bool": np.bool_}
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            raise DysinkError("the tensorrt backend needs cuda-python: pip install cuda-python") from None
+    return cudart
+
+
+@dataclass
+class DeviceTensor:
+    """A device buffer the loop passes around: address, shape, dtype name."""
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        itemsize = 2 if self.dtype == "bfloat16" else np.dtype(_NP[self.dtype]).itemsize
+        return int(np.prod(self.shape, dtype=np.int64)) * itemsize
+
+
+class _Cuda:
+    def __init__(self):
+        self.rt = _cudart()
+        self.allocations: list[int] = []
+        self.stream = self._ok(self.rt.cudaStreamCreate(), "cudaStreamCreate")
+
+    def _ok(self, result, what: str):
+        err, *rest = result if isinstance(result, tuple) else (result,)
+        if int(err) != 0:
+            raise DysinkError(f"{what} failed: {self.rt.cudaGetErrorString(err)[1]}")
+        return rest[0] if len(rest) == 1 else (rest or None)
+
+    def alloc(self, nbytes: int, zero: bool = True) -> int:
+        ptr = int(self._ok(self.rt.cudaMalloc(max(int(nbytes), 1)), f"cudaMalloc({nbytes} bytes)"))
+        self.allocations.append(ptr)
+        if zero:
+            self._ok(self.rt.cudaMemsetAsync(ptr, 0, max(int(nbytes), 1), self.stream), "cudaMemsetAsync")
+        return ptr
+
+    def upload(self, ptr: int, array: np.ndarray) -> None:
+        self._ok(self.rt.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes,
+                                         self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream), "upload")
+
+    def download(self, array: np.ndarray, ptr: int) -> np.ndarray:
+        self._ok(self.rt.cudaMemcpyAsync(array.ctypes.data, ptr, array.nbytes,
+                                         self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "download")
+        self.sync()
+        return array
+
+    def copy(self, dst: int, src: int, nbytes: int) -> None:
+        self._ok(self.rt.cudaMemcpyAsync(dst, src, nbytes, self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice,
+                                         self.stream), "device copy")
+
+    def sync(self) -> None:
+        self._ok(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+
+    def close(self) -> None:
+        for ptr in self.allocations:
+            self.rt.cudaFree(ptr)
+        self.allocations.clear()
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, bundle: Bundle, plugins: str | None = None):
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise DysinkError(NO_TENSORRT) from None
+        self.trt, self.bundle = trt, bundle
+        self.stream, self.model, self.specs = bundle.stream, bundle.model, bundle.specs
+        self.md = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[bundle.precision]
+        cc = compute_capability()
+        entries = {g: check_engine_entry(bundle, g, trt.__version__, cc) for g in bundle.graphs}
+        self.cuda = _Cuda()
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        library = plugins or entries["dit_step"]["plugin_library"]["file"]
+        if self.runtime.get_plugin_registry().load_library(str(library)) is None:
+            raise DysinkError(f"TensorRT could not load the plugin library {library}")
+        self.engines, self.contexts = {}, {}
+        for graph, entry in entries.items():
+            engine = self.runtime.deserialize_cuda_engine((bundle.path / entry["file"]).read_bytes())
+            if engine is None:
+                raise DysinkError(f"engine {entry['file']} does not deserialize (see TensorRT's messages); "
+                                  f"rebuild it: dysink-export build --bundle {bundle.path} --graph {graph}")
+            self.engines[graph] = engine
+            self.contexts[graph] = engine.create_execution_context()
+        self._ops = _Ops(trt, self.logger, self.runtime, self.md, self.specs["dit_step"].input("x_t").shape)
+        self.buffers: dict[tuple[str, str], DeviceTensor] = {}
+
+    # -- buffers and execution ----------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        return self.model.pe.output_dim or self.model.pe.width
+
+    def _buffer(self, graph: str, name: str, output: bool = False) -> DeviceTensor:
+        key = (graph, name)
+        if key not in self.buffers:
+            spec = self.specs[graph].output(name) if output else self.specs[graph].input(name)
+            t = DeviceTensor(0, spec.shape, spec.dtype)
+            t.ptr = self.cuda.alloc(t.nbytes)
+            self.buffers[key] = t
+        return self.buffers[key]
+
+    def _bind(self, graph: str, name: str, tensor: DeviceTensor) -> None:
+        if not self.contexts[graph].set_tensor_address(name, tensor.ptr):
+            raise DysinkError(f"engine {graph} has no tensor {name}; rebuild it from this bundle")
+
+    def _run(self, graph: str) -> None:
+        if not self.contexts[graph].execute_async_v3(int(self.cuda.stream)):
+            raise DysinkError(f"TensorRT failed to enqueue {graph} (see its messages above)")
+
+    def start(self, prompt_embeds: np.ndarray, num_pages: int) -> None:
+        spec = self.specs["dit_step"]
+        if num_pages != spec.input("k_pool_0").shape[0]:
+            raise DysinkError(f"the engines hold {spec.input('k_pool_0').shape[0]} pool pages, the stream asked for "
+                              f"{num_pages}; rebuild the bundle: {self.bundle.rebuild_command()}")
+        for t in spec.inputs:                      # pools, text K/V, ids, rope, t, t_freq, x_t: bound once
+            self._bind("dit_step", t.name, self._buffer("dit_step", t.name))
+        for t in spec.outputs:
+            self._bind("dit_step", t.name, self._buffer("dit_step", t.name, output=True))
+        # The text encoder writes straight into dit_step's text_k / text_v.
+        prompt = self._buffer("text_encoder", "prompt_embeds")
+        self.cuda.upload(prompt.ptr, np.ascontiguousarray(prompt_embeds, dtype=np.float32))
+        self._bind("text_encoder", "prompt_embeds", prompt)
+        for name in ("text_k", "text_v"):
+            self._bind("text_encoder", name, self.buffers[("dit_step", name)])
+        self._run("text_encoder")
+        # Every timestep's t and t_freq, uploaded once.
+        self._times = {}
+        for t in [*self.stream.timesteps(), 0.0]:
+            self._times[float(t)] = self._time_buffers(float(t))
+        # Latent ring, VAE caches (two sets), scratch cache for the block-alone decode.
+        latent = spec.input("x_t")
+        latent_bytes = DeviceTensor(0, latent.shape, "float32").nbytes
+        self._ring = [DeviceTensor(self.cuda.alloc(latent_bytes), latent.shape, "float32") for _ in range(4)]
+        self._ring_next = 0
+        vae = self.specs["vae_decode"]
+        self._caches = [[DeviceTensor(self.cuda.alloc(DeviceTensor(0, o.shape, o.dtype).nbytes), o.shape, o.dtype)
+                         for o in vae.outputs if o.name.startswith("cache_out_")] for _ in range(2)]
+        self._scratch = [DeviceTensor(self.cuda.alloc(c.nbytes), c.shape, c.dtype) for c in self._caches[0]]
+        self._cache_current = 0
+        self._rope_host = self._ids_host = None
+        self.cuda.sync()
+
+    def _time_buffers(self, t: float) -> tuple[DeviceTensor, DeviceTensor]:
+        tb = DeviceTensor(self.cuda.alloc(4), (), "float32")
+        self.cuda.upload(tb.ptr, np.asarray([t], dtype=np.float32))
+        freq = timestep_frequencies(t, self.model.dit.freq_dim)
+        fb = DeviceTensor(self.cuda.alloc(freq.nbytes), freq.shape, "float32")
+        self.cuda.upload(fb.ptr, freq)
+        return tb, fb
+
+    def _latent_out(self, *avoid: DeviceTensor) -> DeviceTensor:
+        """The next ring buffer that is none of `avoid` (a step never writes over its input)."""
+        for _ in range(len(self._ring)):
+            t = self._ring[self._ring_next]
+            self._ring_next = (self._ring_next + 1) % len(self._ring)
+            if all(t.ptr != a.ptr for a in avoid):
+                return t
+        raise AssertionError("latent ring exhausted")
+
+    def upload(self, array: np.ndarray) -> DeviceTensor:
+        if tuple(array.shape) != self._ring[0].shape:
+            raise DysinkError(f"tensorrt backend: unexpected upload of shape {array.shape}")
+        t = self._latent_out()
+        self._keep = np.ascontiguousarray(array, dtype=np.float32)   # alive until the copy is done
+        self.cuda.upload(t.ptr, self._keep)
+        return t
+
+    def dit_step(self, x, t, rope, local_ids, sink_ids):
+        """Enqueued on the stream; nothing waits. -> (x0, k_new, v_new, ratios) device tensors."""
+        g = "dit_step"
+        if float(t) not in self._times:
+            self._times[float(t)] = self._time_buffers(float(t))
+        tb, fb = self._times[float(t)]
+        self._bind(g, "t", tb)
+        self._bind(g, "t_freq", fb)
+        self._bind(g, "x_t", x)
+        # rope and ids change once per block (sink_ids also for the clean pass): upload when they change.
+        if self._rope_host is None or not np.array_equal(self._rope_host, rope):
+            self._rope_host = np.ascontiguousarray(rope, dtype=np.float32)
+            self.cuda.upload(self.buffers[(g, "rope")].ptr, self._rope_host)
+        ids = (np.ascontiguousarray(local_ids, dtype=np.int64), np.ascontiguousarray(sink_ids, dtype=np.int64))
+        if self._ids_host is None or any(not np.array_equal(a, b) for a, b in zip(self._ids_host, ids)):
+            self._ids_host = ids
+            self.cuda.upload(self.buffers[(g, "local_ids")].ptr, ids[0])
+            self.cuda.upload(self.buffers[(g, "sink_ids")].ptr, ids[1])
+        x0 = self._latent_out(x)
+        self._bind(g, "x0", x0)
+        self._run(g)
+        return (x0, self.buffers[(g, "k_new")], self.buffers[(g, "v_new")], self.buffers[(g, "ratios")])
+
+    def write_page(self, page: int, k_new: DeviceTensor, v_new: DeviceTensor) -> None:
+        layer_bytes = k_new.nbytes // k_new.shape[0]
+        for i in range(k_new.shape[0]):
+            self.cuda.copy(self.buffers[("dit_step", f"k_pool_{i}")].ptr + page * layer_bytes,
+                           k_new.ptr + i * layer_bytes, layer_bytes)
+            self.cuda.copy(self.buffers[("dit_step", f"v_pool_{i}")].ptr + page * layer_bytes,
+                           v_new.ptr + i * layer_bytes, layer_bytes)
+
+    def renoise(self, x0: DeviceTensor, eps: DeviceTensor, sigma: float) -> DeviceTensor:
+        out = self._latent_out(x0, eps)
+        self._ops.renoise(self.cuda, x0.ptr, eps.ptr, out.ptr, sigma)
+        return out
+
+    def _decode(self, graph: str, latent: DeviceTensor, cache_in: list | None, cache_out: list) -> DeviceTensor:
+        z = self._buffer(graph, "z")
+        self._ops.to_model(self.cuda, latent.ptr, z.ptr)
+        self._bind(graph, "z", z)
+        for i, c in enumerate(cache_in or []):
+            self._bind(graph, f"cache_{i}", c)
+        for i, c in enumerate(cache_out):
+            self._bind(graph, f"cache_out_{i}", c)
+        frames = self._buffer(graph, "frames", output=True)
+        self._bind(graph, "frames", frames)
+        self._run(graph)
+        return DeviceTensor(frames.ptr, frames.shape[1:], frames.dtype)
+
+    def decode(self, latent: DeviceTensor, first: bool) -> DeviceTensor:
+        if first:
+            out = self._caches[self._cache_current]
+            frames = self._decode("vae_decode_first", latent, None, out)
+        else:
+            cur, nxt = self._caches[self._cache_current], self._caches[1 - self._cache_current]
+            frames = self._decode("vae_decode", latent, cur, nxt)
+            self._cache_current = 1 - self._cache_current
+        return frames
+
+    def decode_alone(self, latent: DeviceTensor) -> DeviceTensor:
+        return self._decode("vae_decode_first", latent, None, self._scratch)
+
+    def encode(self, frames: DeviceTensor) -> DeviceTensor:
+        graph = f"memory_encoder_t{frames.shape[1]}"
+        if graph not in self.contexts:
+            raise DysinkError(f"bundle {self.bundle.path} has no {graph} engine; rebuild it: "
+                              f"dysink-export build --bundle {self.bundle.path}")
+        self._bind(graph, "frames", frames)          # the decoder's output buffer, read in place
+        feature = self._buffer(graph, "feature", output=True)
+        self._bind(graph, "feature", feature)
+        self._run(graph)
+        return DeviceTensor(feature.ptr, (self.feature_dim,), "float32")
+
+    def retrieve(self, bank_feats, bank_start, queries, query_valid, current_start, window_frames, sink_size, k):
+        if (sink_size, k) != (self.stream.sink_size, self.stream.top_k):
+            raise DysinkError(f"the retrieve engine is built for sink_size={self.stream.sink_size}, "
+                              f"top_k={self.stream.top_k}; rebuild the bundle: {self.bundle.rebuild_command()}")
+        feeds = {"bank_feats": bank_feats.astype(np.float32), "bank_start": bank_start.astype(np.int64),
+                 "queries": queries.astype(np.float32), "query_valid": query_valid.astype(np.bool_),
+                 "current_start": np.asarray(current_start, dtype=np.int64),
+                 "window_frames": np.asarray(window_frames, dtype=np.int64)}
+        keep = []
+        for name, array in feeds.items():
+            buf = self._buffer("retrieve", name)
+            keep.append(np.array(array, order="C"))
+            self.cuda.upload(buf.ptr, keep[-1])
+            self._bind("retrieve", name, buf)
+        outs = {}
+        for name in ("slots", "scores"):
+            buf = self._buffer("retrieve", name, output=True)
+            self._bind("retrieve", name, buf)
+            outs[name] = buf
+        self._run("retrieve")
+        slots = self.cuda.download(np.empty(self.stream.top_k, np.int64), outs["slots"].ptr)
+        scores = self.cuda.download(np.empty(self.stream.top_k, np.float32), outs["scores"].ptr)
+        return slots, scores
+
+    def to_numpy(self, handle: DeviceTensor) -> np.ndarray:
+        if handle.dtype == "bfloat16":
+            bits = self.cuda.download(np.empty(handle.shape, np.uint16), handle.ptr)
+            return (bits.astype(np.uint32) << 16).view(np.float32)
+        host = self.cuda.download(np.empty(handle.shape, _NP[handle.dtype]), handle.ptr)
+        return host.astype(np.float32)
+
+    def close(self) -> None:
+        self.cuda.sync()
+        self.cuda.close()
+
+
+class _Ops:
+    """renoise ((1 - sigma) x0 + sigma eps, float32) and latent -> z ([1, C, F, h, w] in the model dtype)
+    as two tiny engines built from TensorRT layers at start (no ONNX needed)."""
+
+    def __init__(self, trt, logger, runtime, model_dtype: str, latent_shape):
+        self.trt = trt
+        self.shape = tuple(latent_shape)
+        builder = trt.Builder(logger)
+        flag = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        ones = (1,) * len(self.shape)
+
+        net = builder.create_network(flag)
+        x0 = net.add_input("x0", trt.DataType.FLOAT, self.shape)
+        eps = net.add_input("eps", trt.DataType.FLOAT, self.shape)
+        a = net.add_input("a", trt.DataType.FLOAT, ones)
+        b = net.add_input("b", trt.DataType.FLOAT, ones)
+        p = net.add_elementwise(x0, a, trt.ElementWiseOperation.PROD).get_output(0)
+        q = net.add_elementwise(eps, b, trt.ElementWiseOperation.PROD).get_output(0)
+        y = net.add_elementwise(p, q, trt.ElementWiseOperation.SUM).get_output(0)
+        y.name = "y"
+        net.mark_output(y)
+        self._renoise = self._engine(builder, net, runtime)
+
+        net = builder.create_network(flag)
+        x = net.add_input("x", trt.DataType.FLOAT, self.shape)
+        dtype = {"float32": trt.DataType.FLOAT, "float16": trt.DataType.HALF, "bfloat16": trt.DataType.BF16}
+        cast = net.add_cast(x, dtype[model_dtype]).get_output(0)
+        shuffle = net.add_shuffle(cast)
+        shuffle.reshape_dims = (1,) + self.shape
+        z = shuffle.get_output(0)
+        z.name = "z"
+        net.mark_output(z)
+        self._cast = self._engine(builder, net, runtime)
+        self._scalars: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _engine(self, builder, net, runtime):
+        config = builder.create_builder_config()
+        blob = builder.build_serialized_network(net, config)
+        if blob is None:
+            raise DysinkError("TensorRT could not build the runtime's elementwise helper engines")
+        engine = runtime.deserialize_cuda_engine(blob)
+        return engine, engine.create_execution_context()
+
+    def renoise(self, cuda: _Cuda, x0: int, eps: int, out: int, sigma: float) -> None:
+        engine, ctx = self._renoise
+        if sigma not in self._scalars:
+            ones = (1,) * len(self.shape)
+            a = np.full(ones, 1.0 - sigma, np.float32)
+            b = np.full(ones, sigma, np.float32)
+            pa, pb = cuda.alloc(4, zero=False), cuda.alloc(4, zero=False)
+            cuda.upload(pa, a)
+            cuda.upload(pb, b)
+            self._scalars[sigma] = (pa, pb, a, b)
+        pa, pb, _, _ = self._scalars[sigma]
+        for name, ptr in (("x0", x0), ("eps", eps), ("a", pa), ("b", pb), ("y", out)):
+            ctx.set_tensor_address(name, ptr)
+        if not ctx.execute_async_v3(int(cuda.stream)):
+            raise DysinkError("TensorRT failed to enqueue renoise")
+
+    def to_model(self, cuda: _Cuda, latent: int, z: int) -> None:
+        engine, ctx = self._cast
+        ctx.set_tensor_address("x", latent)
+        ctx.set_tensor_address("z", z)
+        if not ctx.execute_async_v3(int(cuda.stream)):
+            raise DysinkError("TensorRT failed to enqueue the latent cast")
