@@ -36,7 +36,18 @@ bench: $(STAMP)
 	$(VENV)/bin/dysink-bench memory --model tiny --blocks 300 --bank-capacity 16
 
 # On a machine with a CUDA GPU: the kernels compiled (not interpreted) against the references and
-# timed against SDPA (table written to docs/, commit it), then the GPU-marked tests.
+# timed against SDPA (table written to docs/, commit it), then the GPU-marked tests; with TensorRT
+# as well: the tiny fp16 bundle's plugin library and engines, every engine output against PyTorch
+# and a 12-block stream on tensorrt vs torch, decision for decision (written to docs/ too).
+GPU_BUNDLE := bundles/gpu-check-tiny-fp16
 gpu-check: $(STAMP)
 	TRITON_INTERPRET=0 $(VENV)/bin/dysink-bench kernels --markdown docs/kernels-gpu-check-$$(date +%F).md
 	TRITON_INTERPRET=0 $(VENV)/bin/python -m pytest -q -m gpu
+	@if $(VENV)/bin/python -c "import tensorrt" 2>/dev/null; then \
+	  set -e; arch=$$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .); \
+	  $(VENV)/bin/dysink-export onnx --model tiny --precision fp16 --out $(GPU_BUNDLE) --overwrite; \
+	  $(VENV)/bin/dysink-export plugins --bundle $(GPU_BUNDLE) --arch $$arch --out $(GPU_BUNDLE)/plugins --overwrite; \
+	  $(VENV)/bin/dysink-export build --bundle $(GPU_BUNDLE); \
+	  $(VENV)/bin/dysink-export check --bundle $(GPU_BUNDLE) --engines --blocks 12 \
+	    | tee docs/engines-gpu-check-$$(date +%F).md; \
+	else echo "SKIPPED | TensorRT checks: the tensorrt Python package is not installed"; fi

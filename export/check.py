@@ -112,8 +112,9 @@ def _errors(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cpu",
-                 log=lambda line: None) -> list[OutputCheck]:
-    """Every output of every graph of `bundle` vs the float32 PyTorch reference (see module docstring)."""
+                 log=lambda line: None, runner=None) -> list[OutputCheck]:
+    """Every output of every graph of `bundle` vs the float32 PyTorch reference (see module docstring).
+    `runner(name, feeds) -> outputs` replaces ONNX Runtime (the engines: TensorRTBackend.run_graph)."""
     import torch
 
     from ..graphs import graph_specs
@@ -133,7 +134,8 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
             ref = graph_module(name, models, bundle.stream).eval()(*ref_in)
             base = graph_module(name, low_models, bundle.stream).eval()(*low_in)
         feeds = {s.name: (x.float() if x.dtype == torch.bfloat16 else x).numpy() for s, x in zip(spec.inputs, inputs)}
-        got = _session(bundle, name, provider).run([s.name for s in spec.outputs], feeds)
+        got = runner(name, feeds) if runner else _session(bundle, name, provider).run(
+            [s.name for s in spec.outputs], feeds)
         for s, r, b, g in zip(spec.outputs, ref, base, got):
             r_np = r.float().numpy() if r.is_floating_point() else r.numpy()
             if not r.is_floating_point():
@@ -149,8 +151,9 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
 
 
 def compare_streams(bundle: Bundle, models=None, blocks: int = 6, dedup_threshold: float = 0.985,
-                    provider: str = "cpu", seed: int = 0) -> tuple[list[dict], list[dict], list[str]]:
-    """Stream `blocks` blocks on torch and onnxruntime -> (torch decisions, ort decisions, differences)."""
+                    provider: str = "cpu", seed: int = 0, other=None) -> tuple[list[dict], list[dict], list[str]]:
+    """Stream `blocks` blocks on torch and onnxruntime (or `other`, a backend) -> (torch decisions,
+    other decisions, differences)."""
     from ..runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
     from ..runtime.backends.torch_backend import TorchBackend
     from ..runtime.report import decisions
@@ -164,7 +167,7 @@ def compare_streams(bundle: Bundle, models=None, blocks: int = 6, dedup_threshol
     dtype = TORCH_DTYPES[bundle.precision]
     runs = []
     for backend in (TorchBackend(copy.deepcopy(models), stream, dtype=dtype),
-                    OnnxRuntimeBackend(bundle, providers=provider)):
+                    other or OnnxRuntimeBackend(bundle, providers=provider)):
         s = Streamer(backend, bundle.model.dit, stream, prompt, seed=seed)
         runs.append(decisions({"blocks": [r.to_json() for r in s.blocks(blocks)]}))
     diffs = []
@@ -172,7 +175,7 @@ def compare_streams(bundle: Bundle, models=None, blocks: int = 6, dedup_threshol
         keys = [k for k in a if a[k] != b.get(k)]
         if keys:
             diffs.append(f"block {a['index']} differs in {', '.join(keys)}: torch {[a[k] for k in keys]} "
-                         f"vs onnxruntime {[b.get(k) for k in keys]}")
+                         f"vs {other.name if other else 'onnxruntime'} {[b.get(k) for k in keys]}")
     return runs[0], runs[1], diffs
 
 
@@ -192,10 +195,12 @@ def _coverage(dec: list[dict]) -> str:
 @click.option("--dedup-threshold", type=float, default=0.985, show_default=True,
               help="stream comparison: bank dedup cosine (the default lets the bank grow so blocks retrieve)")
 @click.option("--ort-provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--engines", is_flag=True,
+              help="check the bundle's TensorRT engines (dysink-export build) instead of its ONNX graphs")
 @click.option("--trt", "trt_versions", multiple=True, type=click.Choice(["10.3", "10.13", "11"]),
               help="instead: lint every node against this TensorRT version's ONNX parser (operator matrix, dtypes, "
                    "opset, IR version, plugin attributes, 2^31 elements); repeatable; CPU only, no TensorRT needed")
-def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, trt_versions):
+def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, engines, trt_versions):
     """Compare every graph output of a bundle, then a short stream, with the PyTorch reference
     (or, with --trt, lint the bundle against TensorRT parsers)."""
     t0 = time.perf_counter()
@@ -205,22 +210,30 @@ def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, trt_
     if blocks < 0:
         raise DysinkError(f"--blocks must be >= 0, got {blocks}")
     bundle = Bundle.load(bundle_path)
+    trt_backend = None
+    if engines:
+        from ..runtime.backends.tensorrt_backend import TensorRTBackend
+
+        trt_backend = TensorRTBackend(bundle)
+        ort_provider = "tensorrt engines"
     models = reference_models(bundle)
-    note = " (fp32 twin: bf16 rounding, fp32 arithmetic)" if bundle.precision == "bf16" else ""
+    note = " (fp32 twin: bf16 rounding, fp32 arithmetic)" if bundle.precision == "bf16" and not engines else ""
     low = "fp16" if bundle.precision == "fp32" else bundle.precision
     click.echo(f"bundle {bundle.path}: {bundle.model.name}, {bundle.precision}; onnxruntime {ort_provider}{note} "
                f"vs PyTorch fp32; tol = 2 x PyTorch {low} error + {FLOOR:g} x max(1, |ref|)")
-    checks = check_graphs(bundle, models, seed=seed, provider=ort_provider, log=click.echo)
+    checks = check_graphs(bundle, models, seed=seed, provider=ort_provider, log=click.echo,
+                          runner=trt_backend.run_graph if trt_backend else None)
     failed = [c for c in checks if not c.ok]
     stream_failed = False
     if blocks == 0:
         click.echo("stream comparison skipped (--blocks 0)")
-    elif bundle.precision == "bf16" and ort_provider == "cpu":
+    elif bundle.precision == "bf16" and ort_provider == "cpu" and not engines:
         click.echo("stream comparison skipped: the onnxruntime backend cannot run bf16 graphs on CPU")
     elif failed:
         click.echo("stream comparison skipped: graph outputs already differ")
     else:
-        dec_torch, dec_ort, diffs = compare_streams(bundle, models, blocks, dedup_threshold, ort_provider, seed)
+        dec_torch, dec_ort, diffs = compare_streams(bundle, models, blocks, dedup_threshold, ort_provider, seed,
+                                                    other=trt_backend)
         strict = bundle.precision == "fp32"
         for d in diffs:
             click.echo(f"- [{'x' if strict else '!'}] {d}")

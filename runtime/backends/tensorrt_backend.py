@@ -306,6 +306,28 @@ class TensorRTBackend(Backend):
         scores = self.cuda.download(np.empty(self.stream.top_k, np.float32), outs["scores"].ptr)
         return slots, scores
 
+    def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One engine on host inputs -> host outputs (float32 for floating outputs): `dysink-export check --engines`.
+        Uses buffers of its own, so a stream's state is untouched."""
+        spec = self.specs[graph]
+        keep = []
+        for t in spec.inputs:
+            buf = DeviceTensor(self.cuda.alloc(DeviceTensor(0, t.shape, t.dtype).nbytes, zero=False), t.shape, t.dtype)
+            array = feeds[t.name]
+            if t.dtype == "bfloat16":
+                array = (np.asarray(array, np.float32).view(np.uint32) >> 16).astype(np.uint16)  # truncation-free: inputs are bf16 values
+            keep.append(np.array(array if t.dtype == "bfloat16" else array.astype(_NP[t.dtype]), order="C"))
+            self.cuda.upload(buf.ptr, keep[-1])
+            self._bind(graph, t.name, buf)
+        outs = []
+        for t in spec.outputs:
+            buf = DeviceTensor(self.cuda.alloc(DeviceTensor(0, t.shape, t.dtype).nbytes), t.shape, t.dtype)
+            self._bind(graph, t.name, buf)
+            outs.append(buf)
+        self._run(graph)
+        return [self.to_numpy(o) if o.dtype != "int64" else self.cuda.download(np.empty(o.shape, np.int64), o.ptr)
+                for o in outs]
+
     def to_numpy(self, handle: DeviceTensor) -> np.ndarray:
         if handle.dtype == "bfloat16":
             bits = self.cuda.download(np.empty(handle.shape, np.uint16), handle.ptr)
