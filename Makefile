@@ -48,6 +48,7 @@ gpu-check: $(STAMP)
 	  $(VENV)/bin/dysink-export onnx --model tiny --precision fp16 --out $(GPU_BUNDLE) --overwrite; \
 	  $(VENV)/bin/dysink-export plugins --bundle $(GPU_BUNDLE) --arch $$arch --out $(GPU_BUNDLE)/plugins --overwrite; \
 	  $(VENV)/bin/dysink-export build --bundle $(GPU_BUNDLE); \
-	  $(VENV)/bin/dysink-export check --bundle $(GPU_BUNDLE) --engines --blocks 12 \
-	    | tee docs/engines-gpu-check-$$(date +%F).md; \
+	  report=docs/engines-gpu-check-$$(date +%F).md; \
+	  $(VENV)/bin/dysink-export check --bundle $(GPU_BUNDLE) --engines --blocks 12 > $$report \
+	    || { cat $$report; exit 1; }; cat $$report; \
 	else echo "SKIPPED | TensorRT checks: the tensorrt Python package is not installed"; fi
