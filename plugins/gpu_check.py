@@ -58,20 +58,20 @@ def skip_reason() -> str | None:
     return None
 
 
-def _inputs(case: Case, seed: int = 0):
+def _inputs(case: Case, seed: int = 0, device: str = "cuda"):
     import torch
 
     dt = getattr(torch, case.dtype)
-    g = torch.Generator(device="cuda").manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     pages = case.sinks + case.locals_ + 1
     shape = (case.tokens, case.heads, case.head_dim)
-    q, k, v = (torch.randn(shape, generator=g, device="cuda").to(dt) for _ in range(3))
-    kp = torch.randn((pages, *shape), generator=g, device="cuda").to(dt)
-    vp = torch.randn((pages, *shape), generator=g, device="cuda").to(dt)
+    q, k, v = (torch.randn(shape, generator=g, device=device).to(dt) for _ in range(3))
+    kp = torch.randn((pages, *shape), generator=g, device=device).to(dt)
+    vp = torch.randn((pages, *shape), generator=g, device=device).to(dt)
     # Sink page 0 leans towards the mean query, so its gate ratio is high and it is dropped.
     kp[0] += 0.5 * q.float().mean(0).to(dt)
-    local_ids = torch.arange(case.sinks, case.sinks + case.locals_, device="cuda")
-    sink_ids = torch.arange(case.sinks, device="cuda")
+    local_ids = torch.arange(case.sinks, case.sinks + case.locals_, device=device)
+    sink_ids = torch.arange(case.sinks, device=device)
     return q, k, v, kp, vp, local_ids, sink_ids
 
 
@@ -87,17 +87,18 @@ def _sdpa_same_keys(q, k, v, kp, vp, local_ids, sink_ids, keep):
     return F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, vals)[0].transpose(0, 1)
 
 
-def check_case(case: Case, threshold: float = 0.5) -> dict:
+def check_case(case: Case, threshold: float = 0.5, device: str = "cuda") -> dict:
+    """`device="cpu"` runs the same check under Triton's interpreter (how the CPU suite tests this code)."""
     import torch
 
     from ..ops.gated_sink_attention import gated_sink_attention_ref
     from . import launch
 
-    q, k, v, kp, vp, local_ids, sink_ids = _inputs(case)
+    q, k, v, kp, vp, local_ids, sink_ids = _inputs(case, device=device)
     out, ratios = launch.gated_sink_attention(q, k, v, kp, vp, local_ids, sink_ids, threshold, True)
     try:
         ref, ref_ratios = gated_sink_attention_ref(q, k, v, kp, vp, local_ids, sink_ids, threshold, True)
-    except torch.cuda.OutOfMemoryError:
+    except torch.OutOfMemoryError:
         return {"case": case.name, "ok": None, "detail": "SKIPPED: the float32 reference does not fit in memory"}
     keep = ~(ref_ratios > threshold)
     # Baseline rounding: retrieved sinks bf16-rounded like the op does (a no-op for bf16).
@@ -116,18 +117,18 @@ def check_case(case: Case, threshold: float = 0.5) -> dict:
                       f"{'identical' if same_ratios else 'DIFFER'}, {int((~keep).sum())} of {case.sinks} sinks dropped"}
 
 
-def check_retrieval(capacity: int = 1000, k: int = 2, feat: int = 512) -> dict:
+def check_retrieval(capacity: int = 1000, k: int = 2, feat: int = 512, device: str = "cuda") -> dict:
     import torch
 
     from ..ops.retrieve_sinks import retrieve_sinks_ref
     from . import launch
 
-    g = torch.Generator(device="cuda").manual_seed(1)
-    feats = torch.nn.functional.normalize(torch.randn(capacity, feat, generator=g, device="cuda"), dim=-1)
-    start = torch.arange(capacity, device="cuda") * 3
-    queries = torch.nn.functional.normalize(torch.randn(3, feat, generator=g, device="cuda"), dim=-1)
-    valid = torch.ones(3, dtype=torch.bool, device="cuda")
-    cur, win = torch.tensor(3 * capacity, device="cuda"), torch.tensor(9, device="cuda")
+    g = torch.Generator(device=device).manual_seed(1)
+    feats = torch.nn.functional.normalize(torch.randn(capacity, feat, generator=g, device=device), dim=-1)
+    start = torch.arange(capacity, device=device) * 3
+    queries = torch.nn.functional.normalize(torch.randn(3, feat, generator=g, device=device), dim=-1)
+    valid = torch.ones(3, dtype=torch.bool, device=device)
+    cur, win = torch.tensor(3 * capacity, device=device), torch.tensor(9, device=device)
     slots, scores = launch.retrieve_sinks(feats, start, queries, valid, cur, win, 0, k)
     ref_slots, ref_scores = retrieve_sinks_ref(feats, start, queries, valid, cur, win, 0, k)
     ok = torch.equal(slots, ref_slots) and torch.allclose(scores, ref_scores, atol=1e-5)
@@ -136,7 +137,7 @@ def check_retrieval(capacity: int = 1000, k: int = 2, feat: int = 512) -> dict:
             "fn": lambda: launch.retrieve_sinks(feats, start, queries, valid, cur, win, 0, k)}
 
 
-def time_attention(case: Case, bench: Callable) -> dict:
+def time_attention(case: Case, bench: Callable, device: str = "cuda") -> dict:
     """Median ms of: the whole op, its gate kernels alone, SDPA over the same number of contiguous keys."""
     import torch
     import torch.nn.functional as F
@@ -144,13 +145,13 @@ def time_attention(case: Case, bench: Callable) -> dict:
     from . import launch, variants as V
     from .triton_kernels import gated_sink_attention as K
 
-    q, k, v, kp, vp, local_ids, sink_ids = _inputs(case)
+    q, k, v, kp, vp, local_ids, sink_ids = _inputs(case, device=device)
     keep_all = 1.1   # threshold above every ratio: all sinks attended, like SDPA's key count
     op_ms = bench(lambda: launch.gated_sink_attention(q, k, v, kp, vp, local_ids, sink_ids, keep_all, True))
     n_sink, n_local = sink_ids.numel(), local_ids.numel()
     splits = V.GATE_SPLITS
-    partial = torch.empty((n_sink + n_local + 2, case.heads, splits, case.head_dim), device="cuda")
-    ratios = torch.empty(n_sink, device="cuda")
+    partial = torch.empty((n_sink + n_local + 2, case.heads, splits, case.head_dim), device=device)
+    ratios = torch.empty(n_sink, device=device)
     block_d = max(16, V.next_pow2(case.head_dim))
     round_sinks = case.dtype != "bfloat16"
 
@@ -167,7 +168,7 @@ def time_attention(case: Case, bench: Callable) -> dict:
     gate_ms = bench(gate)
     keys = (n_sink + n_local + 1) * case.tokens
     qs = q.transpose(0, 1)[None].contiguous()
-    ks = torch.randn((1, case.heads, keys, case.head_dim), device="cuda").to(q.dtype)
+    ks = torch.randn((1, case.heads, keys, case.head_dim), device=device).to(q.dtype)
     vs = torch.randn_like(ks)
     sdpa_ms = bench(lambda: F.scaled_dot_product_attention(qs, ks, vs))
     return {"op_ms": op_ms, "gate_ms": gate_ms, "attn_ms": op_ms - gate_ms, "sdpa_ms": sdpa_ms, "keys": keys}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dysink_deploy.plugins import gpu_check
@@ -31,3 +33,16 @@ def test_gpu_check_skips_with_one_line_without_a_gpu():
     lines = []
     assert gpu_check.run(log=lines.append) is True
     assert len(lines) == 1 and lines[0].startswith("SKIPPED | dysink-bench kernels needs a CUDA GPU")
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs Triton's interpreter (the CPU suite)")
+def test_the_gpu_check_itself_runs_on_cpu():
+    """The check's own code (inputs, reference, SDPA baseline, tolerance, timing path) on CPU tensors
+    under the interpreter, tiny shapes: so that its first run on a GPU is not its first run at all."""
+    for case in gpu_check.CASES[:3]:                       # tiny fp32 / fp16 / bf16
+        res = gpu_check.check_case(case, device="cpu")
+        assert res["ok"] and res["same_ratios"] and res["dropped"] >= 1, res["detail"]
+    assert gpu_check.check_retrieval(capacity=64, device="cpu")["ok"]
+    calls = []
+    timing = gpu_check.time_attention(gpu_check.CASES[1], lambda fn: calls.append(fn()) or 1.0, device="cpu")
+    assert len(calls) == 3 and timing["keys"] == (2 + 4 + 1) * 72
