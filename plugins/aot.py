@@ -212,6 +212,11 @@ def compile_variant(modules: dict, variant: Variant) -> tuple[bytes, dict]:
         "profile_scratch_bytes": int(md.profile_scratch_size), "args": args, "grid": GRID[variant.kernel],
         "pointer_align": POINTER_ALIGN, "ptx_version": getattr(md, "ptx_version", None),
         "ptxas": parse_ptxas_log(log.getvalue()),
+        # Launch features the plugin's plain cuLaunchKernel does not provide (all must be off).
+        "launch": {"num_ctas": int(getattr(md, "num_ctas", 1)),
+                   "cooperative": bool(getattr(md, "launch_cooperative_grid", False)),
+                   "pdl": bool(getattr(md, "launch_pdl", False)),
+                   "tensor_descriptors": len(getattr(md, "tensordesc_meta", None) or [])},
     }
     return compiled.asm["cubin"], entry
 

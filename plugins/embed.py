@@ -27,6 +27,11 @@ def embedded_source(kernel_dir: str | Path) -> str:
         if e["global_scratch_bytes"] or e["profile_scratch_bytes"]:
             raise DysinkError(f"{e['variant']} needs {e['global_scratch_bytes']} bytes of global scratch; the plugin "
                               "passes null scratch pointers: this Triton version is not supported, use triton==3.7.1")
+        launch = e.get("launch", {})
+        if launch.get("num_ctas", 1) != 1 or launch.get("cooperative") or launch.get("pdl") or \
+                launch.get("tensor_descriptors"):
+            raise DysinkError(f"{e['variant']} needs a launch the plugin does not do ({launch}); "
+                              "use triton==3.7.1 and this version's tile configs")
         key, const = e["key"], e["constexprs"]
         path = (root / e["file"]).as_posix()
         if '"' in path or "\\" in path:

@@ -53,6 +53,7 @@ def test_manifest_matches_cubins(kernel_dir):
         assert all(a["type"] != "constexpr" for a in e["args"])
         assert e["threads"] == 32 * e["num_warps"] and e["shared_bytes"] >= 0
         assert e["ptxas"]["registers"] and e["ptxas"]["spill_stores"] == 0, e["variant"]
+        assert e["launch"] == {"num_ctas": 1, "cooperative": False, "pdl": False, "tensor_descriptors": 0}
     # The attention kernel's launch arguments in order (what the plugin passes).
     attn = next(e for e in kernels if e["kernel"] == "paged_attention")
     assert [a["name"] for a in attn["args"]][:9] == ["q", "k_cur", "v_cur", "k_pool", "v_pool", "local_ids",
