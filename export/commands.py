@@ -120,7 +120,7 @@ def plan_command(model_name, precision, height, width, memory, bank_capacity, pl
 @click.option("--timing-cache", type=click.Path(), default=None, help="timing cache file, read if present, then updated")
 @click.option("--hardware-compat", is_flag=True, help="engines that run on any Ampere-or-newer GPU (slower)")
 @click.option("--plugins", type=click.Path(), default=None,
-              help=f"plugin library (default: BUNDLE/plugins/libdysink_plugins.so from dysink-export plugins)")
+              help="plugin library (default: BUNDLE/plugins/libdysink_plugins.so from dysink-export plugins)")
 def build_command(bundle_path, out, graphs, workspace_gb, opt_level, timing_cache, hardware_compat, plugins):
     """Build TensorRT engines from a bundle's ONNX graphs (on the GPU that will run them).
 

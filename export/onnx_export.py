@@ -18,9 +18,7 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -30,6 +28,7 @@ from torch import Tensor, nn
 
 from ..bundle import BUNDLE_FORMAT_VERSION, GRAPH_STREAM_FIELDS, Bundle, rebuild_command, write_manifest
 from ..config import ModelConfig, StreamConfig, model_preset
+from ..atomic import staged_directory
 from ..errors import DysinkError
 from ..graphs import GraphSpec, graph_specs
 from ..models.dit import DiTStep
@@ -363,13 +362,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
     log = log or (lambda msg: None)
 
     models = build_models(cfg, checkpoints, seed=seed).to(TORCH_DTYPES[precision]).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    # mkdtemp makes the directory 0700; a bundle is shared like any build output.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    try:
+    with staged_directory(out) as tmp:
         entries = {}
         for name in names:
             t0 = time.perf_counter()
@@ -385,16 +378,6 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
             "versions": _versions(),
         })
         Bundle.load(tmp, require=names)  # what the runtime will see, before it becomes visible
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -23,14 +23,13 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..atomic import staged_directory
 from ..config import ModelConfig, StreamConfig
 from ..errors import DysinkError
 from . import variants as V
@@ -270,9 +269,7 @@ def compile_kernels(model: ModelConfig, stream: StreamConfig, precisions: list[s
     if out.exists() and not (out / MANIFEST).is_file():
         raise DysinkError(f"{out} exists and is not a kernel directory (no {MANIFEST}); "
                           "refusing to replace it, choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_directory(out) as tmp:
         entries = []
         with _compile_mode() as modules:
             for arch in archs:
@@ -294,17 +291,6 @@ def compile_kernels(model: ModelConfig, stream: StreamConfig, precisions: list[s
             "archs": list(archs), "ops": OPS, "kernels": entries,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -341,12 +327,6 @@ def _main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_manifest(path: str | Path) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
@@ -19,17 +18,26 @@ ARCH_HELP = ("compute capabilities x 10, comma-separated (default: "
              f"{','.join(str(a) for a in V.DEFAULT_ARCHS)}; known: {','.join(str(a) for a in V.ARCHS)})")
 
 
+def _target_options(fn):
+    """What to compile for: a bundle, or a model preset with precisions; and the architectures."""
+    for option in reversed([
+        click.option("--bundle", "bundle_path", type=click.Path(), default=None,
+                     help="what this bundle needs (its model, stream and precision)"),
+        click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
+                     help="or: this model preset (released stream settings)"),
+        click.option("--precision", "precisions", type=click.Choice(PRECISIONS), multiple=True,
+                     help="with --model: precisions (repeatable; default: all)"),
+        click.option("--sink-kv-bf16/--no-sink-kv-bf16", default=True, show_default=True,
+                     help="with --model: the stream's sink_kv_bf16 setting"),
+        click.option("--arch", "arch_text", default=",".join(str(a) for a in V.DEFAULT_ARCHS), show_default=True,
+                     help=ARCH_HELP),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @click.command("kernels")
-@click.option("--bundle", "bundle_path", type=click.Path(), default=None,
-              help="compile what this bundle needs (its model, stream and precision)")
-@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
-              help="or: compile for this model preset (released stream settings)")
-@click.option("--precision", "precisions", type=click.Choice(PRECISIONS), multiple=True,
-              help="with --model: precisions to compile (repeatable; default: all)")
-@click.option("--sink-kv-bf16/--no-sink-kv-bf16", default=True, show_default=True,
-              help="with --model: the stream's sink_kv_bf16 setting")
-@click.option("--arch", "arch_text", default=",".join(str(a) for a in V.DEFAULT_ARCHS), show_default=True,
-              help=ARCH_HELP)
+@_target_options
 @click.option("--out", type=click.Path(), required=True, help="kernel directory to create (cubins + kernels.json)")
 @click.option("--overwrite", is_flag=True, help="replace an existing kernel directory at --out")
 @click.option("--report", is_flag=True,
@@ -98,16 +106,7 @@ def _what_to_compile(bundle_path, model_name, precisions, sink_kv_bf16):
 
 
 @click.command("plugins")
-@click.option("--bundle", "bundle_path", type=click.Path(), default=None,
-              help="build for this bundle (its model, stream and precision)")
-@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
-              help="or: for this model preset, every precision (released stream settings)")
-@click.option("--precision", "precisions", type=click.Choice(PRECISIONS), multiple=True,
-              help="with --model: precisions to embed (repeatable; default: all)")
-@click.option("--sink-kv-bf16/--no-sink-kv-bf16", default=True, show_default=True,
-              help="with --model: the stream's sink_kv_bf16 setting")
-@click.option("--arch", "arch_text", default=",".join(str(a) for a in V.DEFAULT_ARCHS), show_default=True,
-              help=ARCH_HELP)
+@_target_options
 @click.option("--tensorrt-include", type=click.Path(), default=None,
               help="folder holding NvInferRuntime.h (default: $TensorRT_INCLUDE_DIR, $TensorRT_ROOT/include, "
                    "/usr/include/<arch>-linux-gnu)")
@@ -123,8 +122,8 @@ def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
     device toolkit's).
     """
     import shutil
-    import tempfile
 
+    from ..atomic import staged_directory
     from . import aot
     from .build import HEADERS_HINT, LIBRARY, build_library, find_tensorrt_include, tensorrt_header_version
 
@@ -139,9 +138,7 @@ def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
         raise DysinkError(f"TensorRT headers not found; {HEADERS_HINT}")
     model, stream, precisions = _what_to_compile(bundle_path, model_name, list(precisions), sink_kv_bf16)
     archs = aot.parse_archs(arch_text)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.partial-", dir=out_path.parent))
-    try:
+    with staged_directory(out_path) as tmp:
         click.echo(f"[1/3] kernels: {model.name} ({', '.join(precisions)}) for "
                    f"{', '.join(f'sm_{a}' for a in archs)}", err=True)
         aot.compile_kernels(model, stream, precisions, archs, tmp / "kernels", log=lambda m: click.echo(f"  {m}", err=True))
@@ -152,15 +149,5 @@ def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
         shutil.copy2(built, tmp / LIBRARY)
         # The build directory names the temporary path; rebuild it in place on the next run.
         shutil.rmtree(tmp / "build", ignore_errors=True)
-        if out_path.exists():
-            old = out_path.parent / f".{out_path.name}.old-{os.getpid()}"
-            out_path.rename(old)
-            tmp.rename(out_path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     click.echo(f"wrote {out_path / LIBRARY}")
     click.echo(f"PASSED | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")

@@ -20,7 +20,6 @@ device-to-device copies. The host waits only in `to_numpy` and `retrieve` (block
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 

@@ -240,34 +240,21 @@ int32_t GatedSinkAttentionPlugin::enqueue(PluginTensorDesc const*, PluginTensorD
         int32_t blockM = mAttention.image->blockM;
         result = launchKernel(mAttention, (mTokens + blockM - 1) / blockM, mHeads, 1, c, cuStream);
     }
-    if (result != CUDA_SUCCESS)
-    {
-        std::string error;
-        CudaDriver const* driver = cudaDriver(error);
-        logError("GatedSinkAttention: kernel launch failed: " + (driver ? cudaErrorText(*driver, result) : error));
-        return -1;
-    }
-    return 0;
+    return launchStatus(result);
 }
 
 PluginFieldCollection const* GatedSinkAttentionPlugin::getFieldsToSerialize() noexcept
 {
-    mFields = {PluginField("threshold", &mThreshold, PluginFieldType::kFLOAT32, 1),
+    return serialize({PluginField("threshold", &mThreshold, PluginFieldType::kFLOAT32, 1),
         PluginField("sink_kv_bf16", &mSinkKvBf16, PluginFieldType::kINT32, 1),
-        PluginField("fixed_sinks", &mFixedSinks, PluginFieldType::kINT32, 1),
-        PluginField("plugin_version", kPluginVersion, PluginFieldType::kCHAR, 2)};
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
-    return &mFieldCollection;
+        PluginField("fixed_sinks", &mFixedSinks, PluginFieldType::kINT32, 1)});
 }
 
 GatedSinkAttentionCreator::GatedSinkAttentionCreator()
 {
-    mFields = {PluginField("threshold", nullptr, PluginFieldType::kFLOAT32, 1),
+    setFieldNames({PluginField("threshold", nullptr, PluginFieldType::kFLOAT32, 1),
         PluginField("sink_kv_bf16", nullptr, PluginFieldType::kINT32, 1),
-        PluginField("fixed_sinks", nullptr, PluginFieldType::kINT32, 1)};
-    mFieldNames.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldNames.fields = mFields.data();
+        PluginField("fixed_sinks", nullptr, PluginFieldType::kINT32, 1)});
 }
 
 IPluginV3* GatedSinkAttentionCreator::createPlugin(

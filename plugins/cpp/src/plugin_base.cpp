@@ -26,4 +26,33 @@ int32_t PluginBase::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in,
     return 0;
 }
 
+nvinfer1::PluginFieldCollection const* PluginBase::serialize(std::vector<nvinfer1::PluginField> fields)
+{
+    mFields = std::move(fields);
+    mFields.emplace_back("plugin_version", kPluginVersion, nvinfer1::PluginFieldType::kCHAR, 2);
+    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
+    mFieldCollection.fields = mFields.data();
+    return &mFieldCollection;
+}
+
+int32_t PluginBase::launchStatus(CUresult result) const
+{
+    if (result == CUDA_SUCCESS)
+    {
+        return 0;
+    }
+    std::string error;
+    CudaDriver const* driver = cudaDriver(error);
+    logError(std::string(getPluginName()) + ": kernel launch failed: "
+        + (driver ? cudaErrorText(*driver, result) : error));
+    return -1;
+}
+
+void CreatorBase::setFieldNames(std::vector<nvinfer1::PluginField> names)
+{
+    mFields = std::move(names);
+    mFieldNames.nbFields = static_cast<int32_t>(mFields.size());
+    mFieldNames.fields = mFields.data();
+}
+
 } // namespace dysink

@@ -25,7 +25,10 @@ public:
 protected:
     // Shape checks on the build-time descriptors; "" when fine.
     virtual std::string checkShapes(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs) const = 0;
-    // The serialized fields live in the plugin object (TensorRT copies them out).
+    // `fields` + plugin_version, kept in the plugin object (TensorRT copies them out).
+    nvinfer1::PluginFieldCollection const* serialize(std::vector<nvinfer1::PluginField> fields);
+    // enqueue's return value: 0, or -1 with the driver's error logged.
+    int32_t launchStatus(CUresult result) const;
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };
@@ -114,6 +117,7 @@ public:
     nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override { return &mFieldNames; }
 
 protected:
+    void setFieldNames(std::vector<nvinfer1::PluginField> names);
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldNames{};
 };

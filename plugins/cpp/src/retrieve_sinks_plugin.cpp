@@ -186,32 +186,19 @@ int32_t RetrieveSinksPlugin::enqueue(PluginTensorDesc const*, PluginTensorDesc c
         b.add(&scoresWs).add(&slots).add(&top).add(&mCapacity).add(&mK);
         result = launchKernel(mTopk, 1, 1, 1, b, cuStream);
     }
-    if (result != CUDA_SUCCESS)
-    {
-        std::string error;
-        CudaDriver const* driver = cudaDriver(error);
-        logError("RetrieveSinks: kernel launch failed: " + (driver ? cudaErrorText(*driver, result) : error));
-        return -1;
-    }
-    return 0;
+    return launchStatus(result);
 }
 
 PluginFieldCollection const* RetrieveSinksPlugin::getFieldsToSerialize() noexcept
 {
-    mFields = {PluginField("sink_size", &mSinkSize, PluginFieldType::kINT32, 1),
-        PluginField("k", &mK, PluginFieldType::kINT32, 1),
-        PluginField("plugin_version", kPluginVersion, PluginFieldType::kCHAR, 2)};
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
-    return &mFieldCollection;
+    return serialize({PluginField("sink_size", &mSinkSize, PluginFieldType::kINT32, 1),
+        PluginField("k", &mK, PluginFieldType::kINT32, 1)});
 }
 
 RetrieveSinksCreator::RetrieveSinksCreator()
 {
-    mFields = {PluginField("sink_size", nullptr, PluginFieldType::kINT32, 1),
-        PluginField("k", nullptr, PluginFieldType::kINT32, 1)};
-    mFieldNames.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldNames.fields = mFields.data();
+    setFieldNames({PluginField("sink_size", nullptr, PluginFieldType::kINT32, 1),
+        PluginField("k", nullptr, PluginFieldType::kINT32, 1)});
 }
 
 IPluginV3* RetrieveSinksCreator::createPlugin(
