@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 import shlex
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -35,6 +36,7 @@ from .graphs import PRECISIONS, GraphSpec, TensorSpec, graph_specs
 #   3: dit_step takes the timestep sinusoid `t_freq` (no float64 in graphs); default opset 20, IR 9
 BUNDLE_FORMAT_VERSION = 3
 MANIFEST_NAME = "bundle.json"
+MAX_MANIFEST_BYTES = 16 << 20
 
 # Stream settings baked into the graphs (shapes, node attributes). The rest
 # (dedup threshold, schedule, eviction) is host logic and may change freely.
@@ -194,10 +196,18 @@ class Bundle:
             what = "does not exist" if not root.exists() else f"has no {MANIFEST_NAME}"
             raise DysinkError(f"bundle {root} {what}; export one with: dysink-export onnx --model PRESET "
                               f"--precision fp32|fp16|bf16 --out {root}")
+        if manifest_path.is_symlink():
+            raise DysinkError(f"bundle {root}: {MANIFEST_NAME} is a symbolic link; a bundle holds its files itself: "
+                              f"re-export it with dysink-export onnx ... --out {root}")
         try:
+            if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+                raise ValueError(f"larger than {MAX_MANIFEST_BYTES} bytes")
             manifest = json.loads(manifest_path.read_text())
             if not isinstance(manifest, dict):
                 raise ValueError("not a JSON object")
+        except RecursionError:
+            raise DysinkError(f"bundle {root}: {MANIFEST_NAME} is nested too deeply to be a manifest; "
+                              f"re-export it with dysink-export onnx ... --out {root}") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise DysinkError(f"bundle {root}: {MANIFEST_NAME} is unreadable ({exc}); "
                               f"re-export it with dysink-export onnx ... --out {root}") from None
@@ -260,15 +270,50 @@ class Bundle:
 
         # -- the files ---------------------------------------------------------------------
         for name, g in graphs.items():
-            for rel, digest, size in [(g.file, g.sha256, g.bytes)] + [
-                    (d["file"], d["sha256"], int(d["bytes"])) for d in g.external_data]:
-                f = root / rel
-                if not f.is_file():
+            try:
+                files = [(g.file, g.sha256, g.bytes)] + [
+                    (str(d["file"]), str(d["sha256"]), int(d["bytes"])) for d in g.external_data]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DysinkError(f"bundle {root}: malformed external_data of graph {name} ({exc!r}); "
+                                  f"rebuild it: {rebuild}") from None
+            for rel, digest, size in files:
+                f = confined_file(root, rel, f"graph {name}", rebuild)
+                if f is None:
                     raise DysinkError(f"bundle {root} is missing {rel} (graph {name}); rebuild it: {rebuild}")
                 if f.stat().st_size != size or (verify_hashes and sha256_file(f) != digest):
                     raise DysinkError(f"bundle {root}: {rel} (graph {name}) does not match its sha256 in "
                                       f"{MANIFEST_NAME} (changed or truncated); rebuild it: {rebuild}")
         return cls(root, manifest, model, stream, precision, graphs)
+
+
+def confined_file(root: Path, rel: object, what: str, rebuild: str) -> Path | None:
+    """The file a manifest names, if it is a plain relative path to a regular file inside `root`
+    (no '..', no absolute path, no symlink anywhere on the way); None if it does not exist.
+    Checked before anything is opened, and the refusal does not depend on whether an outside
+    file exists (no probing through a crafted manifest)."""
+    text = rel if isinstance(rel, str) else ""
+    parts = Path(text).parts
+    if not text or Path(text).is_absolute() or ".." in parts or "\\" in text or "\x00" in text:
+        raise DysinkError(f"bundle {root}: {what} names {rel!r}, which is not a plain path inside the bundle; "
+                          f"rebuild it: {rebuild}")
+    here = root
+    for i, part in enumerate(parts):
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DysinkError(f"bundle {root}: cannot read {text} ({exc.strerror}); rebuild it: {rebuild}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise DysinkError(f"bundle {root}: {text} ({what}) is a symbolic link; a bundle holds its files itself: "
+                              f"rebuild it: {rebuild}")
+        last = i == len(parts) - 1
+        if last and not stat.S_ISREG(st.st_mode):
+            raise DysinkError(f"bundle {root}: {text} ({what}) is not a regular file; rebuild it: {rebuild}")
+        if not last and not stat.S_ISDIR(st.st_mode):
+            return None
+    return here
 
 
 def _hint_flags(manifest: dict, root: Path) -> str:

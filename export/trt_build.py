@@ -12,7 +12,6 @@ development machines (no TensorRT, no GPU): see the README's support table.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..bundle import MANIFEST_NAME, Bundle, sha256_file
+from ..bundle import MANIFEST_NAME, Bundle, confined_file, sha256_file
 from ..errors import DysinkError
 
 NO_TENSORRT = ("TensorRT's Python package is not installed: on a Jetson it comes with JetPack "
@@ -186,9 +185,10 @@ def check_engine_entry(bundle: Bundle, graph: str, trt_version: str, cc: str) ->
     if entry.get("compute_capability") != cc:
         raise DysinkError(f"engine {entry['file']} was built for {entry.get('compute_capability')}, this GPU is {cc}; "
                           f"build engines on the GPU that runs them: {rebuild}")
-    path = bundle.path / entry["file"]
-    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != entry.get("sha256"):
-        raise DysinkError(f"engine {path} is missing or does not match its sha256 in {MANIFEST_NAME}: {rebuild}")
+    path = confined_file(bundle.path, entry.get("file"), f"engine of {graph}", rebuild)
+    if path is None or sha256_file(path) != entry.get("sha256"):
+        raise DysinkError(f"engine {entry.get('file')} is missing or does not match its sha256 in {MANIFEST_NAME}: "
+                          f"{rebuild}")
     lib = Path(entry.get("plugin_library", {}).get("file", ""))
     if not lib.is_file() or sha256_file(lib) != entry["plugin_library"].get("sha256"):
         raise DysinkError(f"the plugin library the engine {entry['file']} was built with ({lib}) is missing or "

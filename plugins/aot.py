@@ -341,13 +341,14 @@ def load_manifest(path: str | Path) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DysinkError(f"{root / MANIFEST} has format version {manifest.get('format_version')!r}, "
                           f"this version reads {FORMAT_VERSION}; recreate it with dysink-export kernels")
+    from ..bundle import confined_file
+
+    redo = f"recreate it with dysink-export kernels --out {root} --overwrite"
     for entry in manifest.get("kernels", []):
-        file = (root / entry["file"]).resolve()
-        if root.resolve() not in file.parents:
-            raise DysinkError(f"{root / MANIFEST} names {entry['file']!r} outside the kernel directory")
-        if not file.is_file() or hashlib.sha256(file.read_bytes()).hexdigest() != entry["sha256"]:
-            raise DysinkError(f"{file} is missing or does not match its sha256 in {MANIFEST}; "
-                              "recreate the directory with dysink-export kernels")
+        file = confined_file(root, entry.get("file"), "a kernel", redo)
+        if file is None or hashlib.sha256(file.read_bytes()).hexdigest() != entry.get("sha256"):
+            raise DysinkError(f"{root / str(entry.get('file'))} is missing or does not match its sha256 in "
+                              f"{MANIFEST}; {redo}")
     return manifest
 
 
