@@ -17,7 +17,7 @@ import click
 from ..config import MODEL_PRESETS, StreamConfig, model_preset, stream_config_from_dict
 from ..errors import DysinkError
 from .backends import BACKENDS
-from ..cli.common import checkpoint_file_options
+from ..cli.common import checkpoint_file_options, exit_code, install_stop_signals
 
 _DEFAULT = StreamConfig()
 ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")
@@ -138,17 +138,21 @@ def main(**kw):
     ctx = click.get_current_context()
     kw["_given"] = {name for name in kw
                     if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
+    install_stop_signals()
     try:
         result = run_cli(kw)
     except DysinkError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt as exc:        # stopped before the stream began: nothing was written
+        click.echo(f"interrupted before the first block ({exc.args[0] if exc.args else 'SIGINT'})", err=True)
+        sys.exit(exit_code(exc))
     runtime = time.perf_counter() - started
     status = "INTERRUPTED" if result.interrupted else "PASSED"
     click.echo(f"{status} | {result.blocks} blocks, {result.frames} frames -> {result.out} | "
                f"Runtime: {runtime:.1f}s | Command: {command}")
     if result.interrupted:
-        sys.exit(130)
+        sys.exit(result.exit_code or 130)
 
 
 def run_cli(kw: dict):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import ModelConfig, StreamConfig, model_preset
+from ..cli.common import exit_code
 from ..errors import DysinkError
 from .report import plot_timeline, write_stats
 from .stream import Streamer
@@ -105,6 +106,7 @@ class RunResult:
     seconds: float
     interrupted: bool = False
     stats: dict = field(default_factory=dict)
+    exit_code: int = 0          # 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP when interrupted
 
 
 def stream_to_dir(streamer: Streamer, model: ModelConfig, stream: StreamConfig, blocks: int, out: str,
@@ -129,8 +131,9 @@ def stream_to_dir(streamer: Streamer, model: ModelConfig, stream: StreamConfig, 
             if bar is not None:
                 bar.set_postfix(bank=streamer.bank.size, sinks=len(record.retrieved))
                 bar.update(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:      # Ctrl-C, or SIGTERM / SIGHUP (cli.common.StopSignal)
         interrupted = True
+        code = exit_code(exc)
     finally:
         writer.close()
         if bar is not None:
@@ -139,4 +142,5 @@ def stream_to_dir(streamer: Streamer, model: ModelConfig, stream: StreamConfig, 
             write_stats(stats_path, run_config, stats["blocks"])
             plot_timeline(stats, os.path.join(out, "timeline.png"))
     return RunResult(out=out, blocks=len(stats["blocks"]), frames=writer.frames_written,
-                     seconds=time.perf_counter() - t0, interrupted=interrupted, stats=stats)
+                     seconds=time.perf_counter() - t0, interrupted=interrupted, stats=stats,
+                     exit_code=code if interrupted else 0)

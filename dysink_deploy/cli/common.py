@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -9,15 +10,47 @@ import click
 from ..errors import DysinkError
 
 
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM / SIGHUP, raised where the program is, so that they stop it the way Ctrl-C does:
+    `finally` blocks run (partial exports removed, the video closed, stats written)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stop(signum, frame):
+    raise StopSignal(signum)
+
+
+def install_stop_signals() -> None:
+    """Make SIGTERM and SIGHUP behave like SIGINT (main thread only; a no-op elsewhere)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            signal.signal(sig, _raise_stop)
+        except ValueError:      # not the main thread
+            pass
+
+
+def exit_code(exc: KeyboardInterrupt) -> int:
+    """128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
+    return 128 + (exc.signum if isinstance(exc, StopSignal) else signal.SIGINT)
+
+
 class UserErrorGroup(click.Group):
-    """A click group whose commands print a `DysinkError` as `error: ...` and exit 2, no traceback."""
+    """A click group whose commands print a `DysinkError` as `error: ...` and exit 2, no traceback;
+    SIGTERM / SIGHUP stop them like Ctrl-C (cleanup runs), exiting 128 + the signal."""
 
     def invoke(self, ctx):
+        install_stop_signals()
         try:
             return super().invoke(ctx)
         except DysinkError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt as exc:
+            click.echo(f"interrupted ({exc.args[0] if exc.args else 'SIGINT'}); nothing partial was left", err=True)
+            sys.exit(exit_code(exc))
 
 
 def checkpoint_file_options(func):
