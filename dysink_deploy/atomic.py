@@ -10,14 +10,38 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """`.NAME.partial-PID-*` beside `out` left by processes that no longer exist (killed with SIGKILL,
+    power loss): removed; returns them."""
+    removed = []
+    for path in out.parent.glob(f".{out.name}.partial-*-*"):
+        pid = path.name[len(f".{out.name}.partial-"):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 @contextmanager
 def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield `.NAME.partial-XXXX` beside `out` (umask permissions, not mkdtemp's 0700); on success it
+    """Yield `.NAME.partial-PID-XXXX` beside `out` (umask permissions, not mkdtemp's 0700); on success it
     replaces `out` (an existing one is moved aside first and removed after), on any error or
-    interruption it is removed and `out` is left as it was."""
-    out = Path(out)
+    interruption (SIGTERM / SIGHUP included, see cli.common) it is removed and `out` is left as it
+    was. Partials of dead processes are removed first."""
+    out = Path(os.path.abspath(out))        # `--out .` has a name too
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    remove_stale_partials(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)

@@ -29,6 +29,8 @@ def _torch_streamer(model_name: str, seed: int, threads: int | None, **stream_ov
     from .runtime.run import default_prompt_embeds
     from .runtime.stream import Streamer
 
+    if threads is not None and threads < 1:
+        raise DysinkError(f"--threads must be >= 1, got {threads}")
     if threads:
         torch.set_num_threads(threads)
     model = model_preset(model_name)
@@ -180,6 +182,8 @@ def graphs(model_name, mid, graph_names, runs, threads, profile_dir):
 
     if runs < 1:
         raise DysinkError(f"--runs must be >= 1, got {runs}")
+    if threads is not None and threads < 1:
+        raise DysinkError(f"--threads must be >= 1, got {threads}")
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()

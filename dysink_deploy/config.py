@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -311,6 +312,16 @@ class StreamConfig:
     sink_kv_bf16: bool = True
 
     def __post_init__(self) -> None:
+        # Types first: a string or null where a number belongs is an error, not a comparison.
+        for name in ("gate_threshold", "dedup_threshold", "shift"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                     f"StreamConfig.{name} must be a finite number, got {value!r}")
+        for name in ("eviction", "feature_mode"):
+            _require(isinstance(getattr(self, name), str),
+                     f"StreamConfig.{name} must be a string, got {getattr(self, name)!r}")
+        _require(isinstance(self.denoising_steps, (list, tuple)),
+                 f"StreamConfig.denoising_steps must be a list of integers, got {self.denoising_steps!r}")
         object.__setattr__(self, "denoising_steps", tuple(self.denoising_steps))
         _positive_ints(self, ["block_frames", "local_attn_size", "height", "width", "bank_capacity"])
         for name in ("sink_size", "top_k"):

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..bundle import BUNDLE_FORMAT_VERSION, GRAPH_STREAM_FIELDS, Bundle, rebuild_command, write_manifest
+from ..bundle import MANIFEST_NAME, BUNDLE_FORMAT_VERSION, GRAPH_STREAM_FIELDS, Bundle, rebuild_command, write_manifest
 from ..config import ModelConfig, StreamConfig, model_preset
 from ..atomic import staged_directory
 from ..errors import DysinkError
@@ -359,6 +359,9 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
     out = Path(out)
     if out.exists() and not overwrite:
         raise DysinkError(f"{out} already exists; remove it or pass --overwrite")
+    if out.exists() and (out.is_symlink() or not (out / MANIFEST_NAME).is_file()):
+        raise DysinkError(f"--out {out} is not a bundle (no {MANIFEST_NAME}); --overwrite replaces bundles only, "
+                          "nothing was touched: choose another --out")
     log = log or (lambda msg: None)
 
     models = build_models(cfg, checkpoints, seed=seed).to(TORCH_DTYPES[precision]).eval()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -31,16 +32,30 @@ def _stream_overrides(kw: dict) -> dict:
     return {n: kw[n] for n in names if kw.get(n) is not None}
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def _load_config_file(path: str | None) -> dict:
     if not path:
         return {}
+    import stat
+
     try:
-        with open(path) as f:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):       # a FIFO or a device would block or never end
+            raise DysinkError(f"--config {path!r} is not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise DysinkError(f"--config {path!r} is larger than {MAX_CONFIG_BYTES} bytes: not a settings file")
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except OSError as exc:
         raise DysinkError(f"cannot read --config {path!r} ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise DysinkError(f"--config {path!r} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise DysinkError(f"--config {path!r} is not UTF-8 text (a binary file?)") from None
+    except RecursionError:
+        raise DysinkError(f"--config {path!r} is nested too deeply to be a settings file") from None
     if not isinstance(data, dict):
         raise DysinkError(f"--config {path!r} must hold a JSON object of stream settings")
     return data
@@ -156,11 +171,16 @@ def main(**kw):
 
 
 def run_cli(kw: dict):
-    from .run import (blocks_for_seconds, check_out_dir, default_prompt_embeds, load_prompt_embeds,
-                      prepare_out_dir, stream_to_dir)
+    from .run import (OUTPUT_FILES, blocks_for_seconds, check_out_dir, default_prompt_embeds, load_prompt_embeds,
+                      lock_out_dir, prepare_out_dir, stream_to_dir)
 
     if kw["blocks"] is not None and kw["seconds"] is not None:
         raise DysinkError("give --blocks or --seconds, not both")
+    for name in ("seed", "weights_seed"):
+        if not 0 <= kw[name] < 2 ** 63:
+            raise DysinkError(f"--{name.replace('_', '-')} must lie in 0..2**63-1, got {kw[name]}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", kw["device"]):
+        raise DysinkError(f"--device must be cpu, cuda or cuda:N, got {kw['device']!r}")
     if kw["blocks"] is not None and kw["blocks"] < 1:
         raise DysinkError(f"--blocks must be >= 1, got {kw['blocks']}")
     given = kw.get("_given", set())
@@ -238,13 +258,22 @@ def run_cli(kw: dict):
                                        model.dit.freq_dim, details.get("precision", kw["dtype"]))
         details["dump_block"] = {"block": block, "dir": os.path.abspath(dump_dir)}
     prepare_out_dir(kw["out"], kw["overwrite"])
+    lock = lock_out_dir(kw["out"])          # held until the process ends
+    if kw["overwrite"]:                     # the previous run's outputs go now, not one by one later
+        for name in OUTPUT_FILES:
+            path = os.path.join(kw["out"], name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
     run_config = {
         "model": model.name, "backend": backend, "seed": kw["seed"], "blocks": blocks, **details,
         "prompt_embeds": kw["prompt_embeds"] or "embedded-default",
         "stream": stream.to_dict(), "timesteps": stream.timesteps(),
     }
-    return stream_to_dir(streamer, model, stream, blocks, os.path.abspath(kw["out"]), run_config,
-                         progress=not kw["quiet"])
+    try:
+        return stream_to_dir(streamer, model, stream, blocks, os.path.abspath(kw["out"]), run_config,
+                             progress=not kw["quiet"])
+    finally:
+        lock.close()
 
 
 if __name__ == "__main__":

@@ -22,13 +22,36 @@ from .stream import Streamer
 from .video import VideoWriter
 
 OUTPUT_FILES = ("video.mp4", "stats.json", "timeline.png")
+LOCK_NAME = ".dysink-run.lock"
+
+
+def lock_out_dir(out: str):
+    """An exclusive lock on --out for this run (released when the process ends); a second run is
+    refused with one line naming the holder's pid. Returns the open lock file (keep it)."""
+    import fcntl
+
+    path = os.path.join(out, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    handle = os.fdopen(fd, "r+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise DysinkError(f"--out {out!r} is in use by another dysink-run (pid {holder}); wait for it or choose "
+                          "another directory") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 FPS = 16  # Wan2.1's frame rate
 
 
 def blocks_for_seconds(seconds: float, block_frames: int = 3, fps: int = FPS) -> int:
     """Blocks needed for `seconds` of video: the first block gives 4*B-3 frames, later ones 4*B."""
-    if not seconds > 0:
-        raise DysinkError(f"--seconds must be > 0, got {seconds}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise DysinkError(f"--seconds must be a finite number > 0, got {seconds}")
     per_block = 4 * block_frames
     return max(1, math.ceil((seconds * fps + 3) / per_block))
 
@@ -78,9 +101,16 @@ def load_prompt_embeds(path: str, cfg: ModelConfig) -> np.ndarray:
 
 
 def check_out_dir(out: str, overwrite: bool) -> None:
-    """Cheap checks before any expensive work: not a file, no earlier outputs unless --overwrite."""
+    """Cheap checks before any expensive work: not a file, no earlier outputs unless --overwrite,
+    never a symbolic link where an output goes (it would be written through)."""
+    if os.path.islink(out):
+        raise DysinkError(f"--out {out!r} is a symbolic link; give the real directory")
     if os.path.exists(out) and not os.path.isdir(out):
         raise DysinkError(f"--out {out!r} exists and is not a directory")
+    links = [f for f in OUTPUT_FILES + (LOCK_NAME,) if os.path.islink(os.path.join(out, f))]
+    if links:
+        raise DysinkError(f"--out {out!r}: {', '.join(links)} is a symbolic link; dysink-run never writes through "
+                          "one: remove it or choose another directory")
     present = [f for f in OUTPUT_FILES if os.path.exists(os.path.join(out, f))]
     if present and not overwrite:
         raise DysinkError(f"--out {out!r} already holds {', '.join(present)}; pass --overwrite or choose "

@@ -1,0 +1,157 @@
+"""Hostile and careless inputs (issue 9): each gives exit code 2, one `error:` line, no traceback, and
+leaves what was on disk as it was. Table-driven: one row per finding fixed here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dysink_deploy.cli.export_cli import main as export_main
+from dysink_deploy.runtime import cli as run_cli
+
+
+def _run(*args):
+    blocks = [] if "--seconds" in map(str, args) else ["--blocks", "1"]
+    return CliRunner().invoke(run_cli.main, ["--quiet", "--model", "tiny", *blocks, *map(str, args)],
+                              catch_exceptions=False)
+
+
+def _one_error_line(res, needle):
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert res.exit_code == 2, res.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.output
+    assert "Traceback" not in res.output
+
+
+def _config(tmp_path, text: str | bytes) -> Path:
+    path = tmp_path / "settings.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--seconds", "inf"], "--seconds must be a finite number > 0"),
+    (["--seconds", "nan"], "--seconds must be a finite number > 0"),
+    (["--seed", "-1"], "--seed must lie in 0..2**63-1"),
+    (["--weights-seed", str(2 ** 70)], "--weights-seed must lie in 0..2**63-1"),
+    (["--device", "banana"], "--device must be cpu, cuda or cuda:N"),
+])
+def test_bad_numbers_and_names(tmp_path, args, needle):
+    out = tmp_path / "out"
+    res = _run("--out", out, *args)
+    _one_error_line(res, needle)
+    assert not out.exists(), "nothing is created for a refused run"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('{"gate_threshold": "0.5"}', "gate_threshold must be a finite number, got '0.5'"),
+    ('{"gate_threshold": null}', "gate_threshold must be a finite number, got None"),
+    ('{"shift": "abc"}', "shift must be a finite number"),
+    ('{"shift": Infinity}', "shift must be a finite number, got inf"),
+    ('{"denoising_steps": 5}', "denoising_steps must be a list of integers"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "is not UTF-8 text"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_bad_config_files(tmp_path, text, needle):
+    res = _run("--out", tmp_path / "out", "--config", _config(tmp_path, text))
+    _one_error_line(res, needle)
+
+
+def test_config_fifo_does_not_hang(tmp_path):
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    proc = subprocess.run([sys.executable, "-m", "dysink_deploy.runtime.cli", "--model", "tiny", "--blocks", "1",
+                           "--config", str(fifo), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "is not a regular file" in proc.stderr
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_symlinked_output_is_not_written_through(tmp_path):
+    out, victim = tmp_path / "out", tmp_path / "precious.mp4"
+    out.mkdir()
+    victim.write_bytes(b"do not overwrite")
+    before = _digest(victim)
+    (out / "video.mp4").symlink_to(victim)
+    for extra in ([], ["--overwrite"]):
+        _one_error_line(_run("--out", out, *extra), "video.mp4 is a symbolic link")
+    assert _digest(victim) == before
+    link = tmp_path / "link-out"
+    link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    _one_error_line(_run("--out", link), "is a symbolic link; give the real directory")
+
+
+def test_second_run_on_the_same_out_is_refused(tmp_path):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".dysink-run.lock", "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4242")
+        holder.flush()
+        _one_error_line(_run("--out", out), "is in use by another dysink-run (pid 4242)")
+    assert not (out / "video.mp4").exists()
+
+
+def test_overwrite_replaces_only_this_projects_outputs(tmp_path):
+    out = tmp_path / "out"
+    res = _run("--out", out)
+    assert res.exit_code == 0, res.output
+    (out / "notes.txt").write_text("mine")
+    (out / "timeline.png").unlink()            # an earlier run's partial set: stale files go at start
+    res = _run("--out", out, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert (out / "notes.txt").read_text() == "mine"
+    assert {p.name for p in out.iterdir()} >= {"video.mp4", "stats.json", "timeline.png", "notes.txt"}
+
+
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_export_overwrite_refuses_what_is_not_a_bundle(tmp_path, kind):
+    target = tmp_path / "target"
+    if kind == "directory":
+        target.mkdir()
+        (target / "unrelated.txt").write_text("keep me")
+    else:
+        target.write_text("keep me")
+    res = CliRunner().invoke(export_main, ["onnx", "--model", "tiny", "--out", str(target), "--overwrite"])
+    _one_error_line(res, "is not a bundle (no bundle.json)")
+    assert (target / "unrelated.txt" if kind == "directory" else target).read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+def test_stale_partials_of_dead_exports_are_removed(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".b.partial-{dead.pid}-abcd"
+    stale.mkdir()
+    (stale / "retrieve.onnx").write_bytes(b"half")
+    live = tmp_path / f".b.partial-{os.getpid()}-efgh"      # a live process's partial stays
+    live.mkdir()
+    from dysink_deploy.atomic import remove_stale_partials
+
+    assert remove_stale_partials(tmp_path / "b") == [stale]
+    assert not stale.exists() and live.exists()
+
+
+def test_bench_threads_must_be_positive():
+    from dysink_deploy.bench import main as bench_main
+
+    res = CliRunner().invoke(bench_main, ["stream", "--threads", "-3", "--blocks", "3"])
+    _one_error_line(res, "--threads must be >= 1, got -3")
+
+
+def test_stats_json_is_strict_json(tmp_path):
+    out = tmp_path / "out"
+    assert _run("--out", out).exit_code == 0
+    json.loads((out / "stats.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
