@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import ModelConfig, StreamConfig, model_preset
-from ..cli.common import exit_code
+from ..cli.common import exit_code, signals_deferred
 from ..errors import DysinkError
 from .report import plot_timeline, write_stats
 from .stream import Streamer
@@ -155,9 +155,12 @@ def stream_to_dir(streamer: Streamer, model: ModelConfig, stream: StreamConfig, 
         bar = tqdm(total=blocks, unit="block", desc=f"{model.name} [{streamer.backend.name}]")
     try:
         for record in streamer.blocks(blocks):
-            writer.write_block(record.frames)
-            stats["blocks"].append(record.to_json())
-            write_stats(stats_path, run_config, stats["blocks"])
+            with signals_deferred():        # a block's frames and its stats entry go together
+                writer.write_block(record.frames)
+                stats["blocks"].append(record.to_json())
+            # Only the blocks already complete in the video: a SIGKILL or power loss leaves a
+            # stats.json that lists exactly what decodes (see video.py).
+            write_stats(stats_path, run_config, stats["blocks"][:writer.durable_blocks])
             if bar is not None:
                 bar.set_postfix(bank=streamer.bank.size, sinks=len(record.retrieved))
                 bar.update(1)

@@ -66,3 +66,26 @@ def test_sigterm_during_export_leaves_nothing(tmp_path):
     assert proc.returncode == 143, stderr[-500:]
     assert "Traceback" not in stderr
     assert os.listdir(tmp_path) == [], "no partial bundle and no --out left behind"
+
+
+def test_sigkill_leaves_a_video_with_every_listed_frame(tmp_path):
+    """No handler runs on SIGKILL: the file on disk must already decode exactly what stats.json lists."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "dysink_deploy.runtime.cli", "--quiet", "--model", "tiny",
+                             "--feature-mode", "streamed", "--blocks", "200", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def listed():
+        try:
+            return len(json.loads((out / "stats.json").read_text())["blocks"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    try:
+        assert _wait_for(lambda: listed() >= 3), "the run never got going"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    n = listed()
+    assert read_frame_count(str(out / "video.mp4")) == 9 + 12 * (n - 1)

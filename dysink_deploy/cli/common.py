@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 
@@ -30,6 +31,22 @@ def install_stop_signals() -> None:
             signal.signal(sig, _raise_stop)
         except ValueError:      # not the main thread
             pass
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold Ctrl-C / SIGTERM / SIGHUP until the block is left (then they act as usual): for steps
+    that must not be cut in half, like writing a block's frames and its stats entry."""
+    stops = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    except (AttributeError, ValueError, OSError):     # not the main thread / no pthreads
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:
