@@ -104,7 +104,7 @@ def _write_embeds(path, shape=(512, 4096), dtype=np.float32, name="prompt_embeds
 @pytest.mark.parametrize("args, message", [
     (["--blocks", 0], "--blocks must be >= 1"),
     (["--blocks", 2, "--seconds", 1], "not both"),
-    (["--seconds", -1], "--seconds must be > 0"),
+    (["--seconds", -1], "--seconds must be a finite number > 0"),
     (["--model", "wan2.2-14b"], "unknown model preset 'wan2.2-14b'"),
     (["--top-k", -1], "StreamConfig.top_k must be an integer >= 0"),
     (["--local-attn-size", 10], "StreamConfig.local_attn_size (10) must be a multiple of StreamConfig.block_frames"),
