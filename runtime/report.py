@@ -36,7 +36,8 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 def write_stats(path: str, config: dict, blocks: list[dict]) -> None:
-    text = json.dumps({"config": config, "blocks": blocks}, indent=1, sort_keys=False)
+    # allow_nan=False: NaN / Infinity are not JSON (the stream stops at non-finite values before this).
+    text = json.dumps({"config": config, "blocks": blocks}, indent=1, sort_keys=False, allow_nan=False)
     write_atomic(path, text.encode())
 
 

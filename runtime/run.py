@@ -139,6 +139,23 @@ class RunResult:
     exit_code: int = 0          # 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP when interrupted
 
 
+def _finish(writer, bar, stats, stats_path, run_config, out) -> None:
+    """Close the video and write stats.json and timeline.png for the blocks done; write errors here
+    (a full disk) cannot lose more than they already have, so they are not raised again."""
+    try:
+        writer.close()
+    except OSError:
+        pass
+    if bar is not None:
+        bar.close()
+    if stats["blocks"]:
+        try:
+            write_stats(stats_path, stats["config"], stats["blocks"][:writer.durable_blocks])
+            plot_timeline(stats, os.path.join(out, "timeline.png"))
+        except OSError:
+            pass
+
+
 def stream_to_dir(streamer: Streamer, model: ModelConfig, stream: StreamConfig, blocks: int, out: str,
                   run_config: dict, progress: bool = True, fps: int = FPS) -> RunResult:
     """Run `blocks` blocks and write the outputs. Ctrl-C stops cleanly after closing the files."""
@@ -167,13 +184,15 @@ def stream_to_dir(streamer: Streamer, model: ModelConfig, stream: StreamConfig, 
     except KeyboardInterrupt as exc:      # Ctrl-C, or SIGTERM / SIGHUP (cli.common.StopSignal)
         interrupted = True
         code = exit_code(exc)
-    finally:
-        writer.close()
-        if bar is not None:
-            bar.close()
-        if stats["blocks"]:
-            write_stats(stats_path, run_config, stats["blocks"])
-            plot_timeline(stats, os.path.join(out, "timeline.png"))
+    except OSError as exc:                # disk full, I/O error: stop now, keep what is written
+        _finish(writer, bar, stats, stats_path, run_config, out)
+        where = exc.filename or os.path.join(out, "video.mp4")
+        raise DysinkError(f"{exc.strerror or exc} writing {where} ({len(stats['blocks'])} blocks complete); "
+                          "free space or choose another --out") from None
+    except BaseException:
+        _finish(writer, bar, stats, stats_path, run_config, out)
+        raise
+    _finish(writer, bar, stats, stats_path, run_config, out)
     return RunResult(out=out, blocks=len(stats["blocks"]), frames=writer.frames_written,
                      seconds=time.perf_counter() - t0, interrupted=interrupted, stats=stats,
                      exit_code=code if interrupted else 0)

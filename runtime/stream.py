@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..errors import DysinkError
+
 from ..config import DiTConfig, StreamConfig
 from ..rope import rope_phases
 from .backends.base import Backend
@@ -61,6 +63,15 @@ class BlockRecord:
             "frames": int(self.frames.shape[0]),
             "timings_ms": self.timings_ms,
         }
+
+
+def _finite(values: np.ndarray, index: int, what: str) -> None:
+    """Stop at the first block whose host-side values are NaN / Inf (checked on what comes back
+    anyway: no extra device sync)."""
+    if not np.isfinite(values).all():
+        raise DysinkError(f"block {index}: {what} hold NaN or Inf values; the weights or inputs produce "
+                          "non-finite numbers (check the checkpoint with dysink-export verify-checkpoint, "
+                          "or use a wider precision); the blocks before it are kept")
 
 
 def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -141,11 +152,14 @@ class Streamer:
         lap("clean_pass")
 
         frames = be.decode(x0, first=(index == 0))
-        frames_np = frames_to_uint8(be.to_numpy(frames))
+        frames_host = be.to_numpy(frames)
+        _finite(frames_host, index, "the decoded frames")
+        frames_np = frames_to_uint8(frames_host)
         lap("decode")
 
         feat_frames = frames if cfg.feature_mode == "streamed" else be.decode_alone(x0)
         feature = be.to_numpy(be.encode(feat_frames)).astype(np.float32)
+        _finite(feature, index, "the memory feature")
         lap("feature")
 
         duplicate, max_sim = self.bank.is_duplicate(feature, cfg.dedup_threshold)
@@ -158,6 +172,9 @@ class Streamer:
                 self.pages.release(gone[1])
         self.queue.push(feature)
         ratios_np = be.stack(ratios)                                   # [steps, layers, S_sink]
+        latent_np = be.to_numpy(x0).astype(np.float32)
+        _finite(latent_np, index, "the latent")
+        _finite(ratios_np, index, "the gate ratios")
         lap("bank")
 
         record = BlockRecord(
@@ -168,7 +185,7 @@ class Streamer:
             fixed_sink_gate=self._gate_entries(ratios_np, 0, ctx.fixed_starts),
             stored=not duplicate, max_similarity=max_sim, evicted_start_frame=evicted,
             timings_ms={**timings, "total": round(sum(timings.values()), 3)},
-            frames=frames_np, latent=be.to_numpy(x0).astype(np.float32), feature=feature,
+            frames=frames_np, latent=latent_np, feature=feature,
         )
         self.next_index += 1
         return record
