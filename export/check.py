@@ -92,7 +92,7 @@ def _session(bundle: Bundle, name: str, provider: str):
     import onnx
     import onnxruntime as ort
 
-    from ..runtime.backends.onnxruntime_backend import resolve_providers
+    from ..runtime.backends.onnxruntime_backend import load_session, resolve_providers
     from .onnx_export import fp32_twin
 
     opts = ort.SessionOptions()
@@ -101,8 +101,8 @@ def _session(bundle: Bundle, name: str, provider: str):
     providers = list(resolve_providers(provider))
     if bundle.precision == "bf16" and providers[0] == "CPUExecutionProvider":
         model = fp32_twin(onnx.load(path))
-        return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=providers)
-    return ort.InferenceSession(path, sess_options=opts, providers=providers)
+        return load_session(ort, bundle, name, model.SerializeToString(), opts, providers)
+    return load_session(ort, bundle, name, path, opts, providers)
 
 
 def _errors(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:

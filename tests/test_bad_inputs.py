@@ -155,3 +155,21 @@ def test_stats_json_is_strict_json(tmp_path):
     out = tmp_path / "out"
     assert _run("--out", out).exit_code == 0
     json.loads((out / "stats.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+
+def test_truncated_graph_with_a_matching_checksum_is_one_line(bundles, tmp_path):
+    import shutil
+
+    from dysink_deploy.bundle import MANIFEST_NAME, sha256_file
+
+    path = tmp_path / "b"
+    shutil.copytree(bundles("fp32"), path)
+    graph = path / "retrieve.onnx"
+    graph.write_bytes(graph.read_bytes()[:200])
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    manifest["graphs"]["retrieve"].update(sha256=sha256_file(graph), bytes=graph.stat().st_size)
+    (path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    res = CliRunner().invoke(run_cli.main, ["--quiet", "--backend", "onnxruntime", "--bundle", str(path), "--blocks",
+                                            "1", "--out", str(tmp_path / "out")], catch_exceptions=False)
+    _one_error_line(res, "ONNX Runtime cannot load graph retrieve")
+    assert not (tmp_path / "out").exists()

@@ -110,8 +110,7 @@ class OnnxRuntimeBackend(Backend):
         if profile_dir:
             opts.enable_profiling = True
             opts.profile_file_prefix = f"{profile_dir}/ort"
-        self.sessions = {name: ort.InferenceSession(str(bundle.graph_path(name)), sess_options=opts,
-                                                    providers=list(self.providers))
+        self.sessions = {name: load_session(ort, bundle, name, str(bundle.graph_path(name)), opts, self.providers)
                          for name in bundle.graphs}
         self.specs = bundle.specs
         self._ops = None if self.on_cpu else _DeviceOps(ort, self.providers, bundle.precision, self.device)
@@ -250,6 +249,17 @@ class OnnxRuntimeBackend(Backend):
     def to_numpy(self, handle: OrtTensor) -> np.ndarray:
         # A copy: on CPU .numpy() is a view of a buffer the next step may overwrite (k_new / v_new).
         return np.array(handle.value.numpy(), dtype=np.float32).reshape(handle.shape)
+
+
+def load_session(ort, bundle: Bundle, name: str, source, opts, providers):
+    """An InferenceSession for graph `name`; a file ONNX Runtime cannot load (truncated, not ONNX,
+    an op it lacks) is one line naming the graph and the rebuild command."""
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
+    except Exception as exc:   # onnxruntime raises its own pybind classes (InvalidProtobuf, Fail, ...)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+        raise DysinkError(f"bundle {bundle.path}: ONNX Runtime cannot load graph {name} ({first}); "
+                          f"rebuild it: {bundle.rebuild_command()}") from None
 
 
 class _DeviceOps:
