@@ -36,6 +36,17 @@ def _build_on_meta(cfg):
         return DySinkModels(cfg)
 
 
+def _non_finite(state_dict, file: str) -> list[str]:
+    """One line per floating tensor holding NaN or Inf (a file that would stream black frames)."""
+    lines = []
+    for key, t in state_dict.items():
+        if torch.is_tensor(t) and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                lines.append(f"{file}: {key}: {bad} of {t.numel()} values are NaN or Inf")
+    return lines
+
+
 @click.command("verify-checkpoint")
 @click.option("--model", "model_name", required=True, type=click.Choice(sorted(MODEL_PRESETS)),
               help="Model preset the files must fit.")
@@ -57,20 +68,27 @@ def verify_checkpoint(model_name, checkpoint, lora, vae, pe, use_ema):
     # Read everything before printing anything: an unreadable file is a user
     # error (exit 2) and must not leave a half-printed report behind.
     reports: list[tuple[str, object]] = []  # (file, KeyReport | LoraReport)
+    non_finite: list[str] = []              # values are read (memory-mapped) only for this scan
     if checkpoint:
         what = "DiT (generator_ema)" if use_ema else "DiT"
-        reports.append((checkpoint, ck.compare_keys(models.dit, ck.dit_state_dict(checkpoint, use_ema), what)))
+        sd = ck.dit_state_dict(checkpoint, use_ema)
+        reports.append((checkpoint, ck.compare_keys(models.dit, sd, what)))
+        non_finite += _non_finite(sd, Path(checkpoint).name)
     if lora:
         # Checked against the preset's DiT shapes, so it works with or without --checkpoint.
         pairs, bad = ck.read_lora(lora)
         shapes = {k: tuple(v.shape) for k, v in models.dit.state_dict().items()}
         reports.append((lora, ck.check_lora(pairs, bad, shapes, cfg.dit.lora_rank, ck.lora_targets(models.dit))))
     if vae:
-        reports.append((vae, ck.compare_keys(models.vae, ck.vae_state_dict(vae), "VAE decoder")))
+        sd = ck.vae_state_dict(vae)
+        reports.append((vae, ck.compare_keys(models.vae, sd, "VAE decoder")))
+        non_finite += _non_finite(sd, Path(vae).name)
     if pe:
-        reports.append((pe, ck.compare_keys(models.pe, ck.pe_state_dict(pe), "PE-Core encoder")))
+        sd = ck.pe_state_dict(pe)
+        reports.append((pe, ck.compare_keys(models.pe, sd, "PE-Core encoder")))
+        non_finite += _non_finite(sd, Path(pe).name)
 
-    problems = [line for _, report in reports for line in report.lines()]
+    problems = [line for _, report in reports for line in report.lines()] + non_finite
     warnings = [line for _, report in reports for line in getattr(report, "warning_lines", list)()]
     click.echo(f"verify-checkpoint: model preset {model_name!r} (LoRA rank {cfg.dit.lora_rank}, "
                f"alpha {cfg.dit.lora_alpha:g})")

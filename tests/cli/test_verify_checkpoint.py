@@ -178,3 +178,15 @@ def test_lora_missing_some_layers_is_a_warning(tmp_path, tiny_set):
     assert "not merged  LoRA: blocks.1.ffn.0 (no LoRA for this layer: base weight used as is)" in result.output
     assert "LoRA: 10 A/B pairs, 0 problems, 10 block Linear layers without LoRA (warning)" in result.output
     assert result.output.splitlines()[-1].startswith("PASSED")
+
+
+def test_nan_weights_are_reported_by_key(tmp_path, tiny_set):
+    gen = dict(tiny_set["states"]["generator"])
+    poisoned = gen["head.head.weight"].clone()
+    poisoned[0, :3] = float("nan")
+    gen["head.head.weight"] = poisoned
+    dit = save(stage1_obj(gen), tmp_path / "nan_stage1.pt")
+    result = run("--model", "tiny", "--checkpoint", dit)
+    assert result.exit_code == 1, result.output
+    assert "nan_stage1.pt: head.head.weight: 3 of 4096 values are NaN or Inf" in result.output
+    assert result.output.splitlines()[-1].startswith("FAILED")
