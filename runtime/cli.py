@@ -61,6 +61,25 @@ def _load_config_file(path: str | None) -> dict:
     return data
 
 
+def check_memory(model, stream, precision: str, device: str) -> None:
+    """Refuse, before allocating anything, a stream the device cannot hold (planner estimate)."""
+    from ..export.plan import GB, plan
+
+    if device.startswith("cuda"):
+        import torch
+
+        available = torch.cuda.mem_get_info(torch.device(device))[0]
+    else:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    need = plan(model, stream, precision, available).total
+    if need > available:
+        raise DysinkError(f"this stream needs about {need / GB:.1f} GB ({model.name}, {stream.width}x{stream.height}, "
+                          f"{precision}, bank capacity {stream.bank_capacity}) but {device} has {available / GB:.1f} GB "
+                          "available; lower --height/--width or --bank-capacity (dysink-export plan shows the figures)")
+
+
 def build_torch_streamer(model_name, kw, stream, prompt_embeds, seed):
     import torch
 
@@ -74,6 +93,7 @@ def build_torch_streamer(model_name, kw, stream, prompt_embeds, seed):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DysinkError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[kw["dtype"]]
+    check_memory(model, stream, kw["dtype"], device)
     models = build_models(model, paths, seed=kw["weights_seed"])
     backend = TorchBackend(models, stream, device=device, dtype=dtype, kernels=kw["kernels"])
     return Streamer(backend, model.dit, stream, prompt_embeds, seed=seed)

@@ -173,3 +173,14 @@ def test_truncated_graph_with_a_matching_checksum_is_one_line(bundles, tmp_path)
                                             "1", "--out", str(tmp_path / "out")], catch_exceptions=False)
     _one_error_line(res, "ONNX Runtime cannot load graph retrieve")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stream_that_cannot_fit_is_refused_before_allocating(tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    res = _run("--out", tmp_path / "out", "--height", "16000", "--width", "16000")
+    _one_error_line(res, "this stream needs about")
+    assert "available; lower --height/--width" in res.output
+    assert time.perf_counter() - t0 < 60, "refused from the estimate, not after trying"
+    assert not (tmp_path / "out").exists()
