@@ -4,6 +4,7 @@
   dysink-bench memory  --blocks 300 --bank-capacity 16   peak RSS at block 100 vs the end
   dysink-bench graphs  --model tiny [--mid]        per-graph latency, onnxruntime CPU vs torch eager
   dysink-bench kernels [--markdown FILE]           GPU check: Triton kernels vs references, vs SDPA
+  dysink-bench soak --bundle B --blocks 2000       long onnxruntime stream twice: RSS bounded, same decisions
 """
 
 from __future__ import annotations
@@ -245,6 +246,59 @@ def kernels(markdown):
     from .plugins.gpu_check import run
 
     if not run(log=click.echo, markdown=markdown):
+        sys.exit(1)
+
+
+
+@main.command()
+@click.option("--bundle", "bundle_path", type=click.Path(), required=True, help="ONNX bundle (e.g. the tiny one)")
+@click.option("--blocks", type=int, default=2000, show_default=True)
+@click.option("--checkpoint-block", type=int, default=200, show_default=True)
+@click.option("--dedup-threshold", type=float, default=0.99, show_default=True,
+              help="host-side: high so the bank fills and evicts")
+@click.option("--tolerance", type=float, default=0.05, show_default=True, help="allowed peak-RSS growth")
+def soak(bundle_path, blocks, checkpoint_block, dedup_threshold, tolerance):
+    """A long stream on onnxruntime CPU, twice: peak RSS bounded, every value finite (the stream stops
+    otherwise), and the two runs' decisions identical."""
+    import hashlib
+    import json
+
+    from .bundle import Bundle
+    from .runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from .runtime.report import decisions
+    from .runtime.run import default_prompt_embeds
+    from .runtime.stream import Streamer
+
+    if not 0 < checkpoint_block < blocks:
+        raise DysinkError("--checkpoint-block must lie between 0 and --blocks")
+    bundle = Bundle.load(bundle_path)
+    stream = dataclasses.replace(bundle.stream, dedup_threshold=dedup_threshold)
+    digests, rss = [], {}
+    t0 = time.perf_counter()
+    for run in (1, 2):
+        streamer = Streamer(OnnxRuntimeBackend(bundle), bundle.model.dit, stream,
+                            default_prompt_embeds(bundle.model), seed=0)
+        digest = hashlib.sha256()
+        stored = evicted = 0
+        for rec in streamer.blocks(blocks):
+            stored += rec.stored
+            evicted += rec.evicted_start_frame is not None
+            digest.update(json.dumps(decisions({"blocks": [rec.to_json()]}), sort_keys=True).encode())
+            if run == 1 and streamer.next_index in (checkpoint_block, blocks):
+                gc.collect()
+                rss[streamer.next_index] = _peak_rss_mb()
+        digests.append(digest.hexdigest())
+        click.echo(f"run {run}: {blocks} blocks, stored {stored}, evicted {evicted}, bank {streamer.bank.size}, "
+                   f"pool pages in use {streamer.pages.in_use}/{streamer.pages.num_pages}")
+    growth = (rss[blocks] - rss[checkpoint_block]) / rss[checkpoint_block]
+    same = digests[0] == digests[1]
+    click.echo(f"peak RSS: {rss[checkpoint_block]:.1f} MB at block {checkpoint_block}, {rss[blocks]:.1f} MB at "
+               f"block {blocks} ({100 * growth:+.2f}%, limit {100 * tolerance:.0f}%)")
+    click.echo(f"decisions of the two runs: {'identical' if same else 'DIFFERENT'}; "
+               f"{time.perf_counter() - t0:.0f} s in all")
+    ok = same and growth <= tolerance
+    click.echo(f"{'PASSED' if ok else 'FAILED'} | soak of {blocks} blocks x 2 on onnxruntime CPU")
+    if not ok:
         sys.exit(1)
 
 

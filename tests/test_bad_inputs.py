@@ -184,3 +184,11 @@ def test_a_stream_that_cannot_fit_is_refused_before_allocating(tmp_path):
     assert "available; lower --height/--width" in res.output
     assert time.perf_counter() - t0 < 60, "refused from the estimate, not after trying"
     assert not (tmp_path / "out").exists()
+
+
+def test_soak_arguments(bundles):
+    from dysink_deploy.bench import main as bench_main
+
+    res = CliRunner().invoke(bench_main, ["soak", "--bundle", str(bundles("fp32")), "--blocks", "10",
+                                          "--checkpoint-block", "10"])
+    _one_error_line(res, "--checkpoint-block must lie between 0 and --blocks")
