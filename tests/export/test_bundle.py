@@ -1,7 +1,6 @@
 """The bundle manifest and its refusals; the `onnx` / `inspect` commands and their bad inputs."""
 
 import json
-import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -16,18 +15,7 @@ CFG = model_preset("tiny")
 STREAM = CFG.default_stream()
 
 
-@pytest.fixture
-def bundle_copy(bundles, tmp_path):
-    """A private copy of the fp32 tiny bundle, free to tamper with."""
-    dst = tmp_path / "b"
-    shutil.copytree(bundles("fp32"), dst)
-    return dst
-
-
-def _edit_manifest(path, fn):
-    m = json.loads((path / MANIFEST_NAME).read_text())
-    fn(m)
-    (path / MANIFEST_NAME).write_text(json.dumps(m))
+from tests.export.conftest import edit_manifest as _edit_manifest  # noqa: E402
 
 
 def _one_line(exc_info):

@@ -4,7 +4,6 @@ exists (issue 9, "bundle paths confined")."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -14,17 +13,12 @@ from dysink_deploy.bundle import MANIFEST_NAME, Bundle, sha256_file
 from dysink_deploy.errors import DysinkError
 
 
+from tests.export.conftest import edit_manifest as _edit
+
+
 @pytest.fixture
-def copy(bundles, tmp_path):
-    path = tmp_path / "b"
-    shutil.copytree(bundles("fp32"), path)
-    return path
-
-
-def _edit(path, fn):
-    m = json.loads((path / MANIFEST_NAME).read_text())
-    fn(m)
-    (path / MANIFEST_NAME).write_text(json.dumps(m))
+def copy(bundle_copy):
+    return bundle_copy
 
 
 def _refusal(path) -> str:

@@ -18,32 +18,9 @@ GatedSinkAttentionPlugin::GatedSinkAttentionPlugin(float threshold, int32_t sink
 {
 }
 
-GatedSinkAttentionPlugin::GatedSinkAttentionPlugin(GatedSinkAttentionPlugin const& other)
-    : PluginBase()
-    , mThreshold(other.mThreshold)
-    , mSinkKvBf16(other.mSinkKvBf16)
-    , mFixedSinks(other.mFixedSinks)
-    , mTokens(other.mTokens)
-    , mHeads(other.mHeads)
-    , mHeadDim(other.mHeadDim)
-    , mLocal(other.mLocal)
-    , mSink(other.mSink)
-    , mPartial(other.mPartial)
-    , mDecide(other.mDecide)
-    , mAttention(other.mAttention)
-{
-}
-
 IPluginV3* GatedSinkAttentionPlugin::clone() noexcept
 {
-    try
-    {
-        return new GatedSinkAttentionPlugin(*this);
-    }
-    catch (...)
-    {
-        return nullptr;
-    }
+    return copyOf(*this);
 }
 
 int32_t GatedSinkAttentionPlugin::getOutputDataTypes(

@@ -29,6 +29,19 @@ protected:
     nvinfer1::PluginFieldCollection const* serialize(std::vector<nvinfer1::PluginField> fields);
     // enqueue's return value: 0, or -1 with the driver's error logged.
     int32_t launchStatus(CUresult result) const;
+    // clone(): a copy of the derived plugin (serialized fields are rebuilt on request).
+    template <typename Plugin>
+    static nvinfer1::IPluginV3* copyOf(Plugin const& plugin) noexcept
+    {
+        try
+        {
+            return new Plugin(plugin);
+        }
+        catch (...)
+        {
+            return nullptr;
+        }
+    }
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };
@@ -37,7 +50,7 @@ class GatedSinkAttentionPlugin final : public PluginBase
 {
 public:
     GatedSinkAttentionPlugin(float threshold, int32_t sinkKvBf16, int32_t fixedSinks);
-    GatedSinkAttentionPlugin(GatedSinkAttentionPlugin const& other);
+    GatedSinkAttentionPlugin(GatedSinkAttentionPlugin const& other) = default;   // loaded kernels are shared
     nvinfer1::IPluginV3* clone() noexcept override;
     char const* getPluginName() const noexcept override { return "GatedSinkAttention"; }
     int32_t getNbOutputs() const noexcept override { return 2; }
@@ -75,7 +88,7 @@ class RetrieveSinksPlugin final : public PluginBase
 {
 public:
     RetrieveSinksPlugin(int32_t sinkSize, int32_t k);
-    RetrieveSinksPlugin(RetrieveSinksPlugin const& other);
+    RetrieveSinksPlugin(RetrieveSinksPlugin const& other) = default;
     nvinfer1::IPluginV3* clone() noexcept override;
     char const* getPluginName() const noexcept override { return "RetrieveSinks"; }
     int32_t getNbOutputs() const noexcept override { return 2; }

@@ -15,28 +15,9 @@ RetrieveSinksPlugin::RetrieveSinksPlugin(int32_t sinkSize, int32_t k)
 {
 }
 
-RetrieveSinksPlugin::RetrieveSinksPlugin(RetrieveSinksPlugin const& other)
-    : PluginBase()
-    , mSinkSize(other.mSinkSize)
-    , mK(other.mK)
-    , mCapacity(other.mCapacity)
-    , mFeat(other.mFeat)
-    , mQueries(other.mQueries)
-    , mScores(other.mScores)
-    , mTopk(other.mTopk)
-{
-}
-
 IPluginV3* RetrieveSinksPlugin::clone() noexcept
 {
-    try
-    {
-        return new RetrieveSinksPlugin(*this);
-    }
-    catch (...)
-    {
-        return nullptr;
-    }
+    return copyOf(*this);
 }
 
 int32_t RetrieveSinksPlugin::getOutputDataTypes(
