@@ -50,5 +50,9 @@ gpu-check: $(STAMP)
 	  $(VENV)/bin/dysink-export build --bundle $(GPU_BUNDLE); \
 	  report=docs/engines-gpu-check-$$(date +%F).md; \
 	  $(VENV)/bin/dysink-export check --bundle $(GPU_BUNDLE) --engines --blocks 12 > $$report \
+	    || { cat $$report; exit 1; }; \
+	  for g in "" --cuda-graph; do $(VENV)/bin/dysink-run --backend tensorrt --bundle $(GPU_BUNDLE) --blocks 12 \
+	    --quiet --overwrite --out gpu-check-out/trt$$g $$g >> $$report; done; \
+	  $(VENV)/bin/dysink-bench compare gpu-check-out/trt gpu-check-out/trt--cuda-graph >> $$report \
 	    || { cat $$report; exit 1; }; cat $$report; \
 	else echo "SKIPPED | TensorRT checks: the tensorrt Python package is not installed"; fi

@@ -5,6 +5,7 @@
   dysink-bench graphs  --model tiny [--mid]        per-graph latency, onnxruntime CPU vs torch eager
   dysink-bench kernels [--markdown FILE]           GPU check: Triton kernels vs references, vs SDPA
   dysink-bench soak --bundle B --blocks 2000       long onnxruntime stream twice: RSS bounded, same decisions
+  dysink-bench compare RUN_A RUN_B                  two runs' decisions, block by block (exit 1 if they differ)
 """
 
 from __future__ import annotations
@@ -304,3 +305,43 @@ def soak(bundle_path, blocks, checkpoint_block, dedup_threshold, tolerance):
 
 if __name__ == "__main__":
     main()
+
+
+@main.command()
+@click.argument("run_a", type=click.Path())
+@click.argument("run_b", type=click.Path())
+@click.option("--score-digits", type=click.IntRange(0, 8), default=4, show_default=True,
+              help="Retrieval scores are compared rounded to this many digits.")
+def compare(run_a, run_b, score_digits):
+    """Compare the decisions of two runs (their --out directories or stats.json files), block by block:
+    windows, retrievals, gate drops, bank stores and evictions; exit 1 when they differ."""
+    import os
+
+    from .jsonfile import read_json_object
+    from .runtime.report import decisions
+
+    runs = []
+    for path in (run_a, run_b):
+        file = os.path.join(path, "stats.json") if os.path.isdir(path) else path
+        stats = read_json_object(file, "run", 1 << 30, "stats.json of dysink-run")
+        if not isinstance(stats.get("blocks"), list):
+            raise DysinkError(f"{file!r} has no list of blocks: not a stats.json of dysink-run")
+        try:
+            runs.append(decisions(stats, score_digits))
+        except (KeyError, TypeError) as exc:
+            raise DysinkError(f"{file!r} is not a stats.json of dysink-run (block field {exc} missing)") from None
+    a, b = runs
+    differ = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    common = min(len(a), len(b))
+    if len(a) != len(b):
+        click.echo(f"block counts differ: {len(a)} vs {len(b)} (compared the first {common})")
+    if differ:
+        i = differ[0]
+        fields = sorted(k for k in a[i] if a[i].get(k) != b[i].get(k))
+        click.echo(f"DIFFERENT | {len(differ)} of {common} blocks; first: block {i} ({', '.join(fields)})")
+        for k in fields:
+            click.echo(f"  {k}: {a[i].get(k)!r} vs {b[i].get(k)!r}")
+        sys.exit(1)
+    if len(a) != len(b):
+        sys.exit(1)
+    click.echo(f"SAME | {common} blocks, identical decisions")

@@ -38,27 +38,9 @@ MAX_CONFIG_BYTES = 1 << 20
 def _load_config_file(path: str | None) -> dict:
     if not path:
         return {}
-    import stat
+    from ..jsonfile import read_json_object
 
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):       # a FIFO or a device would block or never end
-            raise DysinkError(f"--config {path!r} is not a regular file")
-        if st.st_size > MAX_CONFIG_BYTES:
-            raise DysinkError(f"--config {path!r} is larger than {MAX_CONFIG_BYTES} bytes: not a settings file")
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise DysinkError(f"cannot read --config {path!r} ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise DysinkError(f"--config {path!r} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError:
-        raise DysinkError(f"--config {path!r} is not UTF-8 text (a binary file?)") from None
-    except RecursionError:
-        raise DysinkError(f"--config {path!r} is nested too deeply to be a settings file") from None
-    if not isinstance(data, dict):
-        raise DysinkError(f"--config {path!r} must hold a JSON object of stream settings")
-    return data
+    return read_json_object(path, "--config", MAX_CONFIG_BYTES, "file of stream settings")
 
 
 def check_memory(model, stream, precision: str, device: str) -> None:
@@ -163,6 +145,8 @@ def _bundle_stream(bundle, kw: dict) -> StreamConfig:
               help="Bank feature from a block-alone decode (reference) or the streamed frames [block-alone].")
 @click.option("--height", type=int, default=None, help="Output height (default: the preset's).")
 @click.option("--width", type=int, default=None, help="Output width (default: the preset's).")
+@click.option("--cuda-graph", is_flag=True,
+              help="tensorrt backend: replay engine launches as CUDA graphs (captured on their second launch).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--dump-block", type=(int, click.Path()), default=None, metavar="N DIR",
               help="Save block N's dit_step inputs and outputs as .npy into DIR (for the C++ embedding example).")
@@ -212,6 +196,8 @@ def run_cli(kw: dict):
     bundle = None
     if backend == "tensorrt" and "ort_provider" in given:
         raise DysinkError("--ort-provider applies to --backend onnxruntime only")
+    if backend != "tensorrt" and kw.get("cuda_graph"):
+        raise DysinkError("--cuda-graph applies to --backend tensorrt only")
     if backend in ("onnxruntime", "tensorrt"):
         if not kw["bundle"]:
             how = ("`dysink-export onnx` (e.g. dysink-export onnx --model tiny --precision fp32 --out bundles/tiny-fp32)"
@@ -253,8 +239,9 @@ def run_cli(kw: dict):
         from .backends.tensorrt_backend import TensorRTBackend
         from .stream import Streamer
 
-        streamer = Streamer(TensorRTBackend(bundle), bundle.model.dit, stream, prompt, seed=kw["seed"])
-        details = {"bundle": str(bundle.path), "precision": bundle.precision,
+        streamer = Streamer(TensorRTBackend(bundle, cuda_graph=kw.get("cuda_graph", False)), bundle.model.dit, stream, prompt,
+                            seed=kw["seed"])
+        details = {"bundle": str(bundle.path), "precision": bundle.precision, "cuda_graph": kw.get("cuda_graph", False),
                    "engines": {g: {k: e.get(k) for k in ("tensorrt_version", "compute_capability")}
                                for g, e in bundle.manifest.get("engines", {}).items()},
                    "checkpoints": bundle.manifest.get("checkpoints", {})}

@@ -15,10 +15,20 @@ Device memory is allocated once in `start` and bound by address:
 A block's steps are enqueued on one stream with no synchronisation between them: renoise and the
 latent -> z cast are tiny engines built at start from TensorRT network layers; page writes are
 device-to-device copies. The host waits only in `to_numpy` and `retrieve` (block boundaries).
+
+`cuda_graph=True` (`dysink-run --cuda-graph`) replays engine launches as CUDA graphs: the first
+launch of an engine with a given set of bound addresses runs normally (TensorRT's own warm-up),
+the second is captured (`cudaStreamBeginCapture` around `execute_async_v3`) and instantiated, and
+every later launch with the same addresses is one `cudaGraphLaunch`. A block's four denoising steps
+and three renoises bind a small, repeating set of addresses (timestep buffers, the latent ring), so
+after the first blocks every step is a graph replay. Host-to-device uploads (rope, page ids) stay
+outside the graphs and land in fixed buffers the graphs read. If a capture fails (a driver or a
+TensorRT build that cannot capture), the backend says so once and runs without graphs.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,10 +108,83 @@ class _Cuda:
         self.allocations.clear()
 
 
+class GraphCache:
+    """CUDA graphs of engine launches keyed by (engine, bound addresses); see the module docstring.
+
+    `rt` is cuda-python's runtime module, `stream` the stream every launch goes to. `limit` caps
+    the number of instantiated graphs (launches beyond it run without a graph)."""
+
+    def __init__(self, rt, stream, limit: int = 256):
+        self.rt, self.stream, self.limit = rt, stream, limit
+        self.seen: dict[tuple, int] = {}
+        self.execs: dict[tuple, object] = {}
+        self.graphs: list[object] = []
+        self.replays = 0
+        self.disabled: str | None = None          # why capture was given up, once it was
+
+    def _err(self, result):
+        err, *rest = result if isinstance(result, tuple) else (result,)
+        return int(err), (rest[0] if rest else None)
+
+    def launch(self, key: tuple, enqueue) -> None:
+        """Run `enqueue()` (which enqueues on self.stream and returns False on failure) or replay its graph."""
+        exe = self.execs.get(key)
+        if exe is not None:
+            err, _ = self._err(self.rt.cudaGraphLaunch(exe, self.stream))
+            if err:
+                raise DysinkError(f"cudaGraphLaunch failed: {self.rt.cudaGetErrorString(err)[1]}")
+            self.replays += 1
+            return
+        count = self.seen.get(key, 0)
+        self.seen[key] = count + 1
+        if self.disabled or count == 0 or len(self.execs) >= self.limit:
+            if not enqueue():
+                raise DysinkError(f"TensorRT failed to enqueue {key[0]} (see its messages above)")
+            return
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        err, _ = self._err(self.rt.cudaStreamBeginCapture(self.stream, mode))
+        if err:
+            return self._give_up(f"cudaStreamBeginCapture: {self.rt.cudaGetErrorString(err)[1]}", key, enqueue)
+        try:
+            enqueued = enqueue()
+        finally:
+            err, graph = self._err(self.rt.cudaStreamEndCapture(self.stream))
+        if not enqueued or err or graph is None:
+            why = ("TensorRT could not enqueue under capture" if not enqueued
+                   else f"cudaStreamEndCapture: {self.rt.cudaGetErrorString(err)[1]}")
+            if graph is not None:
+                self.rt.cudaGraphDestroy(graph)
+            return self._give_up(why, key, enqueue)
+        err, exe = self._err(self.rt.cudaGraphInstantiate(graph, 0))
+        if err:
+            self.rt.cudaGraphDestroy(graph)
+            return self._give_up(f"cudaGraphInstantiate: {self.rt.cudaGetErrorString(err)[1]}", key, enqueue)
+        self.graphs.append(graph)
+        self.execs[key] = exe
+        self.launch(key, enqueue)
+
+    def _give_up(self, why: str, key: tuple, enqueue) -> None:
+        self.disabled = why
+        print(f"warning: CUDA graphs disabled ({why}); running engines without them", file=sys.stderr)
+        if not enqueue():
+            raise DysinkError(f"TensorRT failed to enqueue {key[0]} (see its messages above)")
+
+    def summary(self) -> dict:
+        return {"graphs": len(self.execs), "replays": self.replays, "disabled": self.disabled}
+
+    def close(self) -> None:
+        for exe in self.execs.values():
+            self.rt.cudaGraphExecDestroy(exe)
+        for graph in self.graphs:
+            self.rt.cudaGraphDestroy(graph)
+        self.execs.clear()
+        self.graphs.clear()
+
+
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, bundle: Bundle, plugins: str | None = None):
+    def __init__(self, bundle: Bundle, plugins: str | None = None, cuda_graph: bool = False):
         try:
             import tensorrt as trt
         except ImportError:
@@ -112,6 +195,8 @@ class TensorRTBackend(Backend):
         cc = compute_capability()
         entries = {g: check_engine_entry(bundle, g, trt.__version__, cc) for g in bundle.graphs}
         self.cuda = _Cuda()
+        self.graphs = GraphCache(self.cuda.rt, self.cuda.stream) if cuda_graph else None
+        self._bound: dict[str, dict[str, int]] = {}
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         library = plugins or entries["dit_step"]["plugin_library"]["file"]
@@ -125,7 +210,8 @@ class TensorRTBackend(Backend):
                                   f"rebuild it: dysink-export build --bundle {bundle.path} --graph {graph}")
             self.engines[graph] = engine
             self.contexts[graph] = engine.create_execution_context()
-        self._ops = _Ops(trt, self.logger, self.runtime, self.md, self.specs["dit_step"].input("x_t").shape)
+        self._ops = _Ops(trt, self.logger, self.runtime, self.md, self.specs["dit_step"].input("x_t").shape,
+                         self._launch)
         self.buffers: dict[tuple[str, str], DeviceTensor] = {}
 
     # -- buffers and execution ----------------------------------------------------------------
@@ -145,10 +231,19 @@ class TensorRTBackend(Backend):
     def _bind(self, graph: str, name: str, tensor: DeviceTensor) -> None:
         if not self.contexts[graph].set_tensor_address(name, tensor.ptr):
             raise DysinkError(f"engine {graph} has no tensor {name}; rebuild it from this bundle")
+        self._bound.setdefault(graph, {})[name] = int(tensor.ptr)
+
+    def _launch(self, graph: str, context, bound: dict[str, int]) -> None:
+        """execute_async_v3 on the stream, or the CUDA graph of that launch with these addresses."""
+        if self.graphs is None:
+            if not context.execute_async_v3(int(self.cuda.stream)):
+                raise DysinkError(f"TensorRT failed to enqueue {graph} (see its messages above)")
+            return
+        key = (graph, tuple(sorted(bound.items())))
+        self.graphs.launch(key, lambda: context.execute_async_v3(int(self.cuda.stream)))
 
     def _run(self, graph: str) -> None:
-        if not self.contexts[graph].execute_async_v3(int(self.cuda.stream)):
-            raise DysinkError(f"TensorRT failed to enqueue {graph} (see its messages above)")
+        self._launch(graph, self.contexts[graph], self._bound.get(graph, {}))
 
     def start(self, prompt_embeds: np.ndarray, num_pages: int) -> None:
         spec = self.specs["dit_step"]
@@ -323,7 +418,8 @@ class TensorRTBackend(Backend):
             buf = DeviceTensor(self.cuda.alloc(DeviceTensor(0, t.shape, t.dtype).nbytes), t.shape, t.dtype)
             self._bind(graph, t.name, buf)
             outs.append(buf)
-        self._run(graph)
+        if not self.contexts[graph].execute_async_v3(int(self.cuda.stream)):   # one-off: never a graph
+            raise DysinkError(f"TensorRT failed to enqueue {graph} (see its messages above)")
         return [self.to_numpy(o) if o.dtype != "int64" else self.cuda.download(np.empty(o.shape, np.int64), o.ptr)
                 for o in outs]
 
@@ -336,6 +432,8 @@ class TensorRTBackend(Backend):
 
     def close(self) -> None:
         self.cuda.sync()
+        if self.graphs is not None:
+            self.graphs.close()
         self.cuda.close()
 
 
@@ -343,8 +441,8 @@ class _Ops:
     """renoise ((1 - sigma) x0 + sigma eps, float32) and latent -> z ([1, C, F, h, w] in the model dtype)
     as two tiny engines built from TensorRT layers at start (no ONNX needed)."""
 
-    def __init__(self, trt, logger, runtime, model_dtype: str, latent_shape):
-        self.trt = trt
+    def __init__(self, trt, logger, runtime, model_dtype: str, latent_shape, launch):
+        self.trt, self._launch = trt, launch
         self.shape = tuple(latent_shape)
         builder = trt.Builder(logger)
         flag = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -393,14 +491,13 @@ class _Ops:
             cuda.upload(pb, b)
             self._scalars[sigma] = (pa, pb, a, b)
         pa, pb, _, _ = self._scalars[sigma]
-        for name, ptr in (("x0", x0), ("eps", eps), ("a", pa), ("b", pb), ("y", out)):
+        bound = {"x0": x0, "eps": eps, "a": pa, "b": pb, "y": out}
+        for name, ptr in bound.items():
             ctx.set_tensor_address(name, ptr)
-        if not ctx.execute_async_v3(int(cuda.stream)):
-            raise DysinkError("TensorRT failed to enqueue renoise")
+        self._launch("renoise", ctx, bound)
 
     def to_model(self, cuda: _Cuda, latent: int, z: int) -> None:
         engine, ctx = self._cast
         ctx.set_tensor_address("x", latent)
         ctx.set_tensor_address("z", z)
-        if not ctx.execute_async_v3(int(cuda.stream)):
-            raise DysinkError("TensorRT failed to enqueue the latent cast")
+        self._launch("latent cast", ctx, {"x": latent, "z": z})
