@@ -100,6 +100,11 @@ def _mmap_safetensors(p: Path) -> dict[str, Tensor]:
 def _why_unreadable(exc: Exception) -> str:
     """The informative line of a loading error (torch's are paragraphs)."""
     text = str(exc).strip()
+    blocked = re.search(r"(?:Trying to load )?unsupported GLOBAL ([\w.]+)[^\n]*", text, re.IGNORECASE)
+    if blocked and "WeightsUnpickler error:" not in text:
+        # Code in the pickle (e.g. posix.system): name the global, never suggest weights_only=False.
+        return ("it holds Python code or objects other than tensors, refused by weights_only=True: "
+                f"{' '.join(blocked.group(0).split()).rstrip('.')}")
     if "WeightsUnpickler error:" in text:
         detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
         detail = " ".join(detail.split(". Please use", 1)[0].split())

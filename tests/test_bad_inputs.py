@@ -192,3 +192,50 @@ def test_soak_arguments(bundles):
     res = CliRunner().invoke(bench_main, ["soak", "--bundle", str(bundles("fp32")), "--blocks", "10",
                                           "--checkpoint-block", "10"])
     _one_error_line(res, "--checkpoint-block must lie between 0 and --blocks")
+
+
+def test_bench_graphs_threads_must_be_positive():
+    from dysink_deploy.bench import main as bench_main
+
+    res = CliRunner().invoke(bench_main, ["graphs", "--threads", "-3", "--runs", "1"])
+    _one_error_line(res, "--threads must be >= 1, got -3")
+
+
+def test_export_overwrite_of_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "mine.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(export_main, ["onnx", "--model", "tiny", "--out", ".", "--overwrite"])
+    _one_error_line(res, "--out . is not a bundle (no bundle.json)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+class _Payload:
+    """Unpickling this would run a shell command: weights_only=True must refuse it and say why."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_pickle_that_runs_code_is_refused_with_its_reason(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.pt"
+    torch.save({"generator": _Payload()}, evil)
+    before = _digest(evil)
+    from safetensors.numpy import save_file
+
+    from dysink_deploy.config import model_preset
+    from dysink_deploy.runtime.run import default_prompt_embeds
+
+    save_file({"prompt_embeds": default_prompt_embeds(model_preset("tiny"))}, str(tmp_path / "p.safetensors"))
+    for cli, args in ((run_cli.main, ["--quiet", "--model", "tiny", "--blocks", "1", "--checkpoint", str(evil),
+                                      "--prompt-embeds", str(tmp_path / "p.safetensors"),
+                                      "--out", str(tmp_path / "out")]),
+                      (export_main, ["verify-checkpoint", "--model", "tiny", "--checkpoint", str(evil)])):
+        res = CliRunner().invoke(cli, args)
+        lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+        assert res.exit_code != 0 and "Traceback" not in res.output
+        text = " ".join(lines)
+        assert "weights_only" in text and "system" in text, res.output     # the unsupported global is named
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "out").exists()
+    assert _digest(evil) == before
