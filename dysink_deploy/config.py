@@ -8,6 +8,7 @@ message that names the offending field(s). CLI defaults come from here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -276,6 +277,35 @@ FEATURE_MODES = ("block-alone", "streamed")
 EVICTION_RULES = ("lru", "fifo")
 
 
+@functools.lru_cache(maxsize=16)
+def flow_match_table(shift: float, train_steps: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """(sigmas, timesteps) float32 [train_steps]: the reference scheduler's table, value for value.
+
+    The reference (DySink's utils/scheduler.py, FlowMatchScheduler with sigma_min=0,
+    extra_one_step=True, set_timesteps(1000)) computes in float32 torch ops:
+        s = linspace(1, 0, 1001)[:-1];  sigma = shift*s / (1 + (shift-1)*s);  t = sigma * 1000
+    Reproduced here in numpy, each op rounded to float32 as torch rounds it. torch's CPU linspace
+    (2.13) forms element i as start + step*i below the midpoint and end - step*(n-1-i) from it,
+    each with a single rounding (a fused multiply-add); the product of two float32 values is exact
+    in float64, so float64 arithmetic rounded once to float32 gives the same value.
+    tests/test_config.py checks every entry against torch itself for several shifts.
+    """
+    f32, f64 = np.float32, np.float64
+    n = train_steps + 1
+    start, end = f32(1.0), f32(0.0)
+    step = (end - start) / f32(n - 1)
+    i = np.arange(n, dtype=f64)
+    low = (f64(step) * i + f64(start)).astype(f32)
+    high = (f64(-step) * (n - 1 - i) + f64(end)).astype(f32)
+    s = np.where(np.arange(n) < n // 2, low, high)[:-1]
+    sigma = (f32(shift) * s) / (f32(1.0) + f32(shift - 1.0) * s)
+    sigma = sigma.astype(f32)
+    table = (sigma * f32(train_steps)).astype(f32)
+    sigma.flags.writeable = False
+    table.flags.writeable = False
+    return sigma, table
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """How a video is streamed. Defaults are DySink's released configuration.
@@ -405,21 +435,21 @@ class StreamConfig:
         return self.bank_capacity + self.window_history + 1 + self.fixed_sink_pages
 
     def timesteps(self) -> list[float]:
-        """Warped model timesteps: t = 1000 * shift*s / (1 + (shift-1)*s), s = step/1000.
+        """Warped model timesteps, exactly the reference's float32 values.
 
-        The reference looks them up in its scheduler's float32 table
-        (sigma_min 0, 1000 entries), so they are float32 values:
-        1000.0, 937.5, 833.3333129882812, 625.0 for the released steps.
+        The reference (warp_denoising_step) indexes its scheduler's table: step k -> table[1000 - k],
+        table = timesteps of FlowMatchScheduler(shift, sigma_min=0, extra_one_step=True) at 1000
+        training steps (see `flow_match_table`). For the released steps: 1000.0, 937.5,
+        833.3333129882812, 625.0.
         """
-        out = []
-        for step in self.denoising_steps:
-            s = step / 1000.0
-            out.append(float(np.float32(1000.0 * self.shift * s / (1.0 + (self.shift - 1.0) * s))))
-        return out
+        _, table = flow_match_table(self.shift)
+        return [float(table[1000 - step]) for step in self.denoising_steps]
 
     def sigmas(self) -> list[float]:
-        """sigma of each step, as float32 values (t / 1000)."""
-        return [float(np.float32(t / 1000.0)) for t in self.timesteps()]
+        """sigma of each step as the reference's add_noise finds it: the table's float32 sigma at the
+        step's entry (not t / 1000 rounded, which differs by an ulp at some steps)."""
+        sigma, _ = flow_match_table(self.shift)
+        return [float(sigma[1000 - step]) for step in self.denoising_steps]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

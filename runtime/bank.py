@@ -1,8 +1,11 @@
 """The memory bank: block features and the pool pages holding their K/V.
 
 Reference behaviour (unbounded bank): after each block, if the bank is not
-empty and max_j cos(f, f_j) > dedup_threshold the block is not stored
-(keep-the-older); otherwise {start frame, feature, K/V page} is appended.
+empty and max(0, max_j cos(f, f_j)) > dedup_threshold the block is not
+stored (keep-the-older); otherwise {start frame, feature, K/V page} is
+appended. The 0 floor is the reference's (its running maximum starts at
+0.0), and it matters for a negative threshold: a non-empty bank whose best
+cosine is -0.3 still counts as similarity 0 > -0.02, and the block is skipped.
 
 Bounded (ours): the bank has `capacity` slots. While it is not full every
 decision equals the reference's. When a block must be stored into a full
@@ -35,11 +38,12 @@ class MemoryBank:
         return int((self.start >= 0).sum())
 
     def max_similarity(self, feature: np.ndarray) -> float | None:
-        """Highest cosine between a unit feature and the stored ones; None if empty."""
+        """max(0, highest cosine between a unit feature and the stored ones), as the reference
+        computes it (float32 dot products, a running maximum from 0.0); None if the bank is empty."""
         used = self.start >= 0
         if not used.any():
             return None
-        return float((self.feats[used] @ feature.astype(np.float32)).max())
+        return max(0.0, float((self.feats[used] @ feature.astype(np.float32)).max()))
 
     def is_duplicate(self, feature: np.ndarray, threshold: float) -> tuple[bool, float | None]:
         sim = self.max_similarity(feature)

@@ -122,8 +122,12 @@ class NaiveDySink:
 
         frames = self.m.vae.decode(x0[None])                                # block alone: 9 frames
         feat = self.m.pe.block_feature(frames)[0].numpy()
-        sims = [float(np.dot(feat, e["feat"])) for e in self.bank]
-        stored = not (sims and max(sims) > cfg.dedup_threshold)
+        # The reference's check_similarity: a running maximum that starts at 0.0.
+        max_sim = 0.0
+        for e in self.bank:
+            max_sim = max(max_sim, float(np.dot(feat, e["feat"])))
+        compared = bool(self.bank)
+        stored = not (compared and max_sim > cfg.dedup_threshold)
         if stored:
             self.bank.append({"start": start, "feat": feat, "k": entry["k"], "v": entry["v"]})
         self.queue.append(feat)
@@ -139,7 +143,7 @@ class NaiveDySink:
             "ratios": [[[layer[n_fixed + j][0] for layer in step] for step in step_logs]
                        for j in range(len(sinks))],
             "fixed_dropped": [[[layer[j][1] for layer in step] for step in step_logs] for j in range(n_fixed)],
-            "stored": stored, "max_similarity": max(sims) if sims else None,
+            "stored": stored, "max_similarity": max_sim if compared else None,
             "latent": x0.numpy(), "feature": feat,
         }
         self.log.append(rec)

@@ -61,3 +61,24 @@ def test_fifo_evicts_the_oldest():
     assert bank.add(9, unit(120), page=13, block_index=4) == (0, 10)
     assert bank.add(12, unit(160), page=14, block_index=5) == (3, 11)
     assert bank.size == 3
+
+
+def test_similarity_is_floored_at_zero_like_the_reference():
+    """Worked by hand: one entry at 0 degrees; a block at 120 degrees has cosine -0.5. The reference's
+    running maximum starts at 0.0, so it reports max(0, -0.5) = 0: with threshold -0.02 the block is a
+    duplicate (0 > -0.02) and is not stored, although its true cosine (-0.5) is below the threshold."""
+    bank = MemoryBank(4, 3)
+    bank.add(0, unit(0), page=1, block_index=0)
+    assert float(bank.feats[0] @ unit(120)) == pytest.approx(-0.5, abs=1e-6)
+    dup, sim = bank.is_duplicate(unit(120), -0.02)
+    assert sim == 0.0 and dup
+    # Two entries at 0 and 100 degrees: cosines -0.5 and 0.940 -> 0.940 (the floor does not apply).
+    bank.add(3, unit(100), page=2, block_index=1)
+    dup, sim = bank.is_duplicate(unit(120), 0.5)
+    assert sim == pytest.approx(float(np.cos(np.deg2rad(20))), abs=1e-6) and dup
+    # Threshold 0 (not negative): similarity 0 is not > 0, so an orthogonal-or-worse block is stored.
+    lone = MemoryBank(2, 3)
+    lone.add(0, unit(0), page=1, block_index=0)
+    assert lone.is_duplicate(unit(150), 0.0) == (False, 0.0)
+    # The empty bank still stores whatever the threshold.
+    assert MemoryBank(2, 3).is_duplicate(unit(0), -1.0) == (False, None)

@@ -115,3 +115,16 @@ def test_fixed_sink_fidelity():
     ours = max(float(np.abs(r.latent - n["latent"]).max()) for r, n in zip(records, naive64.log))
     base = max(float(np.abs(a["latent"] - n["latent"]).max()) for a, n in zip(naive32.log, naive64.log))
     assert ours <= 2 * base, f"runtime error {ours:.3g} > 2 x naive fp32 error {base:.3g}"
+
+
+def test_negative_dedup_threshold_follows_the_reference():
+    """dedup -0.02: the reference floors the similarity at 0, so once the bank holds an entry every
+    later block is skipped (0 > -0.02) whatever its cosine; the stream stays on the naive run."""
+    records, naive32, _ = _run({"dedup_threshold": -0.02, "gate_threshold": 0.8, "bank_capacity": 16}, 5)
+    _assert_same_decisions(records, naive32)
+    assert [r.stored for r in records] == [True, False, False, False, False]
+    for r, n in zip(records, naive32.log):
+        assert (r.max_similarity is None) == (n["max_similarity"] is None)
+        if r.max_similarity is not None:
+            assert r.max_similarity >= 0.0
+            assert r.max_similarity == pytest.approx(n["max_similarity"], abs=1e-6)
