@@ -33,6 +33,47 @@ def _positive_ints(obj: Any, names: list[str]) -> None:
         )
 
 
+def _typed(value: Any, kind: str) -> bool:
+    """Does `value` (from JSON) fit the field annotation `kind`?"""
+    if kind.startswith("Optional["):
+        return value is None or _typed(value, kind[len("Optional["):-1])
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith("tuple["):
+        inner = kind[len("tuple["):-1].split(", ")
+        if not isinstance(value, (list, tuple)):
+            return False
+        if inner[-1] == "...":
+            return all(_typed(v, inner[0]) for v in value)
+        return len(value) == len(inner) and all(_typed(v, k) for v, k in zip(value, inner))
+    return True
+
+
+def _strict_from_dict(cls, values: Any, where: str):
+    """cls(**values) with unknown, missing and mistyped fields refused by name (ConfigError)."""
+    name = cls.__name__
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: {name} must be a JSON object, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: {name} has unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in values]
+    if missing:
+        raise ConfigError(f"{where}: {name} is missing field(s) {', '.join(missing)}")
+    for key, value in values.items():
+        kind = fields[key].type
+        if not _typed(value, kind):
+            raise ConfigError(f"{where}: {name}.{key} must be {kind.replace('Optional[', 'null or ').rstrip(']') if kind.startswith('Optional[') else kind}, got {value!r}")
+    return cls(**values)
+
+
 # ---------------------------------------------------------------------------
 # The causal Wan2.1 DiT
 # ---------------------------------------------------------------------------
@@ -454,6 +495,40 @@ class StreamConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "model config") -> "ModelConfig":
+        """Inverse of `to_dict`, strict: unknown, missing or mistyped fields are refused by name, and
+        the values are validated with the presets' messages (a ConfigError naming `where`)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: ModelConfig must be a JSON object, got {type(data).__name__}")
+        parts = {"dit": DiTConfig, "vae": VAEConfig, "pe": PEConfig}
+        top = {k: v for k, v in data.items() if k not in parts}
+        for key in ("name", "height", "width"):
+            if key not in data:
+                raise ConfigError(f"{where}: ModelConfig is missing field {key}")
+        unknown = sorted(set(top) - {"name", "height", "width"})
+        if unknown:
+            raise ConfigError(f"{where}: ModelConfig has unknown field(s) {', '.join(unknown)}; "
+                              "known: name, height, width, dit, vae, pe")
+        if not isinstance(data["name"], str) or not data["name"]:
+            raise ConfigError(f"{where}: ModelConfig.name must be a non-empty string, got {data['name']!r}")
+        for key in ("height", "width"):
+            if not _typed(data[key], "int") or data[key] <= 0:
+                raise ConfigError(f"{where}: ModelConfig.{key} must be a positive integer, got {data[key]!r}")
+        built = {}
+        for key, cls_ in parts.items():
+            if key not in data:
+                raise ConfigError(f"{where}: ModelConfig is missing field {key}")
+            try:
+                built[key] = _strict_from_dict(cls_, data[key], where)
+            except ConfigError as exc:
+                text = str(exc)
+                raise ConfigError(text if text.startswith(where) else f"{where}: {text}") from None
+        try:
+            return cls(name=data["name"], height=data["height"], width=data["width"], **built)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
 
 def stream_config_from_dict(data: dict, base: StreamConfig | None = None) -> StreamConfig:
     """Build a StreamConfig from a (possibly partial) dict, rejecting unknown keys."""
@@ -494,6 +569,40 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "model config") -> "ModelConfig":
+        """Inverse of `to_dict`, strict: unknown, missing or mistyped fields are refused by name, and
+        the values are validated with the presets' messages (a ConfigError naming `where`)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: ModelConfig must be a JSON object, got {type(data).__name__}")
+        parts = {"dit": DiTConfig, "vae": VAEConfig, "pe": PEConfig}
+        top = {k: v for k, v in data.items() if k not in parts}
+        for key in ("name", "height", "width"):
+            if key not in data:
+                raise ConfigError(f"{where}: ModelConfig is missing field {key}")
+        unknown = sorted(set(top) - {"name", "height", "width"})
+        if unknown:
+            raise ConfigError(f"{where}: ModelConfig has unknown field(s) {', '.join(unknown)}; "
+                              "known: name, height, width, dit, vae, pe")
+        if not isinstance(data["name"], str) or not data["name"]:
+            raise ConfigError(f"{where}: ModelConfig.name must be a non-empty string, got {data['name']!r}")
+        for key in ("height", "width"):
+            if not _typed(data[key], "int") or data[key] <= 0:
+                raise ConfigError(f"{where}: ModelConfig.{key} must be a positive integer, got {data[key]!r}")
+        built = {}
+        for key, cls_ in parts.items():
+            if key not in data:
+                raise ConfigError(f"{where}: ModelConfig is missing field {key}")
+            try:
+                built[key] = _strict_from_dict(cls_, data[key], where)
+            except ConfigError as exc:
+                text = str(exc)
+                raise ConfigError(text if text.startswith(where) else f"{where}: {text}") from None
+        try:
+            return cls(name=data["name"], height=data["height"], width=data["width"], **built)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
 
 MODEL_PRESETS = {
     "wan2.1-t2v-1.3b": ModelConfig("wan2.1-t2v-1.3b", DIT_PRESETS["wan2.1-t2v-1.3b"], VAE_PRESETS["wan2.1"],
@@ -511,9 +620,4 @@ def model_preset(name: str) -> ModelConfig:
 
 def model_config_from_dict(data: dict) -> ModelConfig:
     """Inverse of `ModelConfig.to_dict` (bundle manifests)."""
-    try:
-        return ModelConfig(
-            name=data["name"], dit=DiTConfig(**data["dit"]), vae=VAEConfig(**data["vae"]),
-            pe=PEConfig(**data["pe"]), height=data["height"], width=data["width"])
-    except (KeyError, TypeError) as exc:
-        raise ConfigError(f"malformed model config ({exc}); rebuild the bundle with this version") from None
+    return ModelConfig.from_dict(data, where="bundle model config")

@@ -90,20 +90,23 @@ def build_onnxruntime_streamer(bundle, provider: str, stream: StreamConfig, prom
     return Streamer(backend, bundle.model.dit, stream, prompt_embeds, seed=seed)
 
 
-def _bundle_stream(bundle, kw: dict) -> StreamConfig:
-    """The bundle's stream config with the host-side settings the user may still change
-    (dedup threshold, eviction, schedule); graph settings given on the command line must agree."""
+def bundle_stream_config(bundle, wanted: dict) -> StreamConfig:
+    """The bundle's stream config with the host-side settings the caller may still change
+    (dedup threshold, eviction, schedule); graph settings in `wanted` must agree with the bundle."""
     from ..bundle import GRAPH_STREAM_FIELDS, rebuild_command
 
-    wanted = {**_load_config_file(kw["config_file"]), **_stream_overrides(kw)}
     wanted_cfg = stream_config_from_dict(wanted, base=bundle.stream)   # validates names and values
     conflicts = [f"{n}={wanted[n]!r} (bundle: {getattr(bundle.stream, n)!r})" for n in GRAPH_STREAM_FIELDS
                  if n in wanted and getattr(wanted_cfg, n) != getattr(bundle.stream, n)]
     if conflicts:
         raise DysinkError(f"bundle {bundle.path} fixes the stream settings baked into its graphs, and "
-                          f"{'; '.join(conflicts)} differ; drop the flag(s) or export a bundle for them: "
+                          f"{'; '.join(conflicts)} differ; drop the setting(s) or export a bundle for them: "
                           f"{rebuild_command(bundle.model, wanted_cfg, bundle.precision, 'NEW_BUNDLE')}")
     return wanted_cfg
+
+
+def _bundle_stream(bundle, kw: dict) -> StreamConfig:
+    return bundle_stream_config(bundle, {**_load_config_file(kw["config_file"]), **_stream_overrides(kw)})
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

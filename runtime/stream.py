@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -80,12 +80,43 @@ def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.round(x).astype(np.uint8).transpose(1, 2, 3, 0)
 
 
+@dataclass(frozen=True)
+class StepEvent:
+    """What a per-step observer receives: one denoising step, or (step == len(timesteps), t == 0)
+    the clean pass, which also names the pool page the block's K/V went to."""
+
+    block: int
+    step: int
+    t: float
+    x0: np.ndarray                 # float32 [C, F, h, w], a host copy
+    ratios: np.ndarray             # float32 [layers, sink slots]: the gate's ratios of this pass
+    page: int | None = None        # clean pass only
+
+
+NoiseSource = Callable[[int, tuple, int], tuple]            # (block, shape, steps) -> (x_T, eps per renoise)
+FeatureSource = Callable[[int, np.ndarray, np.ndarray], np.ndarray]  # (block, frames uint8, latent) -> feature
+StepObserver = Callable[[StepEvent], None]
+
+
 class Streamer:
-    """Streams blocks of one video from `backend`. Iterate with `blocks(n)`."""
+    """Streams blocks of one video from `backend`. Iterate with `blocks(n)`.
+
+    Injection points (all optional; the public face is dysink_deploy.api):
+      noise(block_index, latent_shape, steps) -> (x_T, eps): x_T float32 latent_shape, eps a sequence
+          of steps - 1 arrays of that shape (the renoise draw of each step after the first);
+          default: numpy PCG64 keyed by (seed, block).
+      features(block_index, frames, latent) -> feature: the bank feature [feature_dim], unit norm,
+          from the block's uint8 frames [T, H, W, 3] and float32 latent [C, F, h, w]; when given,
+          the block-alone decode and the memory encoder are skipped.
+      observer(StepEvent): called after every denoising step and the clean pass, with host copies
+          (one device-to-host read per step: slower on a GPU).
+    """
 
     def __init__(self, backend: Backend, dit: DiTConfig, stream: StreamConfig,
-                 prompt_embeds: np.ndarray, seed: int = 0):
+                 prompt_embeds: np.ndarray, seed: int = 0, noise: NoiseSource | None = None,
+                 features: FeatureSource | None = None, observer: StepObserver | None = None):
         self.backend, self.dit, self.cfg, self.seed = backend, dit, stream, seed
+        self.noise, self.features, self.observer = noise, features, observer
         lat_h, lat_w = stream.latent_hw
         self.latent_shape = (dit.in_dim, stream.block_frames, lat_h, lat_w)
         self.grid = (lat_h // dit.patch[1], lat_w // dit.patch[2])
@@ -132,7 +163,7 @@ class Streamer:
         local_ids = ctx.local_ids(cfg.local_slots)
         sink_ids = ctx.sink_ids(cfg.sink_slots)
         rope = rope_phases(self.dit, ctx.start_frame, cfg.block_frames, *self.grid)
-        x_np, eps_np = block_noise(self.seed, index, self.latent_shape, len(self.timesteps))
+        x_np, eps_np = self._noise(index)
         lap("retrieve")
 
         x = be.upload(x_np)
@@ -141,14 +172,19 @@ class Streamer:
         for s, t in enumerate(self.timesteps):
             x0, _, _, r = be.dit_step(x, t, rope, local_ids, sink_ids)
             ratios.append(r)
+            if self.observer is not None:
+                self.observer(StepEvent(index, s, float(t), be.to_numpy(x0), be.to_numpy(r)))
             if s + 1 < len(self.timesteps):
                 x = be.renoise(x0, be.upload(eps_np[s]), self.sigmas[s + 1])
         lap("denoise")
 
         page = self.pages.alloc()
-        _, k_new, v_new, _ = be.dit_step(x0, 0.0, rope, local_ids, ctx.clean_sink_ids(cfg.sink_slots))
+        clean_x0, k_new, v_new, clean_r = be.dit_step(x0, 0.0, rope, local_ids, ctx.clean_sink_ids(cfg.sink_slots))
         be.write_page(page, k_new, v_new)
         self.scheduler.commit(index, page)
+        if self.observer is not None:
+            self.observer(StepEvent(index, len(self.timesteps), 0.0, be.to_numpy(clean_x0), be.to_numpy(clean_r),
+                                    page=page))
         lap("clean_pass")
 
         frames = be.decode(x0, first=(index == 0))
@@ -157,8 +193,11 @@ class Streamer:
         frames_np = frames_to_uint8(frames_host)
         lap("decode")
 
-        feat_frames = frames if cfg.feature_mode == "streamed" else be.decode_alone(x0)
-        feature = be.to_numpy(be.encode(feat_frames)).astype(np.float32)
+        if self.features is not None:
+            feature = self._injected_feature(index, frames_np, be.to_numpy(x0).astype(np.float32))
+        else:
+            feat_frames = frames if cfg.feature_mode == "streamed" else be.decode_alone(x0)
+            feature = be.to_numpy(be.encode(feat_frames)).astype(np.float32)
         _finite(feature, index, "the memory feature")
         lap("feature")
 
@@ -189,6 +228,45 @@ class Streamer:
         )
         self.next_index += 1
         return record
+
+    def _noise(self, index: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        steps = len(self.timesteps)
+        if self.noise is None:
+            return block_noise(self.seed, index, self.latent_shape, steps)
+        got = self.noise(index, self.latent_shape, steps)
+        try:
+            x, eps = got
+            x = np.asarray(x, dtype=np.float32)
+            eps = [np.asarray(e, dtype=np.float32) for e in eps]
+        except (TypeError, ValueError):
+            raise DysinkError(f"the noise source must return (x_T, eps) arrays, got {type(got).__name__}") from None
+        if x.shape != self.latent_shape or len(eps) != steps - 1 or any(e.shape != self.latent_shape for e in eps):
+            raise DysinkError(f"the noise source must return x_T of shape {self.latent_shape} and {steps - 1} eps "
+                              f"arrays of that shape, got {x.shape} and {[e.shape for e in eps]}")
+        for a in (x, *eps):
+            _finite(a, index, "the injected noise")
+        return x, eps
+
+    def _injected_feature(self, index: int, frames: np.ndarray, latent: np.ndarray) -> np.ndarray:
+        dim = self.backend.feature_dim
+        try:
+            feature = np.asarray(self.features(index, frames, latent), dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise DysinkError(f"the feature source must return a float array [{dim}] ({exc})") from None
+        if feature.shape != (dim,):
+            raise DysinkError(f"the feature source must return a feature of shape ({dim},), got {feature.shape}")
+        _finite(feature, index, "the injected feature")
+        norm = float(np.linalg.norm(feature.astype(np.float64)))
+        if abs(norm - 1.0) > 1e-3:
+            raise DysinkError(f"block {index}: the injected feature has norm {norm:.6g}; the bank compares "
+                              "features by dot product as cosines: return a unit vector")
+        return feature
+
+    def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
+        """Host copies (k, v) [layers, tokens, heads, head_dim] float32 of one pool page."""
+        if not 0 <= page < self.cfg.pool_pages:
+            raise DysinkError(f"page {page} is outside the pool (0..{self.cfg.pool_pages - 1})")
+        return self.backend.read_page(page)
 
     def _gate_entries(self, ratios: np.ndarray, offset: int, starts: list[int]) -> list[dict]:
         out = []

@@ -23,10 +23,13 @@ from dysink_deploy.runtime.noise import block_noise
 
 class NaiveDySink:
     def __init__(self, models, stream: StreamConfig, prompt_embeds: np.ndarray, seed: int,
-                 local_first: bool = False):
+                 local_first: bool = False, noise=None, features=None):
         # local_first: concatenate [local | sinks] instead of [sinks | local]. Same
         # math, another float summation order: the tests' tolerance baseline.
+        # noise(index, shape, steps) / features(index, latent): replace the seeded noise and the
+        # block-alone decode + PE-Core feature (what the public API lets a caller inject).
         self.m, self.cfg, self.seed, self.local_first = models, stream, seed, local_first
+        self.noise, self.features = noise, features
         self.dtype = models.dit.patch_embedding.weight.dtype
         with torch.no_grad():
             self.text_k, self.text_v = models.dit.text_kv(torch.from_numpy(prompt_embeds).to(self.dtype))
@@ -97,7 +100,8 @@ class NaiveDySink:
         lat_h, lat_w = cfg.latent_hw
         shape = (dit.cfg.in_dim, b, lat_h, lat_w)
         rope = torch.from_numpy(rope_phases(dit.cfg, start, b, lat_h // 2, lat_w // 2))
-        x_np, eps = block_noise(self.seed, index, shape, len(cfg.denoising_steps))
+        x_np, eps = (self.noise or (lambda i, sh, n: block_noise(self.seed, i, sh, n)))(
+            index, shape, len(cfg.denoising_steps))
         x = torch.from_numpy(x_np).to(self.dtype)
         ts, sig = cfg.timesteps(), cfg.sigmas()
         step_logs = []
@@ -120,8 +124,11 @@ class NaiveDySink:
         self.cache.append(entry)
         self.latents.append(x0)
 
-        frames = self.m.vae.decode(x0[None])                                # block alone: 9 frames
-        feat = self.m.pe.block_feature(frames)[0].numpy()
+        if self.features is not None:
+            feat = np.asarray(self.features(index, x0.float().numpy()), dtype=np.float32)
+        else:
+            frames = self.m.vae.decode(x0[None])                            # block alone: 9 frames
+            feat = self.m.pe.block_feature(frames)[0].numpy()
         # The reference's check_similarity: a running maximum that starts at 0.0.
         max_sim = 0.0
         for e in self.bank:

@@ -65,10 +65,17 @@ class Backend(abc.ABC):
     def to_numpy(self, handle: Any) -> np.ndarray:
         ...
 
+    def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
+        """Host copies (k, v) float32 [layers, tokens, heads, head_dim] of pool page `page`."""
+        raise NotImplementedError(f"the {self.name} backend cannot read pages")
+
     def graph_state(self) -> dict[str, np.ndarray]:
         """The dit_step inputs that live across steps (text_k, text_v, k_pool_i, v_pool_i), on the host,
         in the model dtype: what `dysink-run --dump-block` saves."""
         raise NotImplementedError(f"the {self.name} backend cannot dump its state")
+
+    def close(self) -> None:
+        """Release device and host memory (pools, caches, sessions); the backend is unusable after."""
 
     def stack(self, handles: list[Any]) -> Any:
         return np.stack([self.to_numpy(h) for h in handles])

@@ -246,6 +246,19 @@ class OnnxRuntimeBackend(Backend):
     def graph_state(self) -> dict[str, np.ndarray]:
         return {k: np.array(v.numpy()) for k, v in self._fixed.items()}
 
+    def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        for pools in (self.k_pools, self.v_pools):
+            # On the CPU the pools are host arrays written in place; on a GPU .numpy() copies the pool.
+            layers = [(host if host is not None else value.numpy())[page] for value, host in pools]
+            out.append(np.stack(layers).astype(np.float32))
+        return out[0], out[1]
+
+    def close(self) -> None:
+        for name in ("k_pools", "v_pools", "k_new", "v_new", "_fixed", "vae_cache", "sessions", "_ops"):
+            if hasattr(self, name):
+                delattr(self, name)
+
     def to_numpy(self, handle: OrtTensor) -> np.ndarray:
         # A copy: on CPU .numpy() is a view of a buffer the next step may overwrite (k_new / v_new).
         return np.array(handle.value.numpy(), dtype=np.float32).reshape(handle.shape)

@@ -423,6 +423,20 @@ class TensorRTBackend(Backend):
         return [self.to_numpy(o) if o.dtype != "int64" else self.cuda.download(np.empty(o.shape, np.int64), o.ptr)
                 for o in outs]
 
+    def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
+        spec = self.specs["dit_step"]
+        pool = spec.input("k_pool_0")
+        page_shape = tuple(pool.shape[1:])
+        page_bytes = DeviceTensor(0, page_shape, pool.dtype).nbytes
+        out = []
+        for kind in ("k", "v"):
+            layers = []
+            for i in range(self.model.dit.layers):
+                base = self.buffers[("dit_step", f"{kind}_pool_{i}")].ptr
+                layers.append(self.to_numpy(DeviceTensor(base + page * page_bytes, page_shape, pool.dtype)))
+            out.append(np.stack(layers))
+        return out[0], out[1]
+
     def to_numpy(self, handle: DeviceTensor) -> np.ndarray:
         if handle.dtype == "bfloat16":
             bits = self.cuda.download(np.empty(handle.shape, np.uint16), handle.ptr)

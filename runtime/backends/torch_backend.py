@@ -127,7 +127,15 @@ class TorchBackend(Backend):
         return slots.cpu().numpy(), scores.float().cpu().numpy()
 
     def to_numpy(self, handle) -> np.ndarray:
-        return handle.detach().float().cpu().numpy()
+        host = handle.detach().float().cpu()
+        # fp32 on the CPU: .float().cpu() is the tensor itself, and .numpy() a view that later steps
+        # could change (k_new / v_new); always hand out an array of its own.
+        return host.numpy().copy() if host.data_ptr() == handle.data_ptr() else host.numpy()
+
+    @torch.inference_mode()
+    def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(torch.stack([p[page] for p in pools]).float().cpu().numpy()
+                     for pools in (self.k_pools, self.v_pools))
 
     def graph_state(self) -> dict[str, np.ndarray]:
         if self.dtype == torch.bfloat16:
@@ -136,6 +144,13 @@ class TorchBackend(Backend):
         state.update({f"k_pool_{i}": p for i, p in enumerate(self.k_pools)})
         state.update({f"v_pool_{i}": p for i, p in enumerate(self.v_pools)})
         return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+    def close(self) -> None:
+        for name in ("k_pools", "v_pools", "vae_cache", "text_k", "text_v", "models", "step_module"):
+            if hasattr(self, name):
+                delattr(self, name)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def stack(self, handles):
         return torch.stack(handles).float().cpu().numpy()

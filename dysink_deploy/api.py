@@ -1,0 +1,355 @@
+"""The public Python API: open a DySink stream, iterate its blocks, write a run.
+
+    from dysink_deploy import api
+
+    with api.open_stream("bundles/tiny-fp32", seed=0) as stream:       # onnxruntime, no torch needed
+        for block in stream.blocks(12):
+            block.frames        # uint8 [T, H, W, 3], this block's new video frames
+            block.stats         # the block's entry of stats.json (windows, retrievals, gate, bank)
+
+    with api.open_stream(model="tiny", backend="torch") as stream:      # PyTorch reference models
+        stream.write("out/", blocks=12)                                 # video.mp4, stats.json, timeline.png
+
+What is stable here (names, arguments, return types) is documented in docs/python-api.md; everything
+else in the package may change between versions. Errors are `dysink_deploy.errors.DysinkError`
+(one line, what is wrong and what to do).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from .config import ModelConfig, StreamConfig, model_preset, stream_config_from_dict
+from .errors import DysinkError
+from .runtime.stream import FeatureSource, NoiseSource, StepEvent, StepObserver, Streamer, frames_to_uint8
+
+__all__ = ["open_stream", "Stream", "Block", "StepEvent", "decode_latents", "encode_frames", "load_model_config",
+           "BACKENDS"]
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One generated block."""
+
+    index: int
+    frames: np.ndarray = field(repr=False)      # uint8 [T, H, W, 3]: 9 frames for block 0, 12 after
+    stats: dict = field(repr=False)             # the stats.json entry of this block
+    latent: np.ndarray = field(repr=False)      # float32 [C, F, h, w]: the block's clean latent
+    feature: np.ndarray = field(repr=False)     # float32 [feature_dim]: its memory-bank feature
+
+
+class Stream:
+    """An open stream. Create it with `open_stream`; close it (or use `with`) to free device memory."""
+
+    def __init__(self, streamer: Streamer, model: ModelConfig, run_config: dict):
+        self._streamer = streamer
+        self.model = model
+        self.config: StreamConfig = streamer.cfg
+        self.backend: str = streamer.backend.name
+        self._run_config = run_config
+        self._closed = False
+
+    # -- blocks ---------------------------------------------------------------------------------
+    def next_block(self) -> Block:
+        self._check_open()
+        record = self._streamer.step()
+        return Block(record.index, record.frames, record.to_json(), record.latent, record.feature)
+
+    def blocks(self, n: int) -> Iterator[Block]:
+        """The next `n` blocks, one at a time (a stream continues where the last call stopped)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise DysinkError(f"blocks(n): n must be an integer >= 0, got {n!r}")
+        for _ in range(n):
+            yield self.next_block()
+
+    @property
+    def blocks_done(self) -> int:
+        return self._streamer.next_index
+
+    # -- state ------------------------------------------------------------------------------------
+    def bank(self) -> list[dict]:
+        """The memory bank now: [{"start_frame", "page"}], oldest first."""
+        return [{"start_frame": s, "page": p} for s, p in self._streamer.bank.entries()]
+
+    def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
+        """Host copies (k, v), float32 [layers, tokens, heads, head_dim], of one K/V pool page (the
+        `page` of `bank()` entries or of a clean-pass StepEvent)."""
+        self._check_open()
+        if not isinstance(page, (int, np.integer)) or isinstance(page, bool):
+            raise DysinkError(f"read_page: page must be an integer, got {page!r}")
+        return self._streamer.read_page(int(page))
+
+    # -- writing ----------------------------------------------------------------------------------
+    def write(self, out: str | os.PathLike, blocks: int, overwrite: bool = False, progress: bool = False):
+        """Stream `blocks` more blocks into directory `out`: video.mp4 (playable after every block),
+        stats.json, timeline.png, with dysink-run's guarantees (lock, no symlinks followed, only this
+        project's outputs replaced with `overwrite`). Returns a RunResult (out, blocks, frames,
+        seconds, interrupted, stats). Ctrl-C stops after closing the files."""
+        from .runtime.run import OUTPUT_FILES, check_out_dir, lock_out_dir, prepare_out_dir, stream_to_dir
+
+        self._check_open()
+        if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
+            raise DysinkError(f"write: blocks must be an integer >= 1, got {blocks!r}")
+        if self._streamer.next_index:
+            raise DysinkError("write: this stream has already produced blocks; a video starts at block 0: "
+                              "open a new stream to write a run")
+        out = os.fspath(out)
+        check_out_dir(out, overwrite)
+        prepare_out_dir(out, overwrite)
+        lock = lock_out_dir(out)
+        try:
+            if overwrite:
+                for name in OUTPUT_FILES:
+                    path = os.path.join(out, name)
+                    if os.path.isfile(path) and not os.path.islink(path):
+                        os.remove(path)
+            config = {**self._run_config, "blocks": blocks, "stream": self.config.to_dict(),
+                      "timesteps": self.config.timesteps()}
+            return stream_to_dir(self._streamer, self.model, self.config, blocks, os.path.abspath(out), config,
+                                 progress=progress)
+        finally:
+            lock.close()
+
+    # -- lifetime ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the backend's device and host memory; the stream cannot be used afterwards."""
+        if not self._closed:
+            self._closed = True
+            self._streamer.backend.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DysinkError("this stream is closed; open a new one with api.open_stream")
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Stream(model={self.model.name!r}, backend={self.backend!r}, blocks_done={self.blocks_done}, "
+                f"bank={len(self.bank())}/{self.config.bank_capacity})")
+
+
+# ---------------------------------------------------------------------------------------------------
+def load_model_config(source: str | os.PathLike | Mapping[str, Any] | ModelConfig) -> ModelConfig:
+    """A ModelConfig from a preset name, a dict, a JSON file (a ModelConfig's `to_dict`, or a
+    bundle.json, whose model is used), or a ModelConfig; validated with the presets' messages."""
+    from .config import MODEL_PRESETS, ModelConfig as _MC
+    from .jsonfile import read_json_object
+
+    if isinstance(source, _MC):
+        return source
+    if isinstance(source, Mapping):
+        return _MC.from_dict(source)
+    text = os.fspath(source)
+    if text in MODEL_PRESETS:
+        return model_preset(text)
+    if not os.path.exists(text):
+        raise DysinkError(f"model {text!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a file")
+    data = read_json_object(text, "--model-config", 1 << 20, "model configuration")
+    if "format_version" in data and isinstance(data.get("model"), dict):     # a bundle.json
+        data = data["model"]
+    return _MC.from_dict(data, where=f"--model-config {text!r}")
+
+
+def _prompt(prompt_embeds, model: ModelConfig, random_weights: bool) -> np.ndarray:
+    from .runtime.run import default_prompt_embeds, load_prompt_embeds
+
+    if prompt_embeds is None:
+        if not random_weights or model.name != "tiny":
+            raise DysinkError("a real model needs real text conditioning: pass prompt_embeds (umT5-XXL output "
+                              "[512, 4096], an array or a .safetensors file)")
+        return default_prompt_embeds(model)
+    if isinstance(prompt_embeds, (str, os.PathLike)):
+        return load_prompt_embeds(os.fspath(prompt_embeds), model)
+    array = np.asarray(prompt_embeds)
+    want = (model.dit.text_len, model.dit.text_dim)
+    if array.shape != want or not np.issubdtype(array.dtype, np.floating):
+        raise DysinkError(f"prompt_embeds must be a float array of shape {want}, got {array.dtype} {array.shape}")
+    if not np.isfinite(array).all():
+        raise DysinkError("prompt_embeds hold NaN or Inf values")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _settings(settings) -> dict:
+    if settings is None:
+        return {}
+    if isinstance(settings, StreamConfig):
+        return settings.to_dict()
+    if isinstance(settings, Mapping):
+        return dict(settings)
+    raise DysinkError(f"settings must be a dict of stream settings or a StreamConfig, got {type(settings).__name__}")
+
+
+def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None = None,
+                model: str | os.PathLike | Mapping | ModelConfig = "tiny",
+                checkpoints: Mapping[str, Any] | None = None, weights_seed: int = 0,
+                device: str = "cpu", precision: str = "fp32", kernels: str = "auto",
+                ort_provider: str = "cpu", cuda_graph: bool = False,
+                prompt_embeds: np.ndarray | str | os.PathLike | None = None, seed: int = 0,
+                settings: Mapping[str, Any] | StreamConfig | None = None,
+                noise: NoiseSource | None = None, features: FeatureSource | None = None,
+                observer: StepObserver | None = None) -> Stream:
+    """Open a stream.
+
+    From a bundle (`dysink-export onnx`; + `dysink-export build` for tensorrt): `bundle=DIR`,
+    backend "onnxruntime" (default with a bundle) or "tensorrt". The bundle fixes model, weights,
+    precision and the graph-baked settings; `settings` may change the host-side ones (dedup
+    threshold, eviction, denoising steps, shift).
+    From PyTorch models (backend "torch", the default without a bundle): `model` is a preset name,
+    a ModelConfig, a dict or a JSON file; `checkpoints` = {"checkpoint", "lora", "vae", "pe",
+    "use_ema"} (random weights from `weights_seed` where none is given); `device`, `precision`
+    (fp32 / fp16 / bf16), `kernels` (auto / triton / reference); `settings` any stream settings.
+
+    prompt_embeds: umT5 output [text_len, text_dim] as an array or a .safetensors file (the tiny
+    random model has an embedded default). seed: the noise seed.
+    Injection (see runtime.stream.Streamer): noise(block, shape, steps) -> (x_T, eps),
+    features(block, frames uint8 [T, H, W, 3], latent) -> unit feature, observer(StepEvent).
+    """
+    backend = backend or ("onnxruntime" if bundle is not None else "torch")
+    if backend not in BACKENDS:
+        raise DysinkError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    for name, value in (("seed", seed), ("weights_seed", weights_seed)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < 2 ** 63:
+            raise DysinkError(f"{name} must be an integer in 0..2**63-1, got {value!r}")
+    for name, fn in (("noise", noise), ("features", features), ("observer", observer)):
+        if fn is not None and not callable(fn):
+            raise DysinkError(f"{name} must be callable, got {type(fn).__name__}")
+    if cuda_graph and backend != "tensorrt":
+        raise DysinkError("cuda_graph applies to the tensorrt backend only")
+    hooks = {"noise": noise, "features": features, "observer": observer}
+    wanted = _settings(settings)
+
+    if backend in ("onnxruntime", "tensorrt"):
+        if bundle is None:
+            raise DysinkError(f"backend {backend!r} streams a bundle: pass bundle=DIR (dysink-export onnx"
+                              f"{' + dysink-export build' if backend == 'tensorrt' else ''})")
+        if checkpoints:
+            raise DysinkError("a bundle already holds its weights: drop checkpoints or use backend='torch'")
+        from .bundle import Bundle
+        from .runtime.cli import bundle_stream_config
+
+        b = Bundle.load(bundle)
+        stream = bundle_stream_config(b, wanted)
+        random_weights = not any(k != "random_seed" for k in b.manifest.get("checkpoints", {}))
+        prompt = _prompt(prompt_embeds, b.model, random_weights)
+        if backend == "onnxruntime":
+            from .runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+            be = OnnxRuntimeBackend(b, providers=ort_provider)
+            details = {"ort_provider": ort_provider}
+        else:
+            from .runtime.backends.tensorrt_backend import TensorRTBackend
+
+            be = TensorRTBackend(b, cuda_graph=cuda_graph)
+            details = {"cuda_graph": cuda_graph}
+        streamer = Streamer(be, b.model.dit, stream, prompt, seed=int(seed), **hooks)
+        run_config = {"model": b.model.name, "backend": backend, "seed": int(seed), "bundle": str(b.path),
+                      "precision": b.precision, **details, "checkpoints": b.manifest.get("checkpoints", {}),
+                      "prompt_embeds": "array" if prompt_embeds is not None else "embedded-default", "api": True}
+        return Stream(streamer, b.model, run_config)
+
+    if bundle is not None:
+        raise DysinkError("the torch backend builds its models from `model` and `checkpoints`, not a bundle; "
+                          "drop bundle or use backend='onnxruntime'")
+    if precision not in _PRECISIONS:
+        raise DysinkError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
+    cfg = load_model_config(model)
+    known = {"checkpoint", "lora", "vae", "pe", "use_ema"}
+    checkpoints = dict(checkpoints or {})
+    unknown = sorted(set(checkpoints) - known)
+    if unknown:
+        raise DysinkError(f"checkpoints: unknown key(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
+    stream = stream_config_from_dict({"height": cfg.height, "width": cfg.width, **wanted})
+    random_weights = not any(checkpoints.get(k) for k in ("checkpoint", "lora", "vae", "pe"))
+    prompt = _prompt(prompt_embeds, cfg, random_weights)
+    import re
+
+    import torch
+
+    from .models.factory import CheckpointPaths, build_models
+    from .runtime.backends.torch_backend import TorchBackend
+    from .runtime.cli import check_memory
+
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise DysinkError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DysinkError("device cuda was asked for but torch sees no CUDA device; use device='cpu'")
+    check_memory(cfg, stream, precision, device)
+    paths = CheckpointPaths(dit=checkpoints.get("checkpoint"), lora=checkpoints.get("lora"),
+                            vae=checkpoints.get("vae"), pe=checkpoints.get("pe"),
+                            use_ema=bool(checkpoints.get("use_ema", False)))
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    models = build_models(cfg, paths, seed=int(weights_seed))
+    be = TorchBackend(models, stream, device=device, dtype=dtype, kernels=kernels)
+    streamer = Streamer(be, cfg.dit, stream, prompt, seed=int(seed), **hooks)
+    run_config = {"model": cfg.name, "backend": "torch", "seed": int(seed), "dtype": precision, "device": device,
+                  "kernels": be.kernels, "checkpoints": {k: str(v) for k, v in checkpoints.items() if v},
+                  "prompt_embeds": "array" if prompt_embeds is not None else "embedded-default", "api": True}
+    return Stream(streamer, cfg, run_config)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parts on their own (PyTorch reference models)
+# ---------------------------------------------------------------------------------------------------
+def _parts(model, vae: str | None, pe: str | None, weights_seed: int, device: str):
+    from .models.factory import CheckpointPaths, build_models
+
+    cfg = load_model_config(model)
+    return cfg, build_models(cfg, CheckpointPaths(vae=vae, pe=pe), seed=weights_seed).to(device).eval()
+
+
+def decode_latents(latents: np.ndarray, *, model="tiny", vae: str | None = None, weights_seed: int = 0,
+                   device: str = "cpu") -> np.ndarray:
+    """Decode a latent clip float32 [C, F, h, w] with the Wan VAE decoder (one call, the reference's
+    whole-video decode) -> uint8 frames [1 + 4 (F - 1), 8h, 8w, 3]."""
+    import torch
+
+    cfg, models = _parts(model, vae, None, weights_seed, device)
+    z = np.asarray(latents)
+    if z.ndim != 4 or z.shape[0] != cfg.vae.z_dim or not np.issubdtype(z.dtype, np.floating):
+        raise DysinkError(f"latents must be a float array [{cfg.vae.z_dim}, F, h, w], got {z.dtype} {z.shape}")
+    if not np.isfinite(z).all():
+        raise DysinkError("latents hold NaN or Inf values")
+    with torch.inference_mode():
+        frames = models.vae.decode(torch.from_numpy(np.ascontiguousarray(z, np.float32))[None].to(device))
+    return frames_to_uint8(frames[0].float().cpu().numpy())
+
+
+def encode_frames(frames: np.ndarray, *, model="tiny", pe: str | None = None, weights_seed: int = 0,
+                  device: str = "cpu") -> np.ndarray:
+    """The memory-bank feature of a clip with PE-Core, as DySink computes it -> unit float32 [dim].
+
+    frames: uint8 [T, H, W, 3] (0..255, what `Block.frames` holds), or float [3, T, H, W] in
+    [-1, 1] (the VAE decoder's output); other ranges are refused, not clipped."""
+    import torch
+
+    cfg, models = _parts(model, None, pe, weights_seed, device)
+    x = np.asarray(frames)
+    if x.dtype == np.uint8:
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise DysinkError(f"uint8 frames must be [T, H, W, 3], got {x.shape}")
+        x = x.astype(np.float32).transpose(3, 0, 1, 2) / 127.5 - 1.0
+    elif np.issubdtype(x.dtype, np.floating):
+        if x.ndim != 4 or x.shape[0] != 3:
+            raise DysinkError(f"float frames must be [3, T, H, W] in [-1, 1], got {x.shape}")
+        if not np.isfinite(x).all():
+            raise DysinkError("frames hold NaN or Inf values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1.0 - 1e-3 or hi > 1.0 + 1e-3:
+            raise DysinkError(f"float frames must lie in [-1, 1] (the VAE's range), got [{lo:.4g}, {hi:.4g}]; "
+                              "pass uint8 frames for 0..255 pixels")
+    else:
+        raise DysinkError(f"frames must be uint8 [T, H, W, 3] or float [3, T, H, W], got {x.dtype}")
+    with torch.inference_mode():
+        feature = models.pe.block_feature(torch.from_numpy(np.ascontiguousarray(x, np.float32))[None].to(device))
+    return feature[0].float().cpu().numpy()
