@@ -143,8 +143,7 @@ class Stream:
 def load_model_config(source: str | os.PathLike | Mapping[str, Any] | ModelConfig) -> ModelConfig:
     """A ModelConfig from a preset name, a dict, a JSON file (a ModelConfig's `to_dict`, or a
     bundle.json, whose model is used), or a ModelConfig; validated with the presets' messages."""
-    from .config import MODEL_PRESETS, ModelConfig as _MC
-    from .jsonfile import read_json_object
+    from .config import MODEL_PRESETS, ModelConfig as _MC, model_config_from_file
 
     if isinstance(source, _MC):
         return source
@@ -155,17 +154,16 @@ def load_model_config(source: str | os.PathLike | Mapping[str, Any] | ModelConfi
         return model_preset(text)
     if not os.path.exists(text):
         raise DysinkError(f"model {text!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a file")
-    data = read_json_object(text, "--model-config", 1 << 20, "model configuration")
-    if "format_version" in data and isinstance(data.get("model"), dict):     # a bundle.json
-        data = data["model"]
-    return _MC.from_dict(data, where=f"--model-config {text!r}")
+    return model_config_from_file(text, "model config")
 
 
 def _prompt(prompt_embeds, model: ModelConfig, random_weights: bool) -> np.ndarray:
     from .runtime.run import default_prompt_embeds, load_prompt_embeds
 
     if prompt_embeds is None:
-        if not random_weights or model.name != "tiny":
+        from .runtime.cli import needs_real_prompt
+
+        if needs_real_prompt(model, not random_weights):
             raise DysinkError("a real model needs real text conditioning: pass prompt_embeds (umT5-XXL output "
                               "[512, 4096], an array or a .safetensors file)")
         return default_prompt_embeds(model)

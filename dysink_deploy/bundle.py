@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 from .config import (ModelConfig, StreamConfig, model_config_from_dict, model_preset,
                      stream_config_from_dict)
 from .errors import DysinkError
-from .graphs import PRECISIONS, GraphSpec, TensorSpec, graph_specs
+from .graphs import PRECISIONS, GraphSpec, TensorSpec, check_encoder_frames, graph_specs
 
 # Bump whenever a graph's meaning or I/O changes, so older bundles are refused
 # with a rebuild hint instead of running with other semantics.
@@ -52,10 +52,29 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def export_flags(model: ModelConfig, stream: StreamConfig, precision: str) -> list[str]:
-    """`dysink-export onnx` flags that rebuild a bundle for (model, stream, precision)."""
-    flags = ["--model", model.name, "--precision", precision]
-    default = model.default_stream() if model.name in _preset_names() else StreamConfig()
+def export_flags(model: ModelConfig, stream: StreamConfig, precision: str,
+                 model_source: str | os.PathLike | None = None, checkpoints: Mapping[str, Any] | None = None,
+                 encoder_frames: Iterable[int] = ()) -> list[str]:
+    """`dysink-export onnx` flags that rebuild a bundle for (model, stream, precision).
+
+    A preset model is named with --model; any other with --model-config `model_source` (a JSON file
+    holding it: the bundle's own bundle.json works). `checkpoints`: the manifest's record of the
+    weights (files and EMA choice, or the random seed), repeated as flags."""
+    from .config import MODEL_PRESETS
+
+    if MODEL_PRESETS.get(model.name) == model:
+        flags = ["--model", model.name]
+    else:
+        flags = ["--model-config", str(model_source) if model_source else "MODEL_CONFIG.json"]
+    flags += ["--precision", precision]
+    for key, flag in (("dit", "--checkpoint"), ("lora", "--lora"), ("vae", "--vae"), ("pe", "--pe")):
+        if checkpoints and checkpoints.get(key):
+            flags += [flag, str(checkpoints[key])]
+    if checkpoints and checkpoints.get("use_ema"):
+        flags.append("--ema")
+    if checkpoints and checkpoints.get("random_seed"):
+        flags += ["--seed", str(checkpoints["random_seed"])]
+    default = model.default_stream() if model.name in MODEL_PRESETS else StreamConfig()
     for name in GRAPH_STREAM_FIELDS:
         value = getattr(stream, name)
         if value == getattr(default, name):
@@ -65,11 +84,30 @@ def export_flags(model: ModelConfig, stream: StreamConfig, precision: str) -> li
             flags.append(flag if value else "--no-" + name.replace("_", "-"))
         else:
             flags += [flag, str(value)]
+    if isinstance(encoder_frames, (list, tuple)):
+        for n in encoder_frames:
+            flags += ["--encoder-frames", str(n)]
     return flags
 
 
-def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, out: str | os.PathLike) -> str:
-    return shlex.join(["dysink-export", "onnx", *export_flags(model, stream, precision), "--out", str(out)])
+def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, out: str | os.PathLike,
+                    model_source: str | os.PathLike | None = None, checkpoints: Mapping[str, Any] | None = None,
+                    overwrite: bool | None = None, encoder_frames: Iterable[int] = ()) -> str:
+    """The export command for (model, stream, precision) into `out`; --overwrite when `out` exists
+    (default: looked up), since the command would otherwise refuse it."""
+    if overwrite is None:
+        overwrite = os.path.lexists(out)
+    manifest = os.path.join(out, MANIFEST_NAME)
+    if model_source is None and os.path.isfile(manifest) and not os.path.islink(manifest):
+        try:                                    # the bundle's own manifest, if it holds this very model
+            if os.path.getsize(manifest) <= MAX_MANIFEST_BYTES:
+                with open(manifest, encoding="utf-8") as f:
+                    if json.load(f).get("model") == json.loads(json.dumps(model.to_dict())):
+                        model_source = manifest
+        except (OSError, ValueError, RecursionError, AttributeError):
+            pass
+    return shlex.join(["dysink-export", "onnx", *export_flags(model, stream, precision, model_source, checkpoints, encoder_frames),
+                       "--out", str(out), *(["--overwrite"] if overwrite else [])])
 
 
 def _preset_names() -> set[str]:
@@ -87,7 +125,7 @@ def graph_stream_diff(built: StreamConfig, wanted: StreamConfig) -> list[str]:
 # ---------------------------------------------------------------------------
 def write_manifest(directory: str | os.PathLike, model: ModelConfig, stream: StreamConfig, precision: str,
                    graphs: Mapping[str, Mapping[str, Any]], kind: str = "onnx",
-                   extra: Mapping[str, Any] | None = None) -> Path:
+                   extra: Mapping[str, Any] | None = None, encoder_frames: Iterable[int] = ()) -> Path:
     """Write `bundle.json` for the files already in `directory`; returns its path.
 
     `graphs[name]` holds at least "file" (relative path) and optionally
@@ -96,7 +134,8 @@ def write_manifest(directory: str | os.PathLike, model: ModelConfig, stream: Str
     from `graph_specs(model, stream, precision)`, the contract every backend binds.
     """
     directory = Path(directory)
-    specs = graph_specs(model, stream, precision)
+    encoder_frames = check_encoder_frames(list(encoder_frames))
+    specs = graph_specs(model, stream, precision, encoder_frames)
     entries = {}
     for name, info in graphs.items():
         if name not in specs:
@@ -121,6 +160,7 @@ def write_manifest(directory: str | os.PathLike, model: ModelConfig, stream: Str
         "model": model.to_dict(),
         "stream": stream.to_dict(),
         "graphs": entries,
+        **({"encoder_frames": list(encoder_frames)} if encoder_frames else {}),
         **(dict(extra) if extra else {}),
     }
     path = directory / MANIFEST_NAME
@@ -170,6 +210,11 @@ class Bundle:
     def specs(self) -> dict[str, GraphSpec]:
         return {name: g.spec for name, g in self.graphs.items()}
 
+    @property
+    def encoder_frames(self) -> tuple[int, ...]:
+        """Extra memory_encoder_tN frame counts exported with --encoder-frames."""
+        return tuple(self.manifest.get("encoder_frames") or ())
+
     def graph_path(self, name: str) -> Path:
         if name not in self.graphs:
             raise DysinkError(f"bundle {self.path} has no graph {name!r} (it has {', '.join(self.graphs)}); "
@@ -177,7 +222,9 @@ class Bundle:
         return self.path / self.graphs[name].file
 
     def rebuild_command(self) -> str:
-        return rebuild_command(self.model, self.stream, self.precision, self.path)
+        return rebuild_command(self.model, self.stream, self.precision, self.path,
+                               checkpoints=self.manifest.get("checkpoints"),
+                               encoder_frames=self.manifest.get("encoder_frames") or ())
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect_model: ModelConfig | str | None = None,
@@ -245,8 +292,13 @@ class Bundle:
                 f"rebuild it: {rebuild_command(model, stream, expect_precision, root)}")
 
         # -- the graph contract --------------------------------------------------------
-        rebuild = rebuild_command(model, stream, precision, root)
-        expected = graph_specs(model, stream, precision)
+        rebuild = rebuild_command(model, stream, precision, root, checkpoints=manifest.get("checkpoints"),
+                                  encoder_frames=manifest.get("encoder_frames") or ())
+        try:
+            expected = graph_specs(model, stream, precision, manifest.get("encoder_frames") or ())
+        except (TypeError, ValueError) as exc:
+            raise DysinkError(f"bundle {root}: malformed {MANIFEST_NAME} (encoder_frames: {exc}); "
+                              f"rebuild it: {rebuild}") from None
         unknown = sorted(set(raw_graphs) - set(expected))
         if unknown:
             raise DysinkError(f"bundle {root} has graph(s) {', '.join(unknown)} that this version does not know; "

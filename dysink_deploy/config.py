@@ -621,3 +621,16 @@ def model_preset(name: str) -> ModelConfig:
 def model_config_from_dict(data: dict) -> ModelConfig:
     """Inverse of `ModelConfig.to_dict` (bundle manifests)."""
     return ModelConfig.from_dict(data, where="bundle model config")
+
+def model_config_from_file(path: str, what: str = "--model-config") -> ModelConfig:
+    """A ModelConfig from a JSON file: a ModelConfig's `to_dict`, or a bundle.json (its model)."""
+    import os
+
+    from .jsonfile import read_json_object
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} {path!r} does not exist or is not a file")
+    data = read_json_object(path, what, 1 << 20, "model configuration")
+    if "format_version" in data and isinstance(data.get("model"), dict):     # a bundle.json
+        data = data["model"]
+    return ModelConfig.from_dict(data, where=f"{what} {path!r}")

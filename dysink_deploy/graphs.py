@@ -97,7 +97,24 @@ def frames_out(stream: StreamConfig, first: bool) -> int:
     return 1 + 4 * (b - 1) if first else 4 * b
 
 
-def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str) -> dict[str, GraphSpec]:
+MAX_ENCODER_FRAMES = 1024
+
+
+def check_encoder_frames(counts) -> tuple[int, ...]:
+    """Extra memory-encoder frame counts (`--encoder-frames`): integers in 1..MAX_ENCODER_FRAMES."""
+    out = []
+    for n in counts:
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_ENCODER_FRAMES:
+            raise ValueError(f"encoder frame counts must be integers in 1..{MAX_ENCODER_FRAMES}, got {n!r}")
+        out.append(n)
+    return tuple(sorted(set(out)))
+
+
+def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str,
+                encoder_frames=()) -> dict[str, GraphSpec]:
+    """The graph contract of (model, stream, precision). `encoder_frames`: extra frame counts for
+    which a memory_encoder_tN graph is exported beside the ones the stream uses (PE-Core on clips
+    of other lengths, for callers)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     md = _MODEL_DTYPE[precision]
@@ -149,7 +166,7 @@ def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str) -> dic
             (TensorSpec("frames", (1, 3, t_out, stream.height, stream.width), md),
              *[TensorSpec(f"cache_out_{i}", s, md) for i, s in enumerate(caches)]))
 
-    counts = {frames_out(stream, True)}
+    counts = {frames_out(stream, True), *check_encoder_frames(encoder_frames)}
     if stream.feature_mode == "streamed":
         counts.add(frames_out(stream, False))
     for n in sorted(counts):

@@ -17,7 +17,7 @@ import click
 from ..bundle import GRAPH_STREAM_FIELDS
 from ..config import FEATURE_MODES, MODEL_PRESETS, StreamConfig
 from ..graphs import PRECISIONS
-from ..cli.common import checkpoint_file_options
+from ..cli.common import checkpoint_file_options, model_config_option, resolve_model
 
 
 def _stream_options(fn):
@@ -41,8 +41,9 @@ def _stream_options(fn):
 
 
 @click.command("onnx")
-@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), required=True,
-              help="model preset")
+@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
+              help="model preset (or --model-config)")
+@model_config_option
 @checkpoint_file_options
 @click.option("--ema/--no-ema", default=False, help="use generator_ema from the DiT checkpoint")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
@@ -55,21 +56,25 @@ def _stream_options(fn):
                    "accept; 22 for bf16, whose Conv needs it; TensorRT 11.x accepts up to 25)")
 @click.option("--ir-version", type=int, default=None,
               help="ONNX IR version (default: 9 with opset 20, else the opset's minimum)")
+@click.option("--encoder-frames", "encoder_frames", type=int, multiple=True,
+              help="also export memory_encoder_tN for N frames (PE-Core on clips of that length; repeatable)")
 @_stream_options
-def onnx_command(model_name, checkpoint, lora, vae, pe, ema, precision, out, overwrite, graphs, seed, opset,
-                 ir_version, **stream_flags):
+def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, precision, out, overwrite, graphs, seed,
+                 opset, ir_version, encoder_frames, **stream_flags):
     """Export the ONNX graphs of one stream configuration into a bundle directory."""
     from ..models.factory import CheckpointPaths
     from .onnx_export import export_onnx
 
     t0 = time.perf_counter()
+    model = resolve_model(model_name, model_config)
     overrides = {k: v for k, v in stream_flags.items() if v is not None}
     paths = CheckpointPaths(dit=checkpoint, lora=lora, vae=vae, pe=pe, use_ema=ema)
     if paths.any() and not all((checkpoint, vae, pe)):
         click.echo("warning: networks without a checkpoint keep random weights (frames will be meaningless)",
                    err=True)
-    path = export_onnx(model_name, paths, precision, out, graphs=list(graphs) or None, overwrite=overwrite,
+    path = export_onnx(model, paths, precision, out, graphs=list(graphs) or None, overwrite=overwrite,
                        seed=seed, log=lambda m: click.echo(m, err=True), opset=opset, ir_version=ir_version,
+                       encoder_frames=encoder_frames,
                        **overrides)
     click.echo(f"wrote {path}")
     click.echo(f"PASSED | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")

@@ -30,7 +30,7 @@ from ..bundle import MANIFEST_NAME, BUNDLE_FORMAT_VERSION, GRAPH_STREAM_FIELDS, 
 from ..config import ModelConfig, StreamConfig, model_preset
 from ..atomic import staged_directory
 from ..errors import DysinkError
-from ..graphs import GraphSpec, graph_specs
+from ..graphs import GraphSpec, check_encoder_frames, graph_specs
 from ..models.dit import DiTStep
 from ..models.factory import CheckpointPaths, DySinkModels, build_models
 from ..ops.gated_sink_attention import ONNX_DOMAIN, ONNX_DOMAIN_VERSION
@@ -156,7 +156,8 @@ def sample_inputs(name: str, model: ModelConfig, stream: StreamConfig, precision
     pages, the rest -1; bank: a third of the slots empty; RoPE: the real
     phases of a block at frame 9.
     """
-    spec = graph_specs(model, stream, precision)[name]
+    extra = (int(name[len("memory_encoder_t"):]),) if name.startswith("memory_encoder_t") else ()
+    spec = graph_specs(model, stream, precision, extra)[name]
     g = torch.Generator().manual_seed(seed)
     d = model.dit
     pages = torch.randperm(stream.pool_pages, generator=g)
@@ -332,13 +333,14 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
                 out: str | os.PathLike = "bundle", stream: StreamConfig | None = None, *,
                 graphs: Iterable[str] | None = None, overwrite: bool = False, seed: int = 0,
                 log: Callable[[str], None] | None = None, opset: int | None = None,
-                ir_version: int | None = None, **stream_overrides) -> Path:
+                ir_version: int | None = None, encoder_frames: Iterable[int] = (), **stream_overrides) -> Path:
     """Export every graph of the contract for one stream configuration into bundle `out`.
 
     model: preset name or ModelConfig. checkpoints: weights (random from `seed`
     otherwise). stream / stream_overrides: the stream configuration (default:
     the preset's released one). graphs: a subset of the contract (default all).
     opset / ir_version: of every graph and function body (default: `default_opset(precision)`).
+    encoder_frames: extra memory_encoder_tN graphs (PE-Core on N frames) beside the stream's own.
     The bundle is written to a temporary sibling directory and renamed to
     `out` only when complete; on any error nothing is left behind.
     Returns the bundle path.
@@ -351,7 +353,11 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
     if ir_version is None:
         ir_version = default[1] if opset == default[0] else _MIN_IR.get(opset, default[1])
     check_opset(opset, ir_version, precision)
-    specs = graph_specs(cfg, stream, precision)
+    try:
+        encoder_frames = check_encoder_frames(list(encoder_frames))
+    except ValueError as exc:
+        raise DysinkError(f"--encoder-frames: {exc}") from None
+    specs = graph_specs(cfg, stream, precision, encoder_frames)
     names = list(specs) if graphs is None else list(graphs)
     unknown = [n for n in names if n not in specs]
     if unknown:
@@ -373,7 +379,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
             args = sample_inputs(name, cfg, stream, precision, seed=seed)
             entries[name] = export_graph(module, specs[name], args, tmp / f"{name}.onnx", opset, ir_version)
             log(f"exported {name} ({time.perf_counter() - t0:.1f}s)")
-        write_manifest(tmp, cfg, stream, precision, entries, extra={
+        write_manifest(tmp, cfg, stream, precision, entries, encoder_frames=encoder_frames, extra={
             "opset": opset,
             "ir_version": ir_version,
             "custom_op_domain": {"domain": ONNX_DOMAIN, "version": ONNX_DOMAIN_VERSION},

@@ -6,7 +6,6 @@ line (`error: ...`) and exit 2; Ctrl-C keeps what was written and exits 130.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -15,10 +14,11 @@ import time
 
 import click
 
-from ..config import MODEL_PRESETS, StreamConfig, model_preset, stream_config_from_dict
+from ..config import MODEL_PRESETS, StreamConfig, stream_config_from_dict
 from ..errors import DysinkError
 from .backends import BACKENDS
-from ..cli.common import checkpoint_file_options, exit_code, install_stop_signals
+from ..cli.common import (checkpoint_file_options, exit_code, install_stop_signals, model_config_option,
+                          resolve_model)
 
 _DEFAULT = StreamConfig()
 ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")
@@ -62,14 +62,13 @@ def check_memory(model, stream, precision: str, device: str) -> None:
                           "available; lower --height/--width or --bank-capacity (dysink-export plan shows the figures)")
 
 
-def build_torch_streamer(model_name, kw, stream, prompt_embeds, seed):
+def build_torch_streamer(model, kw, stream, prompt_embeds, seed):
     import torch
 
     from ..models.factory import CheckpointPaths, build_models
     from .backends.torch_backend import TorchBackend
     from .stream import Streamer
 
-    model = model_preset(model_name)
     paths = CheckpointPaths(dit=kw["checkpoint"], lora=kw["lora"], vae=kw["vae"], pe=kw["pe"], use_ema=kw["use_ema"])
     device = kw["device"]
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -90,6 +89,12 @@ def build_onnxruntime_streamer(bundle, provider: str, stream: StreamConfig, prom
     return Streamer(backend, bundle.model.dit, stream, prompt_embeds, seed=seed)
 
 
+def needs_real_prompt(model, has_checkpoints: bool) -> bool:
+    """The embedded default prompt is for random weights only: not with checkpoints, nor for the
+    released presets other than tiny (a custom --model-config with random weights may use it)."""
+    return has_checkpoints or (model.name in MODEL_PRESETS and model.name != "tiny")
+
+
 def bundle_stream_config(bundle, wanted: dict) -> StreamConfig:
     """The bundle's stream config with the host-side settings the caller may still change
     (dedup threshold, eviction, schedule); graph settings in `wanted` must agree with the bundle."""
@@ -101,7 +106,7 @@ def bundle_stream_config(bundle, wanted: dict) -> StreamConfig:
     if conflicts:
         raise DysinkError(f"bundle {bundle.path} fixes the stream settings baked into its graphs, and "
                           f"{'; '.join(conflicts)} differ; drop the setting(s) or export a bundle for them: "
-                          f"{rebuild_command(bundle.model, wanted_cfg, bundle.precision, 'NEW_BUNDLE')}")
+                          f"{rebuild_command(bundle.model, wanted_cfg, bundle.precision, 'NEW_BUNDLE', bundle.path / 'bundle.json', bundle.manifest.get('checkpoints'))}")
     return wanted_cfg
 
 
@@ -112,6 +117,7 @@ def _bundle_stream(bundle, kw: dict) -> StreamConfig:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model_name", default=None,
               help=f"Model preset: {', '.join(MODEL_PRESETS)} [tiny; with --bundle: the bundle's].")
+@model_config_option
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
 @click.option("--bundle", type=click.Path(), default=None,
               help="Bundle from `dysink-export onnx` (--backend onnxruntime); it fixes model, weights, "
@@ -213,6 +219,8 @@ def run_cli(kw: dict):
         from ..bundle import Bundle
 
         bundle = Bundle.load(kw["bundle"])
+        if kw.get("model_config"):
+            raise DysinkError("--model-config: a bundle already fixes the model; drop it or use --backend torch")
         if kw["model_name"] is not None and kw["model_name"] != bundle.model.name:
             raise DysinkError(f"--model {kw['model_name']} conflicts with bundle {bundle.path}, built for model "
                               f"{bundle.model.name!r}; drop --model or use a bundle exported for it")
@@ -220,7 +228,7 @@ def run_cli(kw: dict):
         stream = _bundle_stream(bundle, kw)
         has_ckpt = any(k != "random_seed" for k in bundle.manifest.get("checkpoints", {}))
     else:
-        model = model_preset(kw["model_name"] or "tiny")
+        model = resolve_model(kw["model_name"], kw.get("model_config"), default="tiny")
         settings = {"height": model.height, "width": model.width, **_load_config_file(kw["config_file"]),
                     **_stream_overrides(kw)}
         stream = stream_config_from_dict(settings)
@@ -230,9 +238,9 @@ def run_cli(kw: dict):
 
     if kw["prompt_embeds"]:
         prompt = load_prompt_embeds(kw["prompt_embeds"], model)
-    elif has_ckpt or model.name != "tiny":
+    elif needs_real_prompt(model, has_ckpt):
         raise DysinkError("a real model needs real text conditioning: pass --prompt-embeds FILE.safetensors "
-                          "(umT5-XXL output, [512, 4096])")
+                          f"(umT5-XXL output, [{model.dit.text_len}, {model.dit.text_dim}])")
     else:
         prompt = default_prompt_embeds(model)
     # Build the backend before creating --out: weights, a provider or a precision
@@ -253,7 +261,7 @@ def run_cli(kw: dict):
         details = {"bundle": str(bundle.path), "precision": bundle.precision, "ort_provider": kw["ort_provider"],
                    "checkpoints": bundle.manifest.get("checkpoints", {})}
     else:
-        streamer = build_torch_streamer(model.name, kw, stream, prompt, kw["seed"])
+        streamer = build_torch_streamer(model, kw, stream, prompt, kw["seed"])
         details = {"dtype": kw["dtype"], "device": kw["device"], "kernels": streamer.backend.kernels,
                    "checkpoints": {k: kw[k] for k in ("checkpoint", "lora", "vae", "pe") if kw[k]}}
     if kw["dump_block"]:

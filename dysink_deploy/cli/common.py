@@ -80,3 +80,27 @@ def checkpoint_file_options(func):
     ]):
         func = option(func)
     return func
+
+
+def model_config_option(func):
+    """--model-config FILE.json: any ModelConfig (its to_dict) or a bundle.json, instead of --model."""
+    return click.option("--model-config", "model_config", type=click.Path(), default=None,
+                        help="JSON file of a model configuration (a ModelConfig's fields, or a bundle.json "
+                             "whose model is used) instead of --model.")(func)
+
+
+def resolve_model(model_name: str | None, model_config: str | None, default: str | None = None):
+    """The ModelConfig of --model NAME or --model-config FILE (exactly one, or `default`)."""
+    from ..config import model_preset
+
+    if model_name is not None and model_config is not None:
+        raise DysinkError("give --model or --model-config, not both")
+    if model_config is not None:
+        from ..config import model_config_from_file
+
+        return model_config_from_file(model_config)
+    if model_name is None:
+        if default is None:
+            raise DysinkError("give --model PRESET or --model-config FILE.json")
+        model_name = default
+    return model_preset(model_name)

@@ -21,9 +21,9 @@ import click
 import torch
 
 from .. import checkpoints as ck
-from ..config import MODEL_PRESETS, model_preset
+from ..config import MODEL_PRESETS
 from ..errors import DysinkError
-from .common import checkpoint_file_options
+from .common import checkpoint_file_options, model_config_option, resolve_model
 
 
 _MAX_WARNINGS = 20
@@ -48,11 +48,12 @@ def _non_finite(state_dict, file: str) -> list[str]:
 
 
 @click.command("verify-checkpoint")
-@click.option("--model", "model_name", required=True, type=click.Choice(sorted(MODEL_PRESETS)),
-              help="Model preset the files must fit.")
+@click.option("--model", "model_name", default=None, type=click.Choice(sorted(MODEL_PRESETS)),
+              help="Model preset the files must fit (or --model-config).")
+@model_config_option
 @checkpoint_file_options
 @click.option("--use-ema", is_flag=True, help="Check generator_ema instead of generator in --checkpoint.")
-def verify_checkpoint(model_name, checkpoint, lora, vae, pe, use_ema):
+def verify_checkpoint(model_name, model_config, checkpoint, lora, vae, pe, use_ema):
     """List every missing, unexpected or mis-shaped key of the given checkpoint files.
 
     Nothing is loaded into memory or written. Exit 0 when every file fits
@@ -62,7 +63,8 @@ def verify_checkpoint(model_name, checkpoint, lora, vae, pe, use_ema):
         raise DysinkError("verify-checkpoint needs at least one file: --checkpoint, --lora, --vae or --pe")
     if use_ema and not checkpoint:
         raise DysinkError("--use-ema selects the weights inside --checkpoint; give --checkpoint too")
-    cfg = model_preset(model_name)
+    cfg = resolve_model(model_name, model_config)
+    model_name = cfg.name
     models = _build_on_meta(cfg)
 
     # Read everything before printing anything: an unreadable file is a user
@@ -90,7 +92,7 @@ def verify_checkpoint(model_name, checkpoint, lora, vae, pe, use_ema):
 
     problems = [line for _, report in reports for line in report.lines()] + non_finite
     warnings = [line for _, report in reports for line in getattr(report, "warning_lines", list)()]
-    click.echo(f"verify-checkpoint: model preset {model_name!r} (LoRA rank {cfg.dit.lora_rank}, "
+    click.echo(f"verify-checkpoint: model {model_name!r} (LoRA rank {cfg.dit.lora_rank}, "
                f"alpha {cfg.dit.lora_alpha:g})")
     if problems:
         click.echo(f"{len(problems)} problems:")
@@ -110,4 +112,4 @@ def verify_checkpoint(model_name, checkpoint, lora, vae, pe, use_ema):
         click.echo(f"FAILED: {len(problems)} key problems in "
                    f"{sum(not r.ok for _, r in reports)} of {len(reports)} files")
         sys.exit(1)
-    click.echo(f"PASSED: {len(reports)} files match preset {model_name!r}")
+    click.echo(f"PASSED: {len(reports)} files match model {model_name!r}")

@@ -96,11 +96,11 @@ class OnnxRuntimeBackend(Backend):
             raise DysinkError(
                 f"bundle {bundle.path} holds bf16 graphs, which ONNX Runtime cannot run on CPU (it has no bf16 "
                 f"compute kernels); export an fp16 or fp32 bundle: "
-                f"{rebuild_command(bundle.model, bundle.stream, 'fp16', str(bundle.path) + '-fp16')}")
+                f"{rebuild_command(bundle.model, bundle.stream, 'fp16', str(bundle.path) + '-fp16', bundle.path / 'bundle.json', bundle.manifest.get('checkpoints'))}")
         if bundle.precision not in _MODEL_NP:   # bf16 on a GPU provider: host-side bf16 I/O is not written yet
             raise DysinkError(f"bundle {bundle.path}: {bundle.precision} graphs are not supported by the "
                               f"onnxruntime backend of this version; export an fp16 bundle: "
-                              f"{rebuild_command(bundle.model, bundle.stream, 'fp16', str(bundle.path) + '-fp16')}")
+                              f"{rebuild_command(bundle.model, bundle.stream, 'fp16', str(bundle.path) + '-fp16', bundle.path / 'bundle.json', bundle.manifest.get('checkpoints'))}")
         self.np_dtype = _MODEL_NP[bundle.precision]
         self.device = ("cpu", 0) if self.on_cpu else ("cuda", device_id)
         opts = ort.SessionOptions()
