@@ -54,7 +54,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def export_flags(model: ModelConfig, stream: StreamConfig, precision: str,
                  model_source: str | os.PathLike | None = None, checkpoints: Mapping[str, Any] | None = None,
-                 encoder_frames: Iterable[int] = ()) -> list[str]:
+                 encoder_frames: Iterable[int] = (), interactive: bool = False) -> list[str]:
     """`dysink-export onnx` flags that rebuild a bundle for (model, stream, precision).
 
     A preset model is named with --model; any other with --model-config `model_source` (a JSON file
@@ -87,12 +87,15 @@ def export_flags(model: ModelConfig, stream: StreamConfig, precision: str,
     if isinstance(encoder_frames, (list, tuple)):
         for n in encoder_frames:
             flags += ["--encoder-frames", str(n)]
+    if interactive:
+        flags.append("--interactive")
     return flags
 
 
 def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, out: str | os.PathLike,
                     model_source: str | os.PathLike | None = None, checkpoints: Mapping[str, Any] | None = None,
-                    overwrite: bool | None = None, encoder_frames: Iterable[int] = ()) -> str:
+                    overwrite: bool | None = None, encoder_frames: Iterable[int] = (),
+                    interactive: bool = False) -> str:
     """The export command for (model, stream, precision) into `out`; --overwrite when `out` exists
     (default: looked up), since the command would otherwise refuse it."""
     if overwrite is None:
@@ -106,7 +109,7 @@ def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, ou
                         model_source = manifest
         except (OSError, ValueError, RecursionError, AttributeError):
             pass
-    return shlex.join(["dysink-export", "onnx", *export_flags(model, stream, precision, model_source, checkpoints, encoder_frames),
+    return shlex.join(["dysink-export", "onnx", *export_flags(model, stream, precision, model_source, checkpoints, encoder_frames, interactive),
                        "--out", str(out), *(["--overwrite"] if overwrite else [])])
 
 
@@ -125,7 +128,8 @@ def graph_stream_diff(built: StreamConfig, wanted: StreamConfig) -> list[str]:
 # ---------------------------------------------------------------------------
 def write_manifest(directory: str | os.PathLike, model: ModelConfig, stream: StreamConfig, precision: str,
                    graphs: Mapping[str, Mapping[str, Any]], kind: str = "onnx",
-                   extra: Mapping[str, Any] | None = None, encoder_frames: Iterable[int] = ()) -> Path:
+                   extra: Mapping[str, Any] | None = None, encoder_frames: Iterable[int] = (),
+                   interactive: bool = False) -> Path:
     """Write `bundle.json` for the files already in `directory`; returns its path.
 
     `graphs[name]` holds at least "file" (relative path) and optionally
@@ -135,7 +139,7 @@ def write_manifest(directory: str | os.PathLike, model: ModelConfig, stream: Str
     """
     directory = Path(directory)
     encoder_frames = check_encoder_frames(list(encoder_frames))
-    specs = graph_specs(model, stream, precision, encoder_frames)
+    specs = graph_specs(model, stream, precision, encoder_frames, interactive)
     entries = {}
     for name, info in graphs.items():
         if name not in specs:
@@ -161,6 +165,7 @@ def write_manifest(directory: str | os.PathLike, model: ModelConfig, stream: Str
         "stream": stream.to_dict(),
         "graphs": entries,
         **({"encoder_frames": list(encoder_frames)} if encoder_frames else {}),
+        **({"interactive": True} if interactive else {}),
         **(dict(extra) if extra else {}),
     }
     path = directory / MANIFEST_NAME
@@ -211,6 +216,11 @@ class Bundle:
         return {name: g.spec for name, g in self.graphs.items()}
 
     @property
+    def interactive(self) -> bool:
+        """Exported with --interactive (the dit_recache graph of prompt switches)."""
+        return self.manifest.get("interactive") is True
+
+    @property
     def encoder_frames(self) -> tuple[int, ...]:
         """Extra memory_encoder_tN frame counts exported with --encoder-frames."""
         return tuple(self.manifest.get("encoder_frames") or ())
@@ -224,7 +234,8 @@ class Bundle:
     def rebuild_command(self) -> str:
         return rebuild_command(self.model, self.stream, self.precision, self.path,
                                checkpoints=self.manifest.get("checkpoints"),
-                               encoder_frames=self.manifest.get("encoder_frames") or ())
+                               encoder_frames=self.manifest.get("encoder_frames") or (),
+                               interactive=self.interactive)
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect_model: ModelConfig | str | None = None,
@@ -292,10 +303,11 @@ class Bundle:
                 f"rebuild it: {rebuild_command(model, stream, expect_precision, root)}")
 
         # -- the graph contract --------------------------------------------------------
+        interactive = manifest.get("interactive") is True
         rebuild = rebuild_command(model, stream, precision, root, checkpoints=manifest.get("checkpoints"),
-                                  encoder_frames=manifest.get("encoder_frames") or ())
+                                  encoder_frames=manifest.get("encoder_frames") or (), interactive=interactive)
         try:
-            expected = graph_specs(model, stream, precision, manifest.get("encoder_frames") or ())
+            expected = graph_specs(model, stream, precision, manifest.get("encoder_frames") or (), interactive)
         except (TypeError, ValueError) as exc:
             raise DysinkError(f"bundle {root}: malformed {MANIFEST_NAME} (encoder_frames: {exc}); "
                               f"rebuild it: {rebuild}") from None

@@ -111,10 +111,11 @@ def check_encoder_frames(counts) -> tuple[int, ...]:
 
 
 def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str,
-                encoder_frames=()) -> dict[str, GraphSpec]:
+                encoder_frames=(), interactive: bool = False) -> dict[str, GraphSpec]:
     """The graph contract of (model, stream, precision). `encoder_frames`: extra frame counts for
     which a memory_encoder_tN graph is exported beside the ones the stream uses (PE-Core on clips
-    of other lengths, for callers)."""
+    of other lengths, for callers). `interactive`: also `dit_recache`, the window recache of a
+    prompt switch (models.dit.WindowRecache) over the widest window."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     md = _MODEL_DTYPE[precision]
@@ -146,6 +147,17 @@ def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str,
          TensorSpec("sink_ids", (stream.sink_slots,), "int64")),
         (TensorSpec("x0", latent, "float32"), TensorSpec("k_new", kv, md), TensorSpec("v_new", kv, md),
          TensorSpec("ratios", (layers, stream.sink_slots), "float32")))
+
+    if interactive:
+        n_max = stream.window_frames(0)
+        tokens = L // stream.block_frames * n_max
+        specs["dit_recache"] = GraphSpec(
+            "dit_recache",
+            (TensorSpec("x", (d.in_dim, n_max, lat_h, lat_w), "float32"), TensorSpec("t", (), "float32"),
+             TensorSpec("t_freq", (d.freq_dim,), "float32"),
+             TensorSpec("text_k", text, md), TensorSpec("text_v", text, md),
+             TensorSpec("rope", (2, tokens, hd // 2), "float32"), TensorSpec("key_valid", (tokens,), "bool")),
+            (TensorSpec("k", (layers, tokens, heads, hd), md), TensorSpec("v", (layers, tokens, heads, hd), md)))
 
     c, q = stream.bank_capacity, stream.queue_len
     specs["retrieve"] = GraphSpec(

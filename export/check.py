@@ -123,7 +123,7 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
     models = models if models is not None else reference_models(bundle)
     low = "fp16" if bundle.precision == "fp32" else bundle.precision
     low_models = copy.deepcopy(models).to(TORCH_DTYPES[low])
-    low_specs = graph_specs(bundle.model, bundle.stream, low, bundle.encoder_frames)   # which inputs the low-precision run casts
+    low_specs = graph_specs(bundle.model, bundle.stream, low, bundle.encoder_frames, bundle.interactive)   # which inputs the low-precision run casts
     checks: list[OutputCheck] = []
     for name, spec in bundle.specs.items():
         inputs = sample_inputs(name, bundle.model, bundle.stream, bundle.precision, seed=seed)

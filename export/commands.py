@@ -58,9 +58,11 @@ def _stream_options(fn):
               help="ONNX IR version (default: 9 with opset 20, else the opset's minimum)")
 @click.option("--encoder-frames", "encoder_frames", type=int, multiple=True,
               help="also export memory_encoder_tN for N frames (PE-Core on clips of that length; repeatable)")
+@click.option("--interactive", is_flag=True,
+              help="also export dit_recache, the graph prompt switches need (dysink-run --prompts)")
 @_stream_options
 def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, precision, out, overwrite, graphs, seed,
-                 opset, ir_version, encoder_frames, **stream_flags):
+                 opset, ir_version, encoder_frames, interactive, **stream_flags):
     """Export the ONNX graphs of one stream configuration into a bundle directory."""
     from ..models.factory import CheckpointPaths
     from .onnx_export import export_onnx
@@ -74,7 +76,7 @@ def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, preci
                    err=True)
     path = export_onnx(model, paths, precision, out, graphs=list(graphs) or None, overwrite=overwrite,
                        seed=seed, log=lambda m: click.echo(m, err=True), opset=opset, ir_version=ir_version,
-                       encoder_frames=encoder_frames,
+                       encoder_frames=encoder_frames, interactive=interactive,
                        **overrides)
     click.echo(f"wrote {path}")
     click.echo(f"PASSED | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")

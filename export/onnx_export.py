@@ -31,7 +31,7 @@ from ..config import ModelConfig, StreamConfig, model_preset
 from ..atomic import staged_directory
 from ..errors import DysinkError
 from ..graphs import GraphSpec, check_encoder_frames, graph_specs
-from ..models.dit import DiTStep
+from ..models.dit import DiTStep, WindowRecache
 from ..models.factory import CheckpointPaths, DySinkModels, build_models
 from ..ops.gated_sink_attention import ONNX_DOMAIN, ONNX_DOMAIN_VERSION
 from ..ops.retrieve_sinks import retrieve_sinks_node
@@ -95,6 +95,17 @@ class DiTStepGraph(nn.Module):
         return self.step(x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids, t_freq=t_freq)
 
 
+class RecacheGraph(nn.Module):
+    """(x, t, t_freq, text_k, text_v, rope, key_valid) -> (k, v) through `WindowRecache`."""
+
+    def __init__(self, models: DySinkModels):
+        super().__init__()
+        self.recache = WindowRecache(models.dit)
+
+    def forward(self, x, t, t_freq, text_k, text_v, rope, key_valid):
+        return self.recache(x, t, t_freq, text_k, text_v, rope, key_valid)
+
+
 class RetrieveGraph(nn.Module):
     """RetrieveSinks over the bank, sink_size and top_k of the stream config baked in."""
 
@@ -138,6 +149,8 @@ def graph_module(name: str, models: DySinkModels, stream: StreamConfig) -> nn.Mo
         return DiTStepGraph(models, stream)
     if name == "retrieve":
         return RetrieveGraph(stream)
+    if name == "dit_recache":
+        return RecacheGraph(models)
     if name in ("vae_decode_first", "vae_decode"):
         return VAEDecodeGraph(models, first=(name == "vae_decode_first"))
     if name.startswith("memory_encoder_t"):
@@ -157,21 +170,27 @@ def sample_inputs(name: str, model: ModelConfig, stream: StreamConfig, precision
     phases of a block at frame 9.
     """
     extra = (int(name[len("memory_encoder_t"):]),) if name.startswith("memory_encoder_t") else ()
-    spec = graph_specs(model, stream, precision, extra)[name]
+    spec = graph_specs(model, stream, precision, extra, interactive=(name == "dit_recache"))[name]
     g = torch.Generator().manual_seed(seed)
     d = model.dit
     pages = torch.randperm(stream.pool_pages, generator=g)
     out: list[Tensor] = []
     for t in spec.inputs:
         dtype = _SPEC_DTYPES[t.dtype]
+        recache = name == "dit_recache"        # its t is 0 (context_noise), its frames a whole window
+        step = 0.0 if recache else stream.timesteps()[min(1, len(stream.timesteps()) - 1)]
         if t.name == "t":
-            x = torch.tensor(stream.timesteps()[min(1, len(stream.timesteps()) - 1)], dtype=torch.float32)
+            x = torch.tensor(step, dtype=torch.float32)
         elif t.name == "t_freq":
-            step = stream.timesteps()[min(1, len(stream.timesteps()) - 1)]
             x = torch.from_numpy(timestep_frequencies(step, d.freq_dim))
         elif t.name == "rope":
             lat_h, lat_w = stream.latent_hw
-            x = torch.from_numpy(rope_phases(d, 9, stream.block_frames, lat_h // d.patch[1], lat_w // d.patch[2]))
+            frames = stream.window_frames(0) if recache else stream.block_frames
+            x = torch.from_numpy(rope_phases(d, 9, frames, lat_h // d.patch[1], lat_w // d.patch[2]))
+        elif t.name == "key_valid":                   # the first two thirds valid, the rest padding
+            per_frame = t.shape[0] // stream.window_frames(0)
+            valid = (2 * stream.window_frames(0) // 3) // stream.block_frames * stream.block_frames
+            x = torch.arange(t.shape[0]) < valid * per_frame
         elif t.name == "local_ids":
             n = t.shape[0]
             x = torch.cat([pages[:(n + 1) // 2], torch.full((n - (n + 1) // 2,), -1)]).to(dtype)
@@ -333,7 +352,8 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
                 out: str | os.PathLike = "bundle", stream: StreamConfig | None = None, *,
                 graphs: Iterable[str] | None = None, overwrite: bool = False, seed: int = 0,
                 log: Callable[[str], None] | None = None, opset: int | None = None,
-                ir_version: int | None = None, encoder_frames: Iterable[int] = (), **stream_overrides) -> Path:
+                ir_version: int | None = None, encoder_frames: Iterable[int] = (), interactive: bool = False,
+                **stream_overrides) -> Path:
     """Export every graph of the contract for one stream configuration into bundle `out`.
 
     model: preset name or ModelConfig. checkpoints: weights (random from `seed`
@@ -341,6 +361,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
     the preset's released one). graphs: a subset of the contract (default all).
     opset / ir_version: of every graph and function body (default: `default_opset(precision)`).
     encoder_frames: extra memory_encoder_tN graphs (PE-Core on N frames) beside the stream's own.
+    interactive: also the dit_recache graph that prompt switches need.
     The bundle is written to a temporary sibling directory and renamed to
     `out` only when complete; on any error nothing is left behind.
     Returns the bundle path.
@@ -357,7 +378,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
         encoder_frames = check_encoder_frames(list(encoder_frames))
     except ValueError as exc:
         raise DysinkError(f"--encoder-frames: {exc}") from None
-    specs = graph_specs(cfg, stream, precision, encoder_frames)
+    specs = graph_specs(cfg, stream, precision, encoder_frames, interactive)
     names = list(specs) if graphs is None else list(graphs)
     unknown = [n for n in names if n not in specs]
     if unknown:
@@ -379,7 +400,8 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
             args = sample_inputs(name, cfg, stream, precision, seed=seed)
             entries[name] = export_graph(module, specs[name], args, tmp / f"{name}.onnx", opset, ir_version)
             log(f"exported {name} ({time.perf_counter() - t0:.1f}s)")
-        write_manifest(tmp, cfg, stream, precision, entries, encoder_frames=encoder_frames, extra={
+        write_manifest(tmp, cfg, stream, precision, entries, encoder_frames=encoder_frames, interactive=interactive,
+                       extra={
             "opset": opset,
             "ir_version": ir_version,
             "custom_op_domain": {"domain": ONNX_DOMAIN, "version": ONNX_DOMAIN_VERSION},

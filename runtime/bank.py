@@ -32,6 +32,9 @@ class MemoryBank:
         self.start = np.full(capacity, -1, dtype=np.int64)   # -1 = empty slot
         self.page = np.full(capacity, -1, dtype=np.int64)
         self.last_used = np.full(capacity, -1, dtype=np.int64)  # block index of last retrieval/store
+        # Each entry's clean latent block, kept for the recache of a prompt switch (one per entry:
+        # bounded like the bank; the reference keeps the same per entry).
+        self.latents: list[np.ndarray | None] = [None] * capacity
 
     @property
     def size(self) -> int:
@@ -57,7 +60,8 @@ class MemoryBank:
         order = np.lexsort((self.start[used], self.last_used[used]))
         return int(used[order[0]])
 
-    def add(self, start_frame: int, feature: np.ndarray, page: int, block_index: int) -> tuple[int, int] | None:
+    def add(self, start_frame: int, feature: np.ndarray, page: int, block_index: int,
+            latent: np.ndarray | None = None) -> tuple[int, int] | None:
         """Store an entry; returns (start_frame, page) of the evicted entry, if any."""
         evicted = None
         free = np.flatnonzero(self.start < 0)
@@ -70,12 +74,18 @@ class MemoryBank:
         self.start[slot] = start_frame
         self.page[slot] = page
         self.last_used[slot] = block_index
+        self.latents[slot] = latent
         return evicted
 
     def mark_retrieved(self, slots: np.ndarray, block_index: int) -> None:
         for s in slots:
             if s >= 0:
                 self.last_used[int(s)] = block_index
+
+    def used_slots(self) -> list[int]:
+        """Occupied slots in insertion order (by start frame: blocks are stored in stream order)."""
+        used = np.flatnonzero(self.start >= 0)
+        return [int(s) for s in used[np.argsort(self.start[used], kind="stable")]]
 
     def entries(self) -> list[tuple[int, int]]:
         """(start_frame, page) of the stored entries, oldest first."""

@@ -88,6 +88,12 @@ class ContextScheduler:
             self.pages.release(old)
 
 
+    def replace_page(self, block_index: int, page: int) -> None:
+        """The block's history page becomes `page` (a split after a prompt switch; the caller moved
+        the reference)."""
+        self.history = deque((i, page if i == block_index else p) for i, p in self.history)
+
+
 class QueryQueue:
     """Features of the last `length` blocks (stored or not): the retrieval queries."""
 

@@ -13,6 +13,7 @@ Gate ratios and the feature are read back once, after the block.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -47,6 +48,7 @@ class BlockRecord:
     frames: np.ndarray = field(repr=False)        # uint8 [T, H, W, 3]
     latent: np.ndarray = field(repr=False)        # float32 [C, F, h, w]
     feature: np.ndarray = field(repr=False)       # float32 [F]
+    prompt_switch: dict | None = None             # the recache done at the top of this block, if any
 
     def to_json(self) -> dict:
         return {
@@ -61,6 +63,7 @@ class BlockRecord:
             "max_similarity": self.max_similarity,
             "evicted_start_frame": self.evicted_start_frame,
             "frames": int(self.frames.shape[0]),
+            "prompt_switch": self.prompt_switch,
             "timings_ms": self.timings_ms,
         }
 
@@ -114,9 +117,19 @@ class Streamer:
 
     def __init__(self, backend: Backend, dit: DiTConfig, stream: StreamConfig,
                  prompt_embeds: np.ndarray, seed: int = 0, noise: NoiseSource | None = None,
-                 features: FeatureSource | None = None, observer: StepObserver | None = None):
+                 features: FeatureSource | None = None, observer: StepObserver | None = None,
+                 prompts: list[tuple[int, np.ndarray]] | None = None):
         self.backend, self.dit, self.cfg, self.seed = backend, dit, stream, seed
         self.noise, self.features, self.observer = noise, features, observer
+        # Prompt switches: (latent frame, embeddings), applied at the top of the first block whose
+        # start frame is >= the frame, at most one per block, in order (ALGORITHM.md section 9).
+        self._prompts: list[tuple[int, np.ndarray]] = []
+        self._next_prompt = 0
+        self.prompt_index = 0
+        for frame, embeds in prompts or []:
+            self.switch_prompt(embeds, frame)
+        # The clean latents of the widest window's blocks (the window recache runs on them).
+        self.recent_latents: deque[tuple[int, np.ndarray]] = deque(maxlen=stream.window_frames(0) // stream.block_frames)
         lat_h, lat_w = stream.latent_hw
         self.latent_shape = (dit.in_dim, stream.block_frames, lat_h, lat_w)
         self.grid = (lat_h // dit.patch[1], lat_w // dit.patch[2])
@@ -145,12 +158,84 @@ class Streamer:
             ctx.retrieved_scores.append(float(score))
         self.bank.mark_retrieved(slots, ctx.index)
 
+    # -- prompt switches ------------------------------------------------------
+    def switch_prompt(self, prompt_embeds: np.ndarray, frame: int | None = None) -> None:
+        """Schedule a prompt switch at latent `frame` (default: the next block's start). Frames must
+        not decrease along the schedule."""
+        if self.cfg.fixed_sink_pages:
+            raise DysinkError("prompt switches with a fixed sink (sink_size > 0) are not supported: the "
+                              "reference's interactive pipeline runs without one (sink_size 0)")
+        frame = self.next_index * self.cfg.block_frames if frame is None else int(frame)
+        if frame < 0 or (self._prompts and frame < self._prompts[-1][0]):
+            raise DysinkError(f"prompt switch frames must be >= 0 and non-decreasing, got {frame} after "
+                              f"{self._prompts[-1][0] if self._prompts else 'none'}")
+        embeds = np.ascontiguousarray(prompt_embeds, dtype=np.float32)
+        if embeds.shape != (self.dit.text_len, self.dit.text_dim) or not np.isfinite(embeds).all():
+            raise DysinkError(f"switch prompt embeddings must be finite, of shape {(self.dit.text_len, self.dit.text_dim)}, "
+                              f"got {embeds.shape}")
+        self._prompts.append((frame, embeds))
+
+    def _switch(self, index: int, embeds: np.ndarray) -> dict:
+        """Recache under a new prompt (ALGORITHM.md section 9): text K/V; every bank entry's K/V from
+        its own latent block alone at t = 0; one bidirectional pass at t = 0 over the last
+        min(window, start) frames, whose K/V replace the window's pages."""
+        cfg, be, b = self.cfg, self.backend, self.cfg.block_frames
+        t0 = time.perf_counter()
+        start = index * b
+        be.set_prompt(embeds)
+        none_local = np.full(cfg.local_slots, -1, dtype=np.int64)
+        none_sink = np.full(cfg.sink_slots, -1, dtype=np.int64)
+        entries = 0
+        for slot in self.bank.used_slots():
+            latent = self.bank.latents[slot]
+            rope = rope_phases(self.dit, int(self.bank.start[slot]), b, *self.grid)
+            _, k_new, v_new, _ = be.dit_step(be.upload(latent), 0.0, rope, none_local, none_sink)
+            page = self.pages.alloc()               # a fresh page: the old one may also be the window's
+            be.write_page(page, k_new, v_new)
+            self.pages.release(int(self.bank.page[slot]))
+            self.bank.page[slot] = page
+            entries += 1
+        t1 = time.perf_counter()
+        n = min(cfg.window_frames(self.bank.size), start)
+        blocks = [item for item in self.recent_latents if item[0] * b >= start - n]
+        written = 0
+        if n:
+            n_max = cfg.window_frames(0)
+            lat_c, _, lat_h, lat_w = self.latent_shape
+            x = np.zeros((lat_c, n_max, lat_h, lat_w), dtype=np.float32)
+            x[:, :n] = np.concatenate([lat for _, lat in blocks], axis=1)
+            rope = rope_phases(self.dit, start - n, n_max, *self.grid)
+            per_frame = self.grid[0] * self.grid[1]
+            valid = np.arange(n_max * per_frame) < n * per_frame
+            kv = be.recache_window(x, 0.0, rope, valid, len(blocks))
+            history = dict(self.scheduler.history)
+            for (block, _), (k_new, v_new) in zip(blocks, kv):
+                page = history.get(block)
+                if page is None:                  # the oldest block: context inside the pass only
+                    continue
+                if self.pages.refcount(page) > 1:  # still shared (not after the entry loop): split it
+                    fresh = self.pages.alloc()
+                    self.pages.release(page)
+                    self.scheduler.replace_page(block, fresh)
+                    page = fresh
+                be.write_page(page, k_new, v_new)
+                written += 1
+        self.prompt_index += 1
+        return {"prompt": self.prompt_index, "entries_recached": entries, "frames_recached": n,
+                "window_pages_written": written,
+                "ms": {"entries": round((t1 - t0) * 1000, 3), "window": round((time.perf_counter() - t1) * 1000, 3)}}
+
     # -- one block ----------------------------------------------------------
     def step(self) -> BlockRecord:
         cfg, be = self.cfg, self.backend
         index = self.next_index
         timings: dict[str, float] = {}
         clock = time.perf_counter()
+        switch = None
+        if self._next_prompt < len(self._prompts) and index * cfg.block_frames >= self._prompts[self._next_prompt][0]:
+            switch = self._switch(index, self._prompts[self._next_prompt][1])
+            self._next_prompt += 1
+            clock = time.perf_counter()
 
         def lap(name: str) -> None:
             nonlocal clock
@@ -201,19 +286,20 @@ class Streamer:
         _finite(feature, index, "the memory feature")
         lap("feature")
 
+        latent_np = be.to_numpy(x0).astype(np.float32)
+        _finite(latent_np, index, "the latent")
         duplicate, max_sim = self.bank.is_duplicate(feature, cfg.dedup_threshold)
         evicted = None
         if not duplicate:
             self.pages.retain(page)
-            gone = self.bank.add(ctx.start_frame, feature, page, index)
+            gone = self.bank.add(ctx.start_frame, feature, page, index, latent=latent_np)
             if gone is not None:
                 evicted = gone[0]
                 self.pages.release(gone[1])
         self.queue.push(feature)
         ratios_np = be.stack(ratios)                                   # [steps, layers, S_sink]
-        latent_np = be.to_numpy(x0).astype(np.float32)
-        _finite(latent_np, index, "the latent")
         _finite(ratios_np, index, "the gate ratios")
+        self.recent_latents.append((index, latent_np))
         lap("bank")
 
         record = BlockRecord(
@@ -224,7 +310,7 @@ class Streamer:
             fixed_sink_gate=self._gate_entries(ratios_np, 0, ctx.fixed_starts),
             stored=not duplicate, max_similarity=max_sim, evicted_start_frame=evicted,
             timings_ms={**timings, "total": round(sum(timings.values()), 3)},
-            frames=frames_np, latent=latent_np, feature=feature,
+            frames=frames_np, latent=latent_np, feature=feature, prompt_switch=switch,
         )
         self.next_index += 1
         return record

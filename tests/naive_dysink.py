@@ -23,13 +23,16 @@ from dysink_deploy.runtime.noise import block_noise
 
 class NaiveDySink:
     def __init__(self, models, stream: StreamConfig, prompt_embeds: np.ndarray, seed: int,
-                 local_first: bool = False, noise=None, features=None):
+                 local_first: bool = False, noise=None, features=None, prompts=None):
         # local_first: concatenate [local | sinks] instead of [sinks | local]. Same
         # math, another float summation order: the tests' tolerance baseline.
         # noise(index, shape, steps) / features(index, latent): replace the seeded noise and the
         # block-alone decode + PE-Core feature (what the public API lets a caller inject).
         self.m, self.cfg, self.seed, self.local_first = models, stream, seed, local_first
         self.noise, self.features = noise, features
+        # prompts: [(latent frame, embeddings)] switches, the interactive pipeline's way (section 9).
+        self.prompts = list(prompts or [])
+        self.switch_log: list[dict] = []
         self.dtype = models.dit.patch_embedding.weight.dtype
         with torch.no_grad():
             self.text_k, self.text_v = models.dit.text_kv(torch.from_numpy(prompt_embeds).to(self.dtype))
@@ -70,11 +73,49 @@ class NaiveDySink:
         att = torch.softmax(torch.einsum("qhd,khd->hqk", q.to(acc), keys) / q.shape[-1] ** 0.5, dim=-1)
         return torch.einsum("hqk,khd->qhd", att, vals).to(q.dtype), None
 
+    def _plain(self, q, k, v):
+        """Attention of every query over every key of this forward (no cache, no sinks)."""
+        acc = torch.promote_types(q.dtype, torch.float32)
+        att = torch.softmax(torch.einsum("qhd,khd->hqk", q.to(acc), k.to(acc)) / q.shape[-1] ** 0.5, dim=-1)
+        return torch.einsum("hqk,khd->qhd", att, v.to(acc)).to(q.dtype), None
+
+    @torch.no_grad()
+    def _switch(self, index: int, embeds: np.ndarray) -> None:
+        cfg, dit = self.cfg, self.m.dit
+        b = cfg.block_frames
+        start = index * b
+        lat_h, lat_w = cfg.latent_hw
+        self.text_k, self.text_v = dit.text_kv(torch.from_numpy(embeds).to(self.dtype))
+        zero = torch.tensor(0.0)
+        # (1) every bank entry: its own latent block alone, at its own positions, t = 0.
+        for e in self.bank:
+            rope = torch.from_numpy(rope_phases(dit.cfg, e["start"], b, lat_h // 2, lat_w // 2))
+            _, k, v, _ = dit.forward_block(e["latent"], zero, self.text_k, self.text_v, rope,
+                                           lambda i, q, k_, v_: self._plain(q, k_, v_))
+            e["k"], e["v"] = list(k), list(v)           # rebinding: the window's copy is not touched
+        # (2) the window: one pass over the last min(window, start) frames, all seeing all.
+        window = cfg.local_attn_size + b * max(0, cfg.top_k - len(self.bank))
+        n = min(window, start)
+        if n:
+            x = torch.cat(self.latents[-(n // b):], dim=1)
+            rope = torch.from_numpy(rope_phases(dit.cfg, start - n, n, lat_h // 2, lat_w // 2))
+            _, k, v, _ = dit.forward_block(x, zero, self.text_k, self.text_v, rope,
+                                           lambda i, q, k_, v_: self._plain(q, k_, v_))
+            per = k.shape[1] // (n // b)
+            for j in range(n // b):
+                pos = len(self.cache) - n // b + j
+                self.cache[pos] = {"start": self.cache[pos]["start"],
+                                   "k": [kl[j * per:(j + 1) * per] for kl in k],
+                                   "v": [vl[j * per:(j + 1) * per] for vl in v]}
+        self.switch_log.append({"block": index, "entries": len(self.bank), "frames": n})
+
     @torch.no_grad()
     def block(self, index: int) -> dict:
         cfg, dit = self.cfg, self.m.dit
         b = cfg.block_frames
         start = index * b
+        if self.prompts and start >= self.prompts[0][0]:          # at most one switch per block
+            self._switch(index, self.prompts.pop(0)[1])
         window = cfg.local_attn_size + b * max(0, cfg.top_k - len(self.bank))
 
         # Retrieval: mean of cosines over the queue, exclusion [start - window, start) and < sink_size.
@@ -136,7 +177,7 @@ class NaiveDySink:
         compared = bool(self.bank)
         stored = not (compared and max_sim > cfg.dedup_threshold)
         if stored:
-            self.bank.append({"start": start, "feat": feat, "k": entry["k"], "v": entry["v"]})
+            self.bank.append({"start": start, "feat": feat, "k": entry["k"], "v": entry["v"], "latent": x0})
         self.queue.append(feat)
 
         n_fixed = len(fixed)

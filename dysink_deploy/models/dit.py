@@ -240,3 +240,37 @@ class DiTStep(nn.Module):
         sigma = t.float() / 1000.0
         x0 = (x_t.float() - sigma * flow).to(self.dit.patch_embedding.weight.dtype).float()
         return x0, k_new, v_new, torch.stack(ratios)
+
+
+def window_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor) -> Tensor:
+    """Plain attention of every token over every valid key (bidirectional), softmax and accumulation
+    in float32 like the custom op: q, k, v [L, H, D], key_valid bool [L] -> [L, H, D] in q's dtype."""
+    qh, kh, vh = (a.float().transpose(0, 1) for a in (q, k, v))                # [H, L, D]
+    scores = torch.matmul(qh, kh.transpose(1, 2)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~key_valid[None, None, :], float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), vh).transpose(0, 1).to(q.dtype)
+
+
+class WindowRecache(nn.Module):
+    """The window recache after a prompt switch (the `dit_recache` graph; ALGORITHM.md section 9).
+
+    One DiT evaluation at timestep t over up to `frames` latent frames, every frame attending to
+    every valid frame (the reference's KV-cache path ignores its block mask here), no sinks and no
+    cached context: the K/V of those frames under the new prompt.
+
+    Inputs:  x [C, frames, h, w] float32 (the valid frames first, the rest ignored); t float32 [];
+             t_freq float32 [freq_dim]; text_k/text_v [layers, T, H, D]; rope [2, frames * Lf, D/2];
+             key_valid bool [frames * Lf] (False for padding frames)
+    Outputs: k, v [layers, frames * Lf, H, D] (padding rows are meaningless).
+    """
+
+    def __init__(self, dit: CausalWanDiT):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, x, t, t_freq, text_k, text_v, rope, key_valid):
+        def attend(i, q, k, v):
+            return window_attention(q, k, v, key_valid), None
+
+        _, k, v, _ = self.dit.forward_block(x, t, text_k, text_v, rope, attend, t_freq)
+        return k, v

@@ -65,6 +65,17 @@ class Backend(abc.ABC):
     def to_numpy(self, handle: Any) -> np.ndarray:
         ...
 
+    def set_prompt(self, prompt_embeds: np.ndarray) -> None:
+        """A prompt switch: recompute the text K/V (the cross-attention cache) from new embeddings."""
+        raise NotImplementedError(f"the {self.name} backend cannot switch prompts")
+
+    def recache_window(self, x: np.ndarray, t: float, rope: np.ndarray, key_valid: np.ndarray,
+                       blocks: int) -> list[tuple[Any, Any]]:
+        """The window recache after a prompt switch (models.dit.WindowRecache): x float32 [C, N, h, w]
+        (N = the widest window; valid frames first), rope [2, N * Lf, D/2], key_valid bool [N * Lf].
+        -> (k, v) handles [layers, L, H, D] of the first `blocks` blocks, for write_page."""
+        raise NotImplementedError(f"the {self.name} backend cannot recache after a prompt switch")
+
     def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
         """Host copies (k, v) float32 [layers, tokens, heads, head_dim] of pool page `page`."""
         raise NotImplementedError(f"the {self.name} backend cannot read pages")

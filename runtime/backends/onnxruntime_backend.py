@@ -171,6 +171,26 @@ class OnnxRuntimeBackend(Backend):
     def upload(self, array: np.ndarray) -> OrtTensor:
         return self._wrap(array)
 
+    def set_prompt(self, prompt_embeds: np.ndarray) -> None:
+        text_k, text_v = self._run("text_encoder", {"prompt_embeds": self._value(prompt_embeds.astype(np.float32))})
+        self._fixed.update(text_k=text_k, text_v=text_v)
+
+    def recache_window(self, x, t, rope, key_valid, blocks):
+        if "dit_recache" not in self.sessions:
+            raise DysinkError(f"bundle {self.bundle.path} has no dit_recache graph, which prompt switches need; "
+                              f"export it with --interactive: {self.bundle.rebuild_command()} --interactive")
+        inputs = {"x": self._value(x.astype(np.float32)), "t": self._value(np.asarray(t, dtype=np.float32)),
+                  "t_freq": self._value(timestep_frequencies(float(t), self.bundle.model.dit.freq_dim)),
+                  "text_k": self._fixed["text_k"], "text_v": self._fixed["text_v"],
+                  "rope": self._value(rope.astype(np.float32)), "key_valid": self._value(key_valid.astype(np.bool_))}
+        k, v = (np.array(o.numpy()) for o in self._run("dit_recache", inputs))
+        per = k.shape[1] // (x.shape[1] // self.stream.block_frames)
+        out = []
+        for j in range(blocks):
+            kj, vj = (np.ascontiguousarray(a[:, j * per:(j + 1) * per]) for a in (k, v))
+            out.append((self._wrap(kj), self._wrap(vj)))
+        return out
+
     def dit_step(self, x, t, rope, local_ids, sink_ids):
         """x [C, F, h, w] float32 handle; rope [2, L, D/2]; ids int64 -> (x0, k_new, v_new, ratios [layers, S])."""
         inputs = dict(self._fixed)

@@ -17,7 +17,7 @@ import torch
 
 from ...config import StreamConfig
 from ...models.factory import DySinkModels
-from ...models.dit import DiTStep
+from ...models.dit import DiTStep, WindowRecache
 from ...errors import DysinkError
 from ...ops.retrieve_sinks import retrieve_sinks_ref
 from .base import Backend
@@ -81,6 +81,21 @@ class TorchBackend(Backend):
         self.k_pools = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.layers)]
         self.v_pools = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.layers)]
         self.vae_cache = self.models.vae.init_cache(1, lat_h, lat_w, dtype=self.dtype, device=self.device)
+
+    @torch.inference_mode()
+    def set_prompt(self, prompt_embeds: np.ndarray) -> None:
+        self.text_k, self.text_v = self.models.dit.text_kv(torch.from_numpy(prompt_embeds).to(self.device))
+
+    @torch.inference_mode()
+    def recache_window(self, x, t, rope, key_valid, blocks):
+        from ...rope import timestep_frequencies
+
+        t_freq = torch.from_numpy(timestep_frequencies(float(t), self.models.dit.cfg.freq_dim)).to(self.device)
+        k, v = WindowRecache(self.models.dit)(
+            self.upload(x), torch.tensor(float(t), device=self.device), t_freq, self.text_k, self.text_v,
+            self.upload(rope), self.upload(key_valid))
+        per = k.shape[1] // (x.shape[1] // self.stream.block_frames)
+        return [(k[:, j * per:(j + 1) * per], v[:, j * per:(j + 1) * per]) for j in range(blocks)]
 
     def upload(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
