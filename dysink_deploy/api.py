@@ -69,6 +69,18 @@ class Stream:
         for _ in range(n):
             yield self.next_block()
 
+    def switch_prompt(self, prompt_embeds, frame: int | None = None) -> None:
+        """Switch to a new prompt (embeddings array or .safetensors file) at latent `frame` (default:
+        the next block), with DySink's recache of the bank and the window."""
+        self._check_open()
+        if frame is not None and (not isinstance(frame, int) or isinstance(frame, bool)):
+            raise DysinkError(f"switch_prompt: frame must be an integer, got {frame!r}")
+        if self.backend != "torch" and not self._streamer.backend.bundle.interactive:
+            b = self._streamer.backend.bundle
+            raise DysinkError(f"bundle {b.path} has no dit_recache graph, which prompt switches need; export it "
+                              f"with --interactive: {b.rebuild_command()} --interactive")
+        self._streamer.switch_prompt(_prompt(prompt_embeds, self.model, False), frame)
+
     @property
     def blocks_done(self) -> int:
         return self._streamer.next_index
@@ -178,6 +190,15 @@ def _prompt(prompt_embeds, model: ModelConfig, random_weights: bool) -> np.ndarr
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def _pairs(prompts) -> list[tuple[int, Any]]:
+    out = []
+    for item in prompts or []:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise DysinkError(f"prompts entries must be (frame, embeddings) pairs, got {item!r:.80}")
+        out.append((item[0], item[1]))
+    return out
+
+
 def _settings(settings) -> dict:
     if settings is None:
         return {}
@@ -196,7 +217,8 @@ def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None 
                 prompt_embeds: np.ndarray | str | os.PathLike | None = None, seed: int = 0,
                 settings: Mapping[str, Any] | StreamConfig | None = None,
                 noise: NoiseSource | None = None, features: FeatureSource | None = None,
-                observer: StepObserver | None = None) -> Stream:
+                observer: StepObserver | None = None,
+                prompts: list[tuple[int, Any]] | None = None) -> Stream:
     """Open a stream.
 
     From a bundle (`dysink-export onnx`; + `dysink-export build` for tensorrt): `bundle=DIR`,
@@ -212,6 +234,9 @@ def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None 
     random model has an embedded default). seed: the noise seed.
     Injection (see runtime.stream.Streamer): noise(block, shape, steps) -> (x_T, eps),
     features(block, frames uint8 [T, H, W, 3], latent) -> unit feature, observer(StepEvent).
+    prompts: prompt switches [(latent frame, embeddings array or .safetensors file)], applied at the
+    first block starting at or after the frame, with DySink's recache (a bundle needs --interactive);
+    or later with `Stream.switch_prompt`.
     """
     backend = backend or ("onnxruntime" if bundle is not None else "torch")
     if backend not in BACKENDS:
@@ -226,6 +251,8 @@ def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None 
         raise DysinkError("cuda_graph applies to the tensorrt backend only")
     hooks = {"noise": noise, "features": features, "observer": observer}
     wanted = _settings(settings)
+    if prompts is not None and not isinstance(prompts, (list, tuple)):
+        raise DysinkError("prompts must be a list of (frame, embeddings) pairs")
 
     if backend in ("onnxruntime", "tensorrt"):
         if bundle is None:
@@ -250,7 +277,11 @@ def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None 
 
             be = TensorRTBackend(b, cuda_graph=cuda_graph)
             details = {"cuda_graph": cuda_graph}
-        streamer = Streamer(be, b.model.dit, stream, prompt, seed=int(seed), **hooks)
+        switches = [(f, _prompt(e, b.model, False)) for f, e in _pairs(prompts)]
+        if switches and not b.interactive:
+            raise DysinkError(f"bundle {b.path} has no dit_recache graph, which prompt switches need; export it "
+                              f"with --interactive: {b.rebuild_command()} --interactive")
+        streamer = Streamer(be, b.model.dit, stream, prompt, seed=int(seed), prompts=switches, **hooks)
         run_config = {"model": b.model.name, "backend": backend, "seed": int(seed), "bundle": str(b.path),
                       "precision": b.precision, **details, "checkpoints": b.manifest.get("checkpoints", {}),
                       "prompt_embeds": "array" if prompt_embeds is not None else "embedded-default", "api": True}
@@ -289,7 +320,8 @@ def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     models = build_models(cfg, paths, seed=int(weights_seed))
     be = TorchBackend(models, stream, device=device, dtype=dtype, kernels=kernels)
-    streamer = Streamer(be, cfg.dit, stream, prompt, seed=int(seed), **hooks)
+    switches = [(f, _prompt(e, cfg, False)) for f, e in _pairs(prompts)]
+    streamer = Streamer(be, cfg.dit, stream, prompt, seed=int(seed), prompts=switches, **hooks)
     run_config = {"model": cfg.name, "backend": "torch", "seed": int(seed), "dtype": precision, "device": device,
                   "kernels": be.kernels, "checkpoints": {k: str(v) for k, v in checkpoints.items() if v},
                   "prompt_embeds": "array" if prompt_embeds is not None else "embedded-default", "api": True}

@@ -12,6 +12,14 @@ from .errors import DysinkError
 
 
 def read_json_object(path: str, what: str, max_bytes: int = 1 << 20, kind: str = "settings file") -> dict:
+    data = read_json(path, what, max_bytes, kind)
+    if not isinstance(data, dict):
+        raise DysinkError(f"{what} {path!r} must hold a JSON object ({kind})")
+    return data
+
+
+def read_json(path: str, what: str, max_bytes: int = 1 << 20, kind: str = "settings file"):
+    """Any JSON value from a user's file, with the checks of `read_json_object`."""
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
@@ -28,6 +36,4 @@ def read_json_object(path: str, what: str, max_bytes: int = 1 << 20, kind: str =
         raise DysinkError(f"{what} {path!r} is not UTF-8 text (a binary file?)") from None
     except RecursionError:
         raise DysinkError(f"{what} {path!r} is nested too deeply to be a {kind}") from None
-    if not isinstance(data, dict):
-        raise DysinkError(f"{what} {path!r} must hold a JSON object ({kind})")
     return data

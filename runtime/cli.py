@@ -62,7 +62,7 @@ def check_memory(model, stream, precision: str, device: str) -> None:
                           "available; lower --height/--width or --bank-capacity (dysink-export plan shows the figures)")
 
 
-def build_torch_streamer(model, kw, stream, prompt_embeds, seed):
+def build_torch_streamer(model, kw, stream, prompt_embeds, seed, prompts=None):
     import torch
 
     from ..models.factory import CheckpointPaths, build_models
@@ -77,16 +77,16 @@ def build_torch_streamer(model, kw, stream, prompt_embeds, seed):
     check_memory(model, stream, kw["dtype"], device)
     models = build_models(model, paths, seed=kw["weights_seed"])
     backend = TorchBackend(models, stream, device=device, dtype=dtype, kernels=kw["kernels"])
-    return Streamer(backend, model.dit, stream, prompt_embeds, seed=seed)
+    return Streamer(backend, model.dit, stream, prompt_embeds, seed=seed, prompts=prompts)
 
 
-def build_onnxruntime_streamer(bundle, provider: str, stream: StreamConfig, prompt_embeds, seed: int):
+def build_onnxruntime_streamer(bundle, provider: str, stream: StreamConfig, prompt_embeds, seed: int, prompts=None):
     """Streamer over the bundle's ONNX graphs (no torch import on this path)."""
     from .backends.onnxruntime_backend import OnnxRuntimeBackend
     from .stream import Streamer
 
     backend = OnnxRuntimeBackend(bundle, providers=provider)
-    return Streamer(backend, bundle.model.dit, stream, prompt_embeds, seed=seed)
+    return Streamer(backend, bundle.model.dit, stream, prompt_embeds, seed=seed, prompts=prompts)
 
 
 def needs_real_prompt(model, has_checkpoints: bool) -> bool:
@@ -129,6 +129,10 @@ def _bundle_stream(bundle, kw: dict) -> StreamConfig:
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
 @click.option("--out", required=True, type=click.Path(), help="Output directory.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs already in --out.")
+@click.option("--prompts", "prompts_file", type=click.Path(), default=None,
+              help='Prompt schedule: a JSON list of {"frame": F, "prompt_embeds": "FILE.safetensors"} (latent '
+                   "frames); each switch recaches the bank and the window (with --bundle: one exported "
+                   "with --interactive).")
 @click.option("--prompt-embeds", type=click.Path(), default=None,
               help="umT5 output [512, 4096] in a .safetensors file (default: the demo's embedded prompt; "
                    "required for real checkpoints).")
@@ -236,7 +240,21 @@ def run_cli(kw: dict):
     blocks = kw["blocks"] if kw["blocks"] is not None else (
         blocks_for_seconds(kw["seconds"], stream.block_frames) if kw["seconds"] is not None else 12)
 
-    if kw["prompt_embeds"]:
+    switches = []
+    if kw.get("prompts_file"):
+        from .run import load_prompt_schedule
+
+        switches = load_prompt_schedule(kw["prompts_file"], model)
+        if switches[0][0] == 0:
+            if kw["prompt_embeds"]:
+                raise DysinkError("--prompts sets the prompt of frame 0 and --prompt-embeds does too; drop one")
+            kw = {**kw, "_initial_prompt": switches.pop(0)[1]}
+        if switches and bundle is not None and not bundle.interactive:
+            raise DysinkError(f"bundle {bundle.path} has no dit_recache graph, which prompt switches need; "
+                              f"export it with --interactive: {bundle.rebuild_command()} --interactive")
+    if kw.get("_initial_prompt") is not None:
+        prompt = kw["_initial_prompt"]
+    elif kw["prompt_embeds"]:
         prompt = load_prompt_embeds(kw["prompt_embeds"], model)
     elif needs_real_prompt(model, has_ckpt):
         raise DysinkError("a real model needs real text conditioning: pass --prompt-embeds FILE.safetensors "
@@ -251,17 +269,17 @@ def run_cli(kw: dict):
         from .stream import Streamer
 
         streamer = Streamer(TensorRTBackend(bundle, cuda_graph=kw.get("cuda_graph", False)), bundle.model.dit, stream, prompt,
-                            seed=kw["seed"])
+                            seed=kw["seed"], prompts=switches)
         details = {"bundle": str(bundle.path), "precision": bundle.precision, "cuda_graph": kw.get("cuda_graph", False),
                    "engines": {g: {k: e.get(k) for k in ("tensorrt_version", "compute_capability")}
                                for g, e in bundle.manifest.get("engines", {}).items()},
                    "checkpoints": bundle.manifest.get("checkpoints", {})}
     elif bundle is not None:
-        streamer = build_onnxruntime_streamer(bundle, kw["ort_provider"], stream, prompt, kw["seed"])
+        streamer = build_onnxruntime_streamer(bundle, kw["ort_provider"], stream, prompt, kw["seed"], switches)
         details = {"bundle": str(bundle.path), "precision": bundle.precision, "ort_provider": kw["ort_provider"],
                    "checkpoints": bundle.manifest.get("checkpoints", {})}
     else:
-        streamer = build_torch_streamer(model, kw, stream, prompt, kw["seed"])
+        streamer = build_torch_streamer(model, kw, stream, prompt, kw["seed"], switches)
         details = {"dtype": kw["dtype"], "device": kw["device"], "kernels": streamer.backend.kernels,
                    "checkpoints": {k: kw[k] for k in ("checkpoint", "lora", "vae", "pe") if kw[k]}}
     if kw["dump_block"]:
@@ -285,6 +303,7 @@ def run_cli(kw: dict):
     run_config = {
         "model": model.name, "backend": backend, "seed": kw["seed"], "blocks": blocks, **details,
         "prompt_embeds": kw["prompt_embeds"] or "embedded-default",
+        "prompts": kw.get("prompts_file"),
         "stream": stream.to_dict(), "timesteps": stream.timesteps(),
     }
     try:

@@ -54,6 +54,9 @@ def decisions(stats: dict, score_digits: int = 4) -> list[dict]:
         d["gate"] = [{"start_frame": g["start_frame"], "dropped": g["dropped"]} for g in b["gate"]]
         d["fixed_sink_gate"] = [{"start_frame": g["start_frame"], "dropped": g["dropped"]}
                                 for g in b.get("fixed_sink_gate", [])]
+        if b.get("prompt_switch"):
+            d["prompt_switch"] = {k: b["prompt_switch"].get(k) for k in ("prompt", "entries_recached",
+                                                                          "frames_recached")}
         out.append(d)
     return out
 
@@ -117,6 +120,14 @@ def plot_timeline(stats: dict, path: str) -> None:
     ax.set_xlabel("block")
     ax.set_title("Memory bank")
     ax.legend(loc="upper left", fontsize=8)
+
+    switches = [b["index"] for b in blocks if b.get("prompt_switch")]
+    for n, i in enumerate(switches):
+        for a in axes:
+            a.axvline(i - 0.5, color="tab:purple", ls="--", lw=1,
+                      label="prompt switch (recache)" if (a is axes[0] and n == 0) else None)
+    if switches:
+        axes[0].legend(loc="upper left", fontsize=8)
 
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)

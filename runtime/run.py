@@ -100,6 +100,41 @@ def load_prompt_embeds(path: str, cfg: ModelConfig) -> np.ndarray:
     return arr
 
 
+def load_prompt_schedule(path: str, cfg: ModelConfig) -> list[tuple[int, np.ndarray]]:
+    """--prompts FILE.json: [{"frame": F, "prompt_embeds": "x.safetensors"}, ...], frames in latent
+    frames, non-decreasing; embeddings files relative to the schedule's folder. -> [(frame, embeds)]."""
+    from ..jsonfile import read_json
+
+    data = read_json(path, "--prompts", 1 << 20, "prompt schedule")
+    if isinstance(data, dict) and isinstance(data.get("prompts"), list):
+        data = data["prompts"]
+    if not isinstance(data, list) or not data:
+        raise DysinkError(f"--prompts {path!r} must hold a non-empty JSON list of "
+                          '{"frame": N, "prompt_embeds": "FILE.safetensors"} entries')
+    out: list[tuple[int, np.ndarray]] = []
+    folder = os.path.dirname(os.path.abspath(path))
+    for i, entry in enumerate(data):
+        where = f"--prompts {path!r} entry {i}"
+        if not isinstance(entry, dict):
+            raise DysinkError(f"{where} must be an object with frame and prompt_embeds")
+        unknown = sorted(set(entry) - {"frame", "prompt_embeds", "prompt"})
+        if unknown:
+            raise DysinkError(f"{where} has unknown key(s) {', '.join(unknown)}; use frame and prompt_embeds")
+        frame = entry.get("frame")
+        if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0:
+            raise DysinkError(f"{where}: frame must be an integer >= 0 (a latent frame), got {frame!r}")
+        if out and frame < out[-1][0]:
+            raise DysinkError(f"{where}: frames must not decrease ({frame} after {out[-1][0]})")
+        if "prompt" in entry:
+            raise DysinkError(f"{where}: text prompts need the umT5-XXL text encoder, which this version does not "
+                              "ship yet; give \"prompt_embeds\": FILE.safetensors (umT5 output [512, 4096])")
+        file = entry.get("prompt_embeds")
+        if not isinstance(file, str) or not file:
+            raise DysinkError(f"{where}: prompt_embeds must be a .safetensors file name, got {file!r}")
+        out.append((frame, load_prompt_embeds(os.path.join(folder, file), cfg)))
+    return out
+
+
 def check_out_dir(out: str, overwrite: bool) -> None:
     """Cheap checks before any expensive work: not a file, no earlier outputs unless --overwrite,
     never a symbolic link where an output goes (it would be written through)."""

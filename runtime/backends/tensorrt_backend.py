@@ -423,6 +423,51 @@ class TensorRTBackend(Backend):
         return [self.to_numpy(o) if o.dtype != "int64" else self.cuda.download(np.empty(o.shape, np.int64), o.ptr)
                 for o in outs]
 
+    def set_prompt(self, prompt_embeds: np.ndarray) -> None:
+        """Rerun the text encoder into the text_k / text_v buffers dit_step reads (enqueued)."""
+        prompt = self.buffers[("text_encoder", "prompt_embeds")]
+        self._prompt_host = np.ascontiguousarray(prompt_embeds, dtype=np.float32)   # alive until copied
+        self.cuda.upload(prompt.ptr, self._prompt_host)
+        self._run("text_encoder")
+
+    def recache_window(self, x, t, rope, key_valid, blocks):
+        g = "dit_recache"
+        if g not in self.contexts:
+            raise DysinkError(f"bundle {self.bundle.path} has no dit_recache engine, which prompt switches need; "
+                              f"export with --interactive and build: {self.bundle.rebuild_command()} --interactive")
+        keep = {"x": np.ascontiguousarray(x, dtype=np.float32), "t": np.asarray([t], dtype=np.float32),
+                "t_freq": timestep_frequencies(float(t), self.model.dit.freq_dim),
+                "rope": np.ascontiguousarray(rope, dtype=np.float32),
+                "key_valid": np.ascontiguousarray(key_valid, dtype=np.bool_)}
+        self._recache_host = keep                                        # alive until the copies are done
+        for name, array in keep.items():
+            buf = self._buffer(g, name)
+            self.cuda.upload(buf.ptr, array)
+            self._bind(g, name, buf)
+        for name in ("text_k", "text_v"):
+            self._bind(g, name, self.buffers[("dit_step", name)])
+        outs = {name: self._buffer(g, name, output=True) for name in ("k", "v")}
+        for name, buf in outs.items():
+            self._bind(g, name, buf)
+        self._run(g)
+        # [layers, N*Lf, H, D] -> per block [layers, L, H, D] scratch (write_page wants whole layers).
+        kv_spec = self.specs["dit_step"].output("k_new")
+        layers, per = kv_spec.shape[0], kv_spec.shape[1]
+        row = DeviceTensor(0, kv_spec.shape[2:], kv_spec.dtype).nbytes          # one token, all heads
+        total = outs["k"].shape[1]
+        if not hasattr(self, "_recache_scratch"):
+            self._recache_scratch = [tuple(DeviceTensor(self.cuda.alloc(DeviceTensor(0, kv_spec.shape, kv_spec.dtype).nbytes),
+                                                        kv_spec.shape, kv_spec.dtype) for _ in range(2))
+                                     for _ in range(total // per)]
+        result = []
+        for j in range(blocks):
+            pair = self._recache_scratch[j]
+            for src, dst in zip((outs["k"], outs["v"]), pair):
+                for i in range(layers):
+                    self.cuda.copy(dst.ptr + i * per * row, src.ptr + (i * total + j * per) * row, per * row)
+            result.append(pair)
+        return result
+
     def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
         spec = self.specs["dit_step"]
         pool = spec.input("k_pool_0")

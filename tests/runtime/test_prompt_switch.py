@@ -150,3 +150,82 @@ def test_bad_switches():
     s = Streamer(TorchBackend(build_models(MODEL, seed=0), fixed), MODEL.dit, fixed, PROMPT0, seed=0)
     with pytest.raises(DysinkError, match="fixed sink"):
         s.switch_prompt(PROMPT0, 3)
+
+
+def _schedule(tmp_path, entries):
+    import json
+
+    from safetensors.numpy import save_file
+
+    for name, seed in (("a", 77), ("b", 78)):
+        save_file({"prompt_embeds": default_prompt_embeds(MODEL, seed=seed)}, str(tmp_path / f"{name}.safetensors"))
+    path = tmp_path / "schedule.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_cli_prompt_schedule(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from dysink_deploy.bench import main as bench_main
+    from dysink_deploy.runtime.cli import main
+
+    schedule = _schedule(tmp_path, [{"frame": 0, "prompt_embeds": "a.safetensors"},
+                                    {"frame": 4, "prompt_embeds": "b.safetensors"}])
+    res = CliRunner().invoke(main, ["--quiet", "--blocks", "3", "--prompts", str(schedule), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())
+    switches = [b["prompt_switch"] for b in stats["blocks"]]
+    assert switches[0] is None and switches[1] is None      # frame 4: the first block starting at >= 4 is block 2
+    assert switches[2]["prompt"] == 1 and switches[2]["frames_recached"] == 6
+    assert (tmp_path / "o" / "timeline.png").stat().st_size > 0
+    # The same run without the switch differs from block 2 on, and compare says where.
+    single = _schedule(tmp_path, [{"frame": 0, "prompt_embeds": "a.safetensors"}])
+    res = CliRunner().invoke(main, ["--quiet", "--blocks", "3", "--prompts", str(single), "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(bench_main, ["compare", str(tmp_path / "o"), str(tmp_path / "p")])
+    assert res.exit_code == 1 and "first: block 2" in res.output and "prompt_switch" in res.output
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([{"frame": 0, "prompt": "a cat"}], "text prompts need the umT5-XXL text encoder"),
+    ([{"frame": 6, "prompt_embeds": "a.safetensors"}, {"frame": 3, "prompt_embeds": "b.safetensors"}],
+     "frames must not decrease"),
+    ([{"frame": 3, "prompt_embeds": "missing.safetensors"}], "does not exist"),
+    ([{"frame": -1, "prompt_embeds": "a.safetensors"}], "frame must be an integer >= 0"),
+    ([{"frame": 3, "embeds": "a.safetensors"}], "unknown key(s) embeds"),
+    ([], "non-empty JSON list"),
+])
+def test_cli_bad_schedules(tmp_path, entries, message):
+    from click.testing import CliRunner
+
+    from dysink_deploy.runtime.cli import main
+
+    res = CliRunner().invoke(main, ["--quiet", "--blocks", "2", "--prompts", str(_schedule(tmp_path, entries)),
+                                    "--out", str(tmp_path / "o")])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and message in lines[0], res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_switch_needs_an_interactive_bundle(tmp_path, bundles):
+    from click.testing import CliRunner
+
+    from dysink_deploy.runtime.cli import main
+
+    schedule = _schedule(tmp_path, [{"frame": 3, "prompt_embeds": "a.safetensors"}])
+    res = CliRunner().invoke(main, ["--quiet", "--backend", "onnxruntime", "--bundle", str(bundles("fp32")),
+                                    "--blocks", "2", "--prompts", str(schedule), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--interactive" in res.output and not (tmp_path / "o").exists()
+
+
+def test_api_switch_prompt():
+    from dysink_deploy import api
+
+    with api.open_stream(model="tiny", settings=SETTINGS) as stream:
+        list(stream.blocks(2))
+        stream.switch_prompt(SWITCHES[0][1])
+        block = stream.next_block()
+        assert block.stats["prompt_switch"]["prompt"] == 1 and block.index == 2
