@@ -17,6 +17,7 @@ import click
 from ..config import MODEL_PRESETS, StreamConfig, stream_config_from_dict
 from ..errors import DysinkError
 from .backends import BACKENDS
+from ..cli.prompt_cmd import encode_for, text_encoder_options
 from ..cli.common import (checkpoint_file_options, exit_code, install_stop_signals, model_config_option,
                           resolve_model)
 
@@ -133,6 +134,9 @@ def _bundle_stream(bundle, kw: dict) -> StreamConfig:
               help='Prompt schedule: a JSON list of {"frame": F, "prompt_embeds": "FILE.safetensors"} (latent '
                    "frames); each switch recaches the bank and the window (with --bundle: one exported "
                    "with --interactive).")
+@click.option("--prompt", "prompt_text", default=None,
+              help="The text prompt (needs --tokenizer; --text-encoder for real weights).")
+@text_encoder_options
 @click.option("--prompt-embeds", type=click.Path(), default=None,
               help="umT5 output [512, 4096] in a .safetensors file (default: the demo's embedded prompt; "
                    "required for real checkpoints).")
@@ -241,10 +245,23 @@ def run_cli(kw: dict):
         blocks_for_seconds(kw["seconds"], stream.block_frames) if kw["seconds"] is not None else 12)
 
     switches = []
+    encode = (lambda text: encode_for(text, kw.get("tokenizer"), kw.get("text_encoder"),
+                                      kw.get("text_encoder_preset"), text_dim=model.dit.text_dim))
+    if (kw.get("prompt_text") is not None or kw.get("prompts_file")) and has_ckpt and kw.get("tokenizer") \
+            and not kw.get("text_encoder"):
+        raise DysinkError("real weights need the real text encoder: pass --text-encoder "
+                          "models_t5_umt5-xxl-enc-bf16.pth with --tokenizer")
+    if kw.get("prompt_text") is not None:
+        if kw["prompt_embeds"] or kw.get("prompts_file"):
+            raise DysinkError("give one of --prompt, --prompt-embeds and --prompts")
+        kw = {**kw, "_initial_prompt": encode(kw["prompt_text"])}
+    elif kw.get("text_encoder") or kw.get("tokenizer"):
+        if not kw.get("prompts_file"):
+            raise DysinkError("--tokenizer / --text-encoder encode text prompts: give --prompt TEXT (or --prompts)")
     if kw.get("prompts_file"):
         from .run import load_prompt_schedule
 
-        switches = load_prompt_schedule(kw["prompts_file"], model)
+        switches = load_prompt_schedule(kw["prompts_file"], model, encode)
         if switches[0][0] == 0:
             if kw["prompt_embeds"]:
                 raise DysinkError("--prompts sets the prompt of frame 0 and --prompt-embeds does too; drop one")

@@ -100,9 +100,10 @@ def load_prompt_embeds(path: str, cfg: ModelConfig) -> np.ndarray:
     return arr
 
 
-def load_prompt_schedule(path: str, cfg: ModelConfig) -> list[tuple[int, np.ndarray]]:
-    """--prompts FILE.json: [{"frame": F, "prompt_embeds": "x.safetensors"}, ...], frames in latent
-    frames, non-decreasing; embeddings files relative to the schedule's folder. -> [(frame, embeds)]."""
+def load_prompt_schedule(path: str, cfg: ModelConfig, encode=None) -> list[tuple[int, np.ndarray]]:
+    """--prompts FILE.json: [{"frame": F, "prompt_embeds": "x.safetensors"} or {"frame": F, "prompt":
+    "text"}, ...], frames in latent frames, non-decreasing; embeddings files relative to the
+    schedule's folder; text through `encode(text) -> embeddings`. -> [(frame, embeds)]."""
     from ..jsonfile import read_json
 
     data = read_json(path, "--prompts", 1 << 20, "prompt schedule")
@@ -125,9 +126,15 @@ def load_prompt_schedule(path: str, cfg: ModelConfig) -> list[tuple[int, np.ndar
             raise DysinkError(f"{where}: frame must be an integer >= 0 (a latent frame), got {frame!r}")
         if out and frame < out[-1][0]:
             raise DysinkError(f"{where}: frames must not decrease ({frame} after {out[-1][0]})")
+        if ("prompt" in entry) == ("prompt_embeds" in entry):
+            raise DysinkError(f"{where} needs exactly one of prompt (text) and prompt_embeds (a .safetensors file)")
         if "prompt" in entry:
-            raise DysinkError(f"{where}: text prompts need the umT5-XXL text encoder, which this version does not "
-                              "ship yet; give \"prompt_embeds\": FILE.safetensors (umT5 output [512, 4096])")
+            if not isinstance(entry["prompt"], str):
+                raise DysinkError(f"{where}: prompt must be text, got {entry['prompt']!r}")
+            if encode is None:
+                raise DysinkError(f"{where}: a text prompt needs --tokenizer DIR (and --text-encoder for real weights)")
+            out.append((frame, encode(entry["prompt"])))
+            continue
         file = entry.get("prompt_embeds")
         if not isinstance(file, str) or not file:
             raise DysinkError(f"{where}: prompt_embeds must be a .safetensors file name, got {file!r}")

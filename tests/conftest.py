@@ -26,3 +26,35 @@ def bundles(tmp_path_factory):
         return cache[precision]
 
     return get
+
+
+TOKENIZER_CORPUS = ["a cat walks on the beach at sunset", "the quick brown fox jumps over the lazy dog",
+                    "Ein Hund läuft über die Wiese im Frühling", "城市夜景，霓虹灯闪烁",
+                    "a drone shot of snowy mountains & rivers", "café crème brûlée"] * 20
+
+
+@pytest.fixture(scope="session")
+def umt5_tokenizer(tmp_path_factory):
+    """A tiny Unigram tokenizer trained here and saved like the release's google/umt5-xxl folder
+    (tokenizer.json + configs): <pad> 0, </s> 1 appended, <unk> 2."""
+    import json
+
+    pytest.importorskip("tokenizers")
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.Nmt(), normalizers.NFKC(),
+                                           normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(TOKENIZER_CORPUS, trainers.UnigramTrainer(
+        vocab_size=150, unk_token="<unk>", special_tokens=["<pad>", "</s>", "<unk>"]))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    d = tmp_path_factory.mktemp("umt5-tokenizer")
+    tok.save(str(d / "tokenizer.json"))
+    special = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 0,
+                                                         "model_max_length": 512, **special}))
+    (d / "special_tokens_map.json").write_text(json.dumps(special))
+    return d

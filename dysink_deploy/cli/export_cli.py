@@ -22,11 +22,13 @@ def _register() -> None:
     from ..export.check import check_command
     from ..export.commands import COMMANDS
     from ..plugins.cli import kernels_command, plugins_command
+    from .prompt_cmd import encode_prompt_command
 
     main.add_command(verify_checkpoint)
     main.add_command(kernels_command)
     main.add_command(plugins_command)
     main.add_command(check_command)
+    main.add_command(encode_prompt_command)
     for cmd in COMMANDS:
         main.add_command(cmd)
 

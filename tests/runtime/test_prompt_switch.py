@@ -190,7 +190,8 @@ def test_cli_prompt_schedule(tmp_path):
 
 
 @pytest.mark.parametrize("entries, message", [
-    ([{"frame": 0, "prompt": "a cat"}], "text prompts need the umT5-XXL text encoder"),
+    ([{"frame": 0, "prompt": "a cat"}], "a text prompt needs --tokenizer DIR"),
+    ([{"frame": 0, "prompt": "a cat", "prompt_embeds": "a.safetensors"}], "exactly one of prompt"),
     ([{"frame": 6, "prompt_embeds": "a.safetensors"}, {"frame": 3, "prompt_embeds": "b.safetensors"}],
      "frames must not decrease"),
     ([{"frame": 3, "prompt_embeds": "missing.safetensors"}], "does not exist"),

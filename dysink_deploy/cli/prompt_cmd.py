@@ -1,0 +1,71 @@
+"""`dysink-export encode-prompt`: a prompt -> umT5 embeddings in a .safetensors file (what
+`dysink-run --prompt-embeds` and `--prompts` schedules take)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+
+import click
+
+from ..errors import DysinkError
+
+
+def text_encoder_options(func):
+    """--tokenizer / --text-encoder / --text-encoder-preset, the same for every command that encodes prompts."""
+    for option in reversed([
+        click.option("--tokenizer", type=click.Path(), default=None,
+                     help="The release's google/umt5-xxl folder (tokenizer.json)."),
+        click.option("--text-encoder", type=click.Path(), default=None,
+                     help="models_t5_umt5-xxl-enc-bf16.pth (default: random weights of --text-encoder-preset)."),
+        click.option("--text-encoder-preset", type=click.Choice(["umt5-xxl", "tiny"]), default=None,
+                     help="Encoder architecture [default: umt5-xxl with --text-encoder, else tiny]."),
+    ]):
+        func = option(func)
+    return func
+
+
+def encode_for(prompt: str, tokenizer: str | None, text_encoder: str | None, preset: str | None,
+               device: str = "cpu", text_dim: int | None = None):
+    """Embeddings of one prompt for a model whose text width is `text_dim` (one-line errors)."""
+    from ..models.umt5 import text_encoder_preset
+    from ..text import encode_prompt
+
+    if not tokenizer:
+        raise DysinkError("a text prompt needs --tokenizer DIR (the release's google/umt5-xxl folder)")
+    preset = preset or ("umt5-xxl" if text_encoder else "tiny")
+    if text_dim is not None and text_encoder_preset(preset).dim != text_dim:
+        raise DysinkError(f"the {preset} text encoder gives width {text_encoder_preset(preset).dim}, the model "
+                          f"reads {text_dim}; use the matching --text-encoder-preset")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise DysinkError("encoding a prompt runs the umT5 encoder in PyTorch: pip install 'dysink-deploy[torch]' "
+                          "(or encode elsewhere with dysink-export encode-prompt and pass --prompt-embeds)") from None
+    return encode_prompt(prompt, tokenizer, text_encoder, preset=preset, device=device)
+
+
+@click.command("encode-prompt")
+@click.option("--prompt", required=True, help="The text.")
+@text_encoder_options
+@click.option("--out", required=True, type=click.Path(), help="The .safetensors file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def encode_prompt_command(prompt, tokenizer, text_encoder, text_encoder_preset, out, overwrite):
+    """Encode a prompt with the umT5-XXL encoder as the reference does, into OUT.safetensors."""
+    t0 = time.perf_counter()
+    if not out.endswith(".safetensors"):
+        raise DysinkError(f"--out {out!r} must end in .safetensors")
+    if os.path.islink(out):
+        raise DysinkError(f"--out {out!r} is a symbolic link; give a plain file path")
+    if os.path.exists(out) and not overwrite:
+        raise DysinkError(f"--out {out!r} exists; pass --overwrite or choose another file")
+    emb = encode_for(prompt, tokenizer, text_encoder, text_encoder_preset)
+    from safetensors.numpy import save
+
+    from ..runtime.report import write_atomic
+
+    write_atomic(out, save({"prompt_embeds": emb}))
+    click.echo(f"wrote {out} ({emb.shape[0]} x {emb.shape[1]}, float32)")
+    click.echo(f"DONE | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
