@@ -322,7 +322,7 @@ def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None 
     be = TorchBackend(models, stream, device=device, dtype=dtype, kernels=kernels)
     switches = [(f, _prompt(e, cfg, False)) for f, e in _pairs(prompts)]
     streamer = Streamer(be, cfg.dit, stream, prompt, seed=int(seed), prompts=switches, **hooks)
-    run_config = {"model": cfg.name, "backend": "torch", "seed": int(seed), "dtype": precision, "device": device,
+    run_config = {"model": cfg.name, "backend": "torch", "seed": int(seed), "precision": precision, "device": device,
                   "kernels": be.kernels, "checkpoints": {k: str(v) for k, v in checkpoints.items() if v},
                   "prompt_embeds": "array" if prompt_embeds is not None else "embedded-default", "api": True}
     return Stream(streamer, cfg, run_config)

@@ -18,7 +18,7 @@ import time
 
 import click
 
-from .cli.common import UserErrorGroup
+from .cli.common import UserErrorGroup, shared
 from .errors import DysinkError
 
 
@@ -38,7 +38,27 @@ def _torch_streamer(model_name: str, seed: int, threads: int | None, **stream_ov
     model = model_preset(model_name)
     stream = model.default_stream(**stream_overrides)
     backend = TorchBackend(build_models(model, seed=0), stream)
-    return Streamer(backend, model.dit, stream, default_prompt_embeds(model), seed=seed), stream
+    streamer = Streamer(backend, model.dit, stream, default_prompt_embeds(model), seed=seed)
+    streamer.dit_name = model.name
+    return streamer, stream
+
+
+def _ort_streamer(bundle_path: str, threads: int | None, feature_mode: str):
+    from .bundle import Bundle
+    from .runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from .runtime.run import default_prompt_embeds
+    from .runtime.stream import Streamer
+
+    if threads is not None and threads < 1:
+        raise DysinkError(f"--threads must be >= 1, got {threads}")
+    bundle = Bundle.load(bundle_path)
+    if feature_mode != bundle.stream.feature_mode:
+        raise DysinkError(f"bundle {bundle.path} was exported for feature mode {bundle.stream.feature_mode}; "
+                          f"pass --feature-mode {bundle.stream.feature_mode}")
+    streamer = Streamer(OnnxRuntimeBackend(bundle, threads=threads), bundle.model.dit, bundle.stream,
+                        default_prompt_embeds(bundle.model), seed=0)
+    streamer.dit_name = f"{bundle.model.name} ({bundle.path}, {bundle.precision})"
+    return streamer, bundle.stream
 
 
 def _peak_rss_mb() -> float:
@@ -54,16 +74,26 @@ def main():
 
 
 @main.command()
-@click.option("--model", "model_name", default="tiny", show_default=True)
-@click.option("--blocks", type=int, default=20, show_default=True)
+@shared("--model", "model_name", default="tiny", note="torch backend.")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="torch: the preset's PyTorch models; onnxruntime: --bundle's graphs on the CPU.")
+@shared("--bundle", "bundle_path", type=click.Path(), default=None, note="For --backend onnxruntime.")
+@shared("--blocks", type=int, default=20)
 @click.option("--warmup", type=int, default=2, show_default=True, help="Blocks excluded from the numbers.")
-@click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
-@click.option("--feature-mode", type=click.Choice(["block-alone", "streamed"]), default="block-alone")
-def stream(model_name, blocks, warmup, threads, feature_mode):
-    """Blocks per second of the torch backend on this machine's CPU."""
+@shared("--threads", type=int, default=None, default_text="all cores")
+@shared("--feature-mode", type=click.Choice(["block-alone", "streamed"]), default="block-alone")
+def stream(model_name, backend, bundle_path, blocks, warmup, threads, feature_mode):
+    """Blocks per second of the torch or onnxruntime backend on this machine's CPU."""
     if blocks <= warmup:
         raise DysinkError(f"--blocks ({blocks}) must exceed --warmup ({warmup})")
-    streamer, cfg = _torch_streamer(model_name, 0, threads, feature_mode=feature_mode)
+    if backend == "onnxruntime":
+        if not bundle_path:
+            raise DysinkError("--backend onnxruntime needs --bundle DIR (dysink-export onnx)")
+        streamer, cfg = _ort_streamer(bundle_path, threads, feature_mode)
+    else:
+        if bundle_path:
+            raise DysinkError("--bundle is for --backend onnxruntime")
+        streamer, cfg = _torch_streamer(model_name, 0, threads, feature_mode=feature_mode)
     phases: dict[str, list[float]] = {}
     t_start = None
     for rec in streamer.blocks(blocks):
@@ -76,27 +106,34 @@ def stream(model_name, blocks, warmup, threads, feature_mode):
                 phases.setdefault(k, []).append(v)
     elapsed = time.perf_counter() - t_start
     n = blocks - warmup
-    import torch
-    click.echo(f"model {model_name} | {cfg.height}x{cfg.width} | torch {torch.__version__} CPU, "
-               f"{torch.get_num_threads()} threads | feature mode {feature_mode}")
-    click.echo(f"blocks/s: {n / elapsed:.2f}  ({1000 * elapsed / n:.0f} ms per block over {n} blocks, "
+    if backend == "torch":
+        import torch
+        where = f"torch {torch.__version__} CPU, {torch.get_num_threads()} threads"
+    else:
+        import onnxruntime
+        where = f"onnxruntime {onnxruntime.__version__} CPU, {threads or 'all'} threads"
+    click.echo(f"model {streamer.dit_name} | {cfg.height}x{cfg.width} | {where} | feature mode {feature_mode}")
+    click.echo(f"wall clock: {n / elapsed:.2f} blocks/s ({1000 * elapsed / n:.0f} ms per block over {n} blocks, "
                f"{4 * cfg.block_frames * n / elapsed:.1f} video frames/s)")
+    click.echo("per-phase medians (the loop's own timers; the wall clock also counts what runs between "
+               "the timers, and a median ignores slow outliers):")
     for k, v in phases.items():
         click.echo(f"  {k:<11} median {statistics.median(v):8.1f} ms")
 
 
 @main.command()
-@click.option("--model", "model_name", default="tiny", show_default=True)
-@click.option("--blocks", type=int, default=300, show_default=True)
-@click.option("--checkpoint-block", type=int, default=100, show_default=True)
-@click.option("--bank-capacity", type=int, default=16, show_default=True)
-@click.option("--dedup-threshold", type=float, default=0.99, show_default=True,
-              help="Lowered from 0.95 so the tiny random model stores often and the bank fills and evicts.")
-@click.option("--tolerance", type=float, default=0.05, show_default=True)
+@shared("--model", "model_name", default="tiny")
+@shared("--blocks", type=int, default=300)
+@shared("--measure-block", "checkpoint_block", type=int, default=100)
+@shared("--bank-capacity", type=int, default=16)
+@shared("--dedup-threshold", type=float, default=0.99,
+        note="Here above the release's 0.95 so that the random tiny model's blocks get stored, and the bank "
+             "fills and evicts.")
+@shared("--tolerance", type=float, default=0.05)
 def memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold, tolerance):
-    """Host memory stays bounded: peak RSS at --checkpoint-block vs at the end."""
+    """Host memory stays bounded: peak RSS at --measure-block vs at the end."""
     if not 0 < checkpoint_block < blocks:
-        raise DysinkError("--checkpoint-block must lie between 0 and --blocks")
+        raise DysinkError("--measure-block must lie between 0 and --blocks")
     streamer, cfg = _torch_streamer(model_name, 0, None, bank_capacity=bank_capacity,
                                     dedup_threshold=dedup_threshold)
     rss_mid = None
@@ -106,6 +143,8 @@ def memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold,
         stored += rec.stored
         evicted += rec.evicted_start_frame is not None
         del rec
+        if streamer.next_index % 50 == 0:
+            click.echo(f"  {streamer.next_index}/{blocks} blocks, {time.perf_counter() - t0:.0f} s", err=True)
         if streamer.next_index == checkpoint_block:
             gc.collect()
             rss_mid = _peak_rss_mb()
@@ -160,12 +199,12 @@ def _top_ops(profile_file: str, n: int = 8) -> list[tuple[str, float, float]]:
 
 
 @main.command()
-@click.option("--model", "model_name", default="tiny", show_default=True, help="Model preset.")
+@shared("--model", "model_name", default="tiny")
 @click.option("--mid", is_flag=True, help="Instead of --model: 4 DiT layers at the 1.3B width, real VAE and "
                                           "PE-Core configs, 128x128 (random weights).")
-@click.option("--graph", "graph_names", multiple=True, help="Only this graph (repeatable; default: all).")
+@shared("--graph", "graph_names", multiple=True)
 @click.option("--runs", type=int, default=10, show_default=True, help="Timed runs per graph and backend.")
-@click.option("--threads", type=int, default=None, help="Threads for both (default: torch's choice).")
+@shared("--threads", type=int, default=None, default_text="all cores")
 @click.option("--profile", "profile_dir", type=click.Path(), default=None,
               help="Also profile onnxruntime per node into this folder and print the top op types per graph.")
 def graphs(model_name, mid, graph_names, runs, threads, profile_dir):
@@ -239,8 +278,7 @@ def graphs(model_name, mid, graph_names, runs, threads, profile_dir):
 
 
 @main.command()
-@click.option("--markdown", type=click.Path(), default=None,
-              help="also write the table to FILE (commit it under docs/ with the date and device)")
+@shared("--markdown", type=click.Path(), default=None, note="Commit it under docs/ with the date and device.")
 def kernels(markdown):
     """GPU check of the Triton kernels: correctness vs the references (PASSED/FAILED per case), then
     timings against SDPA over the same keys and retrieval over 1,000 entries. Skips without a GPU."""
@@ -252,12 +290,12 @@ def kernels(markdown):
 
 
 @main.command()
-@click.option("--bundle", "bundle_path", type=click.Path(), required=True, help="ONNX bundle (e.g. the tiny one)")
-@click.option("--blocks", type=int, default=2000, show_default=True)
-@click.option("--checkpoint-block", type=int, default=200, show_default=True)
-@click.option("--dedup-threshold", type=float, default=0.99, show_default=True,
-              help="host-side: high so the bank fills and evicts")
-@click.option("--tolerance", type=float, default=0.05, show_default=True, help="allowed peak-RSS growth")
+@shared("--bundle", "bundle_path", type=click.Path(), required=True)
+@shared("--blocks", type=int, default=2000)
+@shared("--measure-block", "checkpoint_block", type=int, default=200)
+@shared("--dedup-threshold", type=float, default=0.99,
+        note="Here above the release's 0.95 so that the bank fills and evicts.")
+@shared("--tolerance", type=float, default=0.05)
 def soak(bundle_path, blocks, checkpoint_block, dedup_threshold, tolerance):
     """A long stream on onnxruntime CPU, twice: peak RSS bounded, every value finite (the stream stops
     otherwise), and the two runs' decisions identical."""
@@ -271,7 +309,7 @@ def soak(bundle_path, blocks, checkpoint_block, dedup_threshold, tolerance):
     from .runtime.stream import Streamer
 
     if not 0 < checkpoint_block < blocks:
-        raise DysinkError("--checkpoint-block must lie between 0 and --blocks")
+        raise DysinkError("--measure-block must lie between 0 and --blocks")
     bundle = Bundle.load(bundle_path)
     stream = dataclasses.replace(bundle.stream, dedup_threshold=dedup_threshold)
     digests, rss = [], {}
@@ -301,10 +339,6 @@ def soak(bundle_path, blocks, checkpoint_block, dedup_threshold, tolerance):
     click.echo(f"{'PASSED' if ok else 'FAILED'} | soak of {blocks} blocks x 2 on onnxruntime CPU")
     if not ok:
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()
 
 
 @main.command()
@@ -345,3 +379,7 @@ def compare(run_a, run_b, score_digits):
     if len(a) != len(b):
         sys.exit(1)
     click.echo(f"SAME | {common} blocks, identical decisions")
+
+
+if __name__ == "__main__":
+    main()

@@ -71,7 +71,7 @@ def export_flags(model: ModelConfig, stream: StreamConfig, precision: str,
         if checkpoints and checkpoints.get(key):
             flags += [flag, str(checkpoints[key])]
     if checkpoints and checkpoints.get("use_ema"):
-        flags.append("--ema")
+        flags.append("--use-ema")
     if checkpoints and checkpoints.get("random_seed"):
         flags += ["--seed", str(checkpoints["random_seed"])]
     default = model.default_stream() if model.name in MODEL_PRESETS else StreamConfig()

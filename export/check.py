@@ -30,6 +30,8 @@ import sys
 import time
 
 import click
+
+from ..cli.common import shared
 import numpy as np
 
 from ..bundle import Bundle
@@ -188,18 +190,18 @@ def _coverage(dec: list[dict]) -> str:
 
 
 @click.command("check")
-@click.option("--bundle", "bundle_path", type=click.Path(), required=True, help="bundle directory")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the random graph inputs")
-@click.option("--blocks", type=int, default=6, show_default=True,
-              help="blocks of the torch vs onnxruntime stream comparison (0: skip it)")
-@click.option("--dedup-threshold", type=float, default=0.985, show_default=True,
-              help="stream comparison: bank dedup cosine (the default lets the bank grow so blocks retrieve)")
-@click.option("--ort-provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@shared("--bundle", "bundle_path", type=click.Path(), required=True)
+@click.option("--input-seed", "seed", type=int, default=0, show_default=True, help="Seed of the random graph inputs.")
+@shared("--blocks", type=int, default=6, note="Here: the torch vs onnxruntime stream comparison (0: skip it).")
+@shared("--dedup-threshold", type=float, default=0.985,
+        note="Here above the release's 0.95: the random tiny model's blocks all look alike, and the bank must "
+             "grow for blocks to retrieve.")
+@shared("--ort-provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu")
 @click.option("--engines", is_flag=True,
-              help="check the bundle's TensorRT engines (dysink-export build) instead of its ONNX graphs")
+              help="Check the bundle's TensorRT engines (dysink-export build) instead of its ONNX graphs.")
 @click.option("--trt", "trt_versions", multiple=True, type=click.Choice(["10.3", "10.13", "11"]),
-              help="instead: lint every node against this TensorRT version's ONNX parser (operator matrix, dtypes, "
-                   "opset, IR version, plugin attributes, 2^31 elements); repeatable; CPU only, no TensorRT needed")
+              help="Instead: lint every node against this TensorRT version's ONNX parser (operator matrix, dtypes, "
+                   "opset, IR version, plugin attributes, 2^31 elements); repeatable; CPU only, no TensorRT needed.")
 def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, engines, trt_versions):
     """Compare every graph output of a bundle, then a short stream, with the PyTorch reference
     (or, with --trt, lint the bundle against TensorRT parsers)."""

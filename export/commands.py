@@ -15,51 +15,53 @@ import time
 import click
 
 from ..bundle import GRAPH_STREAM_FIELDS
-from ..config import FEATURE_MODES, MODEL_PRESETS, StreamConfig
+from ..config import FEATURE_MODES, StreamConfig
 from ..graphs import PRECISIONS
-from ..cli.common import checkpoint_file_options, model_config_option, resolve_model
+from ..cli.common import HELP, checkpoint_file_options, model_config_option, resolve_model, shared
 
 
 def _stream_options(fn):
+    """The stream settings baked into graphs, as flags (names and help as dysink-run's)."""
     types = {f.name: f.type for f in dataclasses.fields(StreamConfig)}
     for name in reversed(GRAPH_STREAM_FIELDS):
-        flag = name.replace("_", "-")
+        flag = "--" + name.replace("_", "-")
         default = getattr(StreamConfig(), name)
+        text = ("the preset's: 64 for tiny, 480 for wan2.1-t2v-1.3b" if name == "height" else
+                "the preset's: 96 for tiny, 832 for wan2.1-t2v-1.3b" if name == "width" else str(default))
         if isinstance(default, bool):
-            opt = click.option(f"--{flag}/--no-{flag}", name, default=None,
-                               help=f"stream setting {name} (default: {default})")
+            opt = shared(f"{flag}/--no-{flag[2:]}", name, default=None, default_text=str(default).lower())
         elif name == "feature_mode":
-            opt = click.option(f"--{flag}", name, type=click.Choice(FEATURE_MODES), default=None,
-                               help=f"stream setting {name} (default: {default})")
+            opt = shared(flag, name, type=click.Choice(FEATURE_MODES), default=None, default_text=text)
+        elif flag in HELP:
+            kind = float if isinstance(default, float) or types[name] in (float, "float") else int
+            opt = shared(flag, name, type=kind, default=None, default_text=text)
         else:
             kind = float if isinstance(default, float) or types[name] in (float, "float") else int
-            opt = click.option(f"--{flag}", name, type=kind, default=None,
-                               help=f"stream setting {name} (default: the preset's, {default} for 480x832)"
-                               if name in ("height", "width") else f"stream setting {name} (default: {default})")
+            opt = click.option(flag, name, type=kind, default=None,
+                               help=f"Stream setting {name}. [default: {text}]")
         fn = opt(fn)
     return fn
 
 
 @click.command("onnx")
-@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
-              help="model preset (or --model-config)")
+@shared("--model", "model_name", default=None, note="Or --model-config.")
 @model_config_option
 @checkpoint_file_options
-@click.option("--ema/--no-ema", default=False, help="use generator_ema from the DiT checkpoint")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
-@click.option("--out", type=click.Path(), required=True, help="bundle directory to create")
-@click.option("--overwrite", is_flag=True, help="replace an existing bundle at --out (only once the new one is complete)")
-@click.option("--graph", "graphs", multiple=True, help="export only this graph (repeatable; default: all)")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the weights no checkpoint replaces")
+@shared("--use-ema", "ema", is_flag=True)
+@shared("--precision", type=click.Choice(PRECISIONS), default="fp32")
+@click.option("--out", type=click.Path(), required=True, help="Bundle directory to create.")
+@shared("--overwrite", is_flag=True, note="A bundle is replaced only once the new one is complete.")
+@shared("--graph", "graphs", multiple=True)
+@shared("--weights-seed", "seed", type=int, default=0)
 @click.option("--opset", type=int, default=None,
-              help="ONNX opset of graphs and function bodies, 18..23 (default: 20, what TensorRT 10.x parsers "
-                   "accept; 22 for bf16, whose Conv needs it; TensorRT 11.x accepts up to 25)")
+              help="ONNX opset of graphs and function bodies, 18..23 (20 is what TensorRT 10.x parsers accept; "
+                   "bf16 Conv needs 22; TensorRT 11.x accepts up to 25). [default: 20; 22 for bf16]")
 @click.option("--ir-version", type=int, default=None,
-              help="ONNX IR version (default: 9 with opset 20, else the opset's minimum)")
+              help="ONNX IR version. [default: 9 with opset 20, else the opset's minimum]")
 @click.option("--encoder-frames", "encoder_frames", type=int, multiple=True,
-              help="also export memory_encoder_tN for N frames (PE-Core on clips of that length; repeatable)")
+              help="Also export memory_encoder_tN for N frames (PE-Core on clips of that length; repeatable).")
 @click.option("--interactive", is_flag=True,
-              help="also export dit_recache, the graph prompt switches need (dysink-run --prompts)")
+              help="Also export dit_recache, the graph prompt switches need (dysink-run --prompts).")
 @_stream_options
 def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, precision, out, overwrite, graphs, seed,
                  opset, ir_version, encoder_frames, interactive, **stream_flags):
@@ -79,12 +81,12 @@ def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, preci
                        encoder_frames=encoder_frames, interactive=interactive,
                        **overrides)
     click.echo(f"wrote {path}")
-    click.echo(f"PASSED | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
+    click.echo(f"DONE | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
 
 
 @click.command("inspect")
-@click.option("--bundle", "bundle_path", type=click.Path(), required=True, help="bundle directory")
-@click.option("--quick", is_flag=True, help="skip sha256 and the ONNX checker (presence and sizes only)")
+@shared("--bundle", "bundle_path", type=click.Path(), required=True)
+@click.option("--quick", is_flag=True, help="Skip sha256 and the ONNX checker (presence and sizes only).")
 def inspect_command(bundle_path, quick):
     """Validate a bundle and print its graphs, I/O, sizes, custom-op nodes and versions."""
     from .onnx_export import check_bundle, describe_bundle
@@ -95,14 +97,14 @@ def inspect_command(bundle_path, quick):
 
 
 @click.command("plan")
-@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), required=True, help="model preset")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True)
-@click.option("--height", type=int, default=None, help="pixels (default: the preset's)")
-@click.option("--width", type=int, default=None, help="pixels (default: the preset's)")
-@click.option("--memory", required=True, help="device memory to plan for, e.g. 64GB (Jetson AGX Orin), 24GB, 16GiB")
-@click.option("--bank-capacity", type=int, default=None, help="bank entries to check (default: the released 16)")
+@shared("--model", "model_name", required=True)
+@shared("--precision", type=click.Choice(PRECISIONS), default="bf16")
+@shared("--height", type=int, default=None, default_text="the preset's: 64 for tiny, 480 for wan2.1-t2v-1.3b")
+@shared("--width", type=int, default=None, default_text="the preset's: 96 for tiny, 832 for wan2.1-t2v-1.3b")
+@click.option("--memory", required=True, help="Device memory to plan for, e.g. 64GB (Jetson AGX Orin), 24GB, 16GiB.")
+@shared("--bank-capacity", type=int, default=None, default_text="16, the release's")
 @click.option("--platform", type=click.Choice(["desktop", "jetson"]), default="desktop", show_default=True,
-              help="size of the fixed reserve (CUDA context, TensorRT)")
+              help="Size of the fixed reserve (CUDA context, TensorRT).")
 def plan_command(model_name, precision, height, width, memory, bank_capacity, platform):
     """Device memory of one stream: weights, K/V pool pages, caches, activations; the largest bank that fits."""
     from ..config import model_preset
@@ -119,15 +121,16 @@ def plan_command(model_name, precision, height, width, memory, bank_capacity, pl
 
 
 @click.command("build")
-@click.option("--bundle", "bundle_path", type=click.Path(), required=True, help="ONNX bundle to build engines for")
-@click.option("--out", type=click.Path(), default=None, help="write a new bundle here instead of adding engines in place")
-@click.option("--graph", "graphs", multiple=True, help="build only this graph (repeatable; default: all)")
-@click.option("--workspace", "workspace_gb", type=float, default=None, help="builder workspace limit in GB")
-@click.option("--opt-level", type=int, default=None, help="builder optimization level 0..5 (TensorRT's default: 3)")
-@click.option("--timing-cache", type=click.Path(), default=None, help="timing cache file, read if present, then updated")
-@click.option("--hardware-compat", is_flag=True, help="engines that run on any Ampere-or-newer GPU (slower)")
+@shared("--bundle", "bundle_path", type=click.Path(), required=True, note="Engines are built for its ONNX graphs.")
+@click.option("--out", type=click.Path(), default=None, help="Write a new bundle here instead of adding engines in place.")
+@shared("--graph", "graphs", multiple=True)
+@click.option("--workspace", "workspace_gb", type=float, default=None, help="Builder workspace limit in GB.")
+@click.option("--opt-level", type=int, default=None,
+              help="Builder optimization level 0..5. [default: TensorRT's, 3]")
+@click.option("--timing-cache", type=click.Path(), default=None, help="Timing cache file, read if present, then updated.")
+@click.option("--hardware-compat", is_flag=True, help="Engines that run on any Ampere-or-newer GPU (slower).")
 @click.option("--plugins", type=click.Path(), default=None,
-              help="plugin library (default: BUNDLE/plugins/libdysink_plugins.so from dysink-export plugins)")
+              help="Plugin library from dysink-export plugins. [default: BUNDLE/plugins/libdysink_plugins.so]")
 def build_command(bundle_path, out, graphs, workspace_gb, opt_level, timing_cache, hardware_compat, plugins):
     """Build TensorRT engines from a bundle's ONNX graphs (on the GPU that will run them).
 
@@ -140,7 +143,7 @@ def build_command(bundle_path, out, graphs, workspace_gb, opt_level, timing_cach
     path = build_engines(bundle_path, out, list(graphs) or None, workspace_gb, opt_level, timing_cache,
                          hardware_compat, plugins, log=lambda m: click.echo(m, err=True))
     click.echo(f"wrote engines into {path}")
-    click.echo(f"PASSED | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
+    click.echo(f"DONE | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
 
 
 COMMANDS: list = [onnx_command, inspect_command, plan_command, build_command]

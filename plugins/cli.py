@@ -9,28 +9,24 @@ from pathlib import Path
 
 import click
 
-from ..config import MODEL_PRESETS
+from ..cli.common import shared
+
 from ..errors import DysinkError
 from ..graphs import PRECISIONS
 from . import variants as V
-
-ARCH_HELP = ("compute capabilities x 10, comma-separated (default: "
-             f"{','.join(str(a) for a in V.DEFAULT_ARCHS)}; known: {','.join(str(a) for a in V.ARCHS)})")
 
 
 def _target_options(fn):
     """What to compile for: a bundle, or a model preset with precisions; and the architectures."""
     for option in reversed([
-        click.option("--bundle", "bundle_path", type=click.Path(), default=None,
-                     help="what this bundle needs (its model, stream and precision)"),
-        click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
-                     help="or: this model preset (released stream settings)"),
-        click.option("--precision", "precisions", type=click.Choice(PRECISIONS), multiple=True,
-                     help="with --model: precisions (repeatable; default: all)"),
-        click.option("--sink-kv-bf16/--no-sink-kv-bf16", default=True, show_default=True,
-                     help="with --model: the stream's sink_kv_bf16 setting"),
-        click.option("--arch", "arch_text", default=",".join(str(a) for a in V.DEFAULT_ARCHS), show_default=True,
-                     help=ARCH_HELP),
+        shared("--bundle", "bundle_path", type=click.Path(), default=None,
+               note="Compile what it needs (its model, stream and precision)."),
+        shared("--model", "model_name", default=None, note="Or: what this preset needs at its released settings."),
+        shared("--precision", "precisions", type=click.Choice(PRECISIONS), multiple=True,
+               note="With --model; repeatable.", default_text="all"),
+        shared("--sink-kv-bf16/--no-sink-kv-bf16", default=True, note="With --model."),
+        shared("--arch", "arch_text", default=",".join(str(a) for a in V.DEFAULT_ARCHS),
+               note=f"Known: {','.join(str(a) for a in V.ARCHS)}."),
     ]):
         fn = option(fn)
     return fn
@@ -38,12 +34,12 @@ def _target_options(fn):
 
 @click.command("kernels")
 @_target_options
-@click.option("--out", type=click.Path(), required=True, help="kernel directory to create (cubins + kernels.json)")
-@click.option("--overwrite", is_flag=True, help="replace an existing kernel directory at --out")
+@click.option("--out", type=click.Path(), required=True, help="Kernel directory to create (cubins + kernels.json).")
+@shared("--overwrite", is_flag=True)
 @click.option("--report", is_flag=True,
-              help="print registers, spills, shared memory and tensor-core instructions per cubin "
-                   "(on an existing --out without --overwrite: report only, no compile)")
-@click.option("--markdown", type=click.Path(), default=None, help="also write the report as a Markdown table")
+              help="Print registers, spills, shared memory and tensor-core instructions per cubin "
+                   "(on an existing --out without --overwrite: report only, no compile).")
+@shared("--markdown", type=click.Path(), default=None)
 def kernels_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text, out, overwrite, report, markdown):
     """Compile the GatedSinkAttention / RetrieveSinks kernels to cubins, no GPU needed.
 
@@ -108,10 +104,10 @@ def _what_to_compile(bundle_path, model_name, precisions, sink_kv_bf16):
 @click.command("plugins")
 @_target_options
 @click.option("--tensorrt-include", type=click.Path(), default=None,
-              help="folder holding NvInferRuntime.h (default: $TensorRT_INCLUDE_DIR, $TensorRT_ROOT/include, "
-                   "/usr/include/<arch>-linux-gnu)")
-@click.option("--out", type=click.Path(), required=True, help="directory for libdysink_plugins.so (+ kernels/, build/)")
-@click.option("--overwrite", is_flag=True, help="replace an existing --out")
+              help="Folder holding NvInferRuntime.h. [default: $TensorRT_INCLUDE_DIR, $TensorRT_ROOT/include, "
+                   "/usr/include/<arch>-linux-gnu]")
+@click.option("--out", type=click.Path(), required=True, help="Directory for libdysink_plugins.so (+ kernels/, build/).")
+@shared("--overwrite", is_flag=True)
 def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text, tensorrt_include, out, overwrite):
     """Build libdysink_plugins.so: compile the kernels, embed the cubins, build the IPluginV3 library.
 
@@ -150,4 +146,4 @@ def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
         # The build directory names the temporary path; rebuild it in place on the next run.
         shutil.rmtree(tmp / "build", ignore_errors=True)
     click.echo(f"wrote {out_path / LIBRARY}")
-    click.echo(f"PASSED | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
+    click.echo(f"DONE | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")

@@ -19,12 +19,12 @@ from ..errors import DysinkError
 from .backends import BACKENDS
 from ..cli.prompt_cmd import encode_for, text_encoder_options
 from ..cli.common import (checkpoint_file_options, exit_code, install_stop_signals, model_config_option,
-                          resolve_model)
+                          resolve_model, shared, OneLineCommand, flag_names)
 
 _DEFAULT = StreamConfig()
 ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")
 # Flags that choose weights / precision / device of the torch reference: a bundle fixes all of them.
-_TORCH_ONLY = ("checkpoint", "lora", "vae", "pe", "use_ema", "weights_seed", "device", "dtype", "kernels")
+_TORCH_ONLY = ("checkpoint", "lora", "vae", "pe", "use_ema", "weights_seed", "device", "precision", "kernels")
 
 
 def _stream_overrides(kw: dict) -> dict:
@@ -74,19 +74,22 @@ def build_torch_streamer(model, kw, stream, prompt_embeds, seed, prompts=None):
     device = kw["device"]
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DysinkError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[kw["dtype"]]
-    check_memory(model, stream, kw["dtype"], device)
+    if kw.get("threads"):
+        torch.set_num_threads(kw["threads"])
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[kw["precision"]]
+    check_memory(model, stream, kw["precision"], device)
     models = build_models(model, paths, seed=kw["weights_seed"])
     backend = TorchBackend(models, stream, device=device, dtype=dtype, kernels=kw["kernels"])
     return Streamer(backend, model.dit, stream, prompt_embeds, seed=seed, prompts=prompts)
 
 
-def build_onnxruntime_streamer(bundle, provider: str, stream: StreamConfig, prompt_embeds, seed: int, prompts=None):
+def build_onnxruntime_streamer(bundle, provider: str, stream: StreamConfig, prompt_embeds, seed: int, prompts=None,
+                               threads: int | None = None):
     """Streamer over the bundle's ONNX graphs (no torch import on this path)."""
     from .backends.onnxruntime_backend import OnnxRuntimeBackend
     from .stream import Streamer
 
-    backend = OnnxRuntimeBackend(bundle, providers=provider)
+    backend = OnnxRuntimeBackend(bundle, providers=provider, threads=threads)
     return Streamer(backend, bundle.model.dit, stream, prompt_embeds, seed=seed, prompts=prompts)
 
 
@@ -115,56 +118,55 @@ def _bundle_stream(bundle, kw: dict) -> StreamConfig:
     return bundle_stream_config(bundle, {**_load_config_file(kw["config_file"]), **_stream_overrides(kw)})
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_name", default=None,
-              help=f"Model preset: {', '.join(MODEL_PRESETS)} [tiny; with --bundle: the bundle's].")
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@shared("--model", "model_name", default=None, default_text="tiny; with --bundle: the bundle's")
 @model_config_option
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
-@click.option("--bundle", type=click.Path(), default=None,
-              help="Bundle from `dysink-export onnx` (--backend onnxruntime); it fixes model, weights, "
-                   "precision and the stream settings baked into its graphs.")
-@click.option("--ort-provider", type=click.Choice(ORT_PROVIDERS), default="cpu", show_default=True,
-              help="onnxruntime backend: execution provider (cuda / tensorrt need onnxruntime-gpu).")
-@click.option("--blocks", type=int, default=None, help="Blocks of 3 latent frames to generate (default 12).")
-@click.option("--seconds", type=float, default=None, help="Video length instead of --blocks (16 fps).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
-@click.option("--out", required=True, type=click.Path(), help="Output directory.")
-@click.option("--overwrite", is_flag=True, help="Replace outputs already in --out.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
+              help="torch: the PyTorch models; onnxruntime / tensorrt: a bundle's graphs / engines.")
+@shared("--bundle", type=click.Path(), default=None,
+        note="For --backend onnxruntime / tensorrt; it fixes model, weights, precision and the stream settings "
+             "baked into its graphs.")
+@shared("--ort-provider", type=click.Choice(ORT_PROVIDERS), default="cpu")
+@shared("--blocks", type=int, default=None, default_text="12")
+@click.option("--seconds", type=float, default=None,
+              help="Video length instead of --blocks, at 16 fps, rounded up to whole blocks.")
+@shared("--seed", type=int, default=0)
+@click.option("--out", required=True, type=click.Path(), help="Output directory (video.mp4, stats.json, timeline.png).")
+@shared("--overwrite", is_flag=True)
 @click.option("--prompts", "prompts_file", type=click.Path(), default=None,
-              help='Prompt schedule: a JSON list of {"frame": F, "prompt_embeds": "FILE.safetensors"} (latent '
-                   "frames); each switch recaches the bank and the window (with --bundle: one exported "
-                   "with --interactive).")
-@click.option("--prompt", "prompt_text", default=None,
-              help="The text prompt (needs --tokenizer; --text-encoder for real weights).")
+              help='Prompt schedule: a JSON list of {"frame": F, "prompt": TEXT or "prompt_embeds": FILE} (latent '
+                   "frames); each switch recaches the bank and the window (a bundle needs --interactive).")
+@shared("--prompt", "prompt_text", default=None, note="Needs --tokenizer; real weights need --text-encoder.")
 @text_encoder_options
 @click.option("--prompt-embeds", type=click.Path(), default=None,
-              help="umT5 output [512, 4096] in a .safetensors file (default: the demo's embedded prompt; "
-                   "required for real checkpoints).")
+              help="umT5 output [512, 4096] in a .safetensors file (real checkpoints need it or --prompt). "
+                   "[default: the tiny demo's embedded prompt]")
 @checkpoint_file_options
-@click.option("--use-ema", is_flag=True, help="Load generator_ema instead of generator from the DiT checkpoint.")
-@click.option("--weights-seed", type=int, default=0, show_default=True,
-              help="Seed of the random weights used where no checkpoint is given.")
+@shared("--use-ema", is_flag=True)
+@shared("--weights-seed", type=int, default=0)
 @click.option("--device", default="cpu", show_default=True, help="torch backend: cpu or cuda[:N].")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="torch backend: model precision.")
+@shared("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", note="torch backend.")
 @click.option("--kernels", type=click.Choice(["auto", "triton", "reference"]), default="auto", show_default=True,
               help="torch backend: custom ops as Triton kernels or PyTorch references (auto: triton on CUDA, "
                    "reference on CPU).")
-@click.option("--config", "config_file", type=click.Path(), default=None, help="JSON file of stream settings.")
-@click.option("--top-k", type=int, default=None, help=f"Retrieved sinks per block [{_DEFAULT.top_k}].")
-@click.option("--local-attn-size", type=int, default=None, help=f"Local window frames [{_DEFAULT.local_attn_size}].")
-@click.option("--sink-size", type=int, default=None, help=f"Fixed sink frames [{_DEFAULT.sink_size}].")
-@click.option("--gate-threshold", type=float, default=None, help=f"Sink anomaly gate [{_DEFAULT.gate_threshold}].")
-@click.option("--dedup-threshold", type=float, default=None, help=f"Bank dedup cosine [{_DEFAULT.dedup_threshold}].")
-@click.option("--bank-capacity", type=int, default=None, help=f"Bank entries on device [{_DEFAULT.bank_capacity}].")
-@click.option("--eviction", type=click.Choice(["lru", "fifo"]), default=None, help="Rule once the bank is full [lru].")
-@click.option("--feature-mode", type=click.Choice(["block-alone", "streamed"]), default=None,
-              help="Bank feature from a block-alone decode (reference) or the streamed frames [block-alone].")
-@click.option("--height", type=int, default=None, help="Output height (default: the preset's).")
-@click.option("--width", type=int, default=None, help="Output width (default: the preset's).")
+@shared("--threads", type=int, default=None, default_text="all cores")
+@click.option("--config", "config_file", type=click.Path(), default=None,
+              help="JSON file of stream settings (names as in stats.json's config.stream).")
+@shared("--top-k", type=int, default=None, default_text=str(_DEFAULT.top_k))
+@shared("--local-attn-size", type=int, default=None, default_text=str(_DEFAULT.local_attn_size))
+@shared("--sink-size", type=int, default=None, default_text=str(_DEFAULT.sink_size))
+@shared("--gate-threshold", type=float, default=None, default_text=str(_DEFAULT.gate_threshold))
+@shared("--dedup-threshold", type=float, default=None,
+        default_text=f"{_DEFAULT.dedup_threshold}, the release's; with --bundle: the bundle's")
+@shared("--bank-capacity", type=int, default=None, default_text=str(_DEFAULT.bank_capacity))
+@click.option("--eviction", type=click.Choice(["lru", "fifo"]), default=None,
+              help="Which entry leaves a full bank: least recently retrieved, or oldest. [default: lru]")
+@shared("--feature-mode", type=click.Choice(["block-alone", "streamed"]), default=None, default_text="block-alone")
+@shared("--height", type=int, default=None, default_text="the preset's: 64 for tiny, 480 for wan2.1-t2v-1.3b")
+@shared("--width", type=int, default=None, default_text="the preset's: 96 for tiny, 832 for wan2.1-t2v-1.3b")
 @click.option("--cuda-graph", is_flag=True,
               help="tensorrt backend: replay engine launches as CUDA graphs (captured on their second launch).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@shared("--quiet", is_flag=True)
 @click.option("--dump-block", type=(int, click.Path()), default=None, metavar="N DIR",
               help="Save block N's dit_step inputs and outputs as .npy into DIR (for the C++ embedding example).")
 def main(**kw):
@@ -178,13 +180,13 @@ def main(**kw):
     try:
         result = run_cli(kw)
     except DysinkError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {flag_names(str(exc))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt as exc:        # stopped before the stream began: nothing was written
         click.echo(f"interrupted before the first block ({exc.args[0] if exc.args else 'SIGINT'})", err=True)
         sys.exit(exit_code(exc))
     runtime = time.perf_counter() - started
-    status = "INTERRUPTED" if result.interrupted else "PASSED"
+    status = "INTERRUPTED" if result.interrupted else "DONE"
     click.echo(f"{status} | {result.blocks} blocks, {result.frames} frames -> {result.out} | "
                f"Runtime: {runtime:.1f}s | Command: {command}")
     if result.interrupted:
@@ -200,6 +202,8 @@ def run_cli(kw: dict):
     for name in ("seed", "weights_seed"):
         if not 0 <= kw[name] < 2 ** 63:
             raise DysinkError(f"--{name.replace('_', '-')} must lie in 0..2**63-1, got {kw[name]}")
+    if kw.get("threads") is not None and kw["threads"] < 1:
+        raise DysinkError(f"--threads must be >= 1, got {kw['threads']}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", kw["device"]):
         raise DysinkError(f"--device must be cpu, cuda or cuda:N, got {kw['device']!r}")
     if kw["blocks"] is not None and kw["blocks"] < 1:
@@ -292,12 +296,13 @@ def run_cli(kw: dict):
                                for g, e in bundle.manifest.get("engines", {}).items()},
                    "checkpoints": bundle.manifest.get("checkpoints", {})}
     elif bundle is not None:
-        streamer = build_onnxruntime_streamer(bundle, kw["ort_provider"], stream, prompt, kw["seed"], switches)
+        streamer = build_onnxruntime_streamer(bundle, kw["ort_provider"], stream, prompt, kw["seed"], switches,
+                                              threads=kw.get("threads"))
         details = {"bundle": str(bundle.path), "precision": bundle.precision, "ort_provider": kw["ort_provider"],
                    "checkpoints": bundle.manifest.get("checkpoints", {})}
     else:
         streamer = build_torch_streamer(model, kw, stream, prompt, kw["seed"], switches)
-        details = {"dtype": kw["dtype"], "device": kw["device"], "kernels": streamer.backend.kernels,
+        details = {"precision": kw["precision"], "device": kw["device"], "kernels": streamer.backend.kernels,
                    "checkpoints": {k: kw[k] for k in ("checkpoint", "lora", "vae", "pe") if kw[k]}}
     if kw["dump_block"]:
         from .dump import BlockDumper
@@ -308,7 +313,7 @@ def run_cli(kw: dict):
         if os.path.exists(dump_dir) and os.listdir(dump_dir):
             raise DysinkError(f"--dump-block directory {dump_dir!r} is not empty; choose an empty or new one")
         streamer.backend = BlockDumper(streamer.backend, block, dump_dir, len(stream.timesteps()),
-                                       model.dit.freq_dim, details.get("precision", kw["dtype"]))
+                                       model.dit.freq_dim, details.get("precision", kw["precision"]))
         details["dump_block"] = {"block": block, "dir": os.path.abspath(dump_dir)}
     prepare_out_dir(kw["out"], kw["overwrite"])
     lock = lock_out_dir(kw["out"])          # held until the process ends

@@ -51,11 +51,11 @@ def test_bad_numbers_and_names(tmp_path, args, needle):
 
 
 @pytest.mark.parametrize("text, needle", [
-    ('{"gate_threshold": "0.5"}', "gate_threshold must be a finite number, got '0.5'"),
-    ('{"gate_threshold": null}', "gate_threshold must be a finite number, got None"),
-    ('{"shift": "abc"}', "shift must be a finite number"),
-    ('{"shift": Infinity}', "shift must be a finite number, got inf"),
-    ('{"denoising_steps": 5}', "denoising_steps must be a list of integers"),
+    ('{"gate_threshold": "0.5"}', "--gate-threshold must be a finite number, got '0.5'"),
+    ('{"gate_threshold": null}', "--gate-threshold must be a finite number, got None"),
+    ('{"shift": "abc"}', "--shift must be a finite number"),
+    ('{"shift": Infinity}', "--shift must be a finite number, got inf"),
+    ('{"denoising_steps": 5}', "--denoising-steps must be a list of integers"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "is not UTF-8 text"),
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
 ])
@@ -190,8 +190,8 @@ def test_soak_arguments(bundles):
     from dysink_deploy.bench import main as bench_main
 
     res = CliRunner().invoke(bench_main, ["soak", "--bundle", str(bundles("fp32")), "--blocks", "10",
-                                          "--checkpoint-block", "10"])
-    _one_error_line(res, "--checkpoint-block must lie between 0 and --blocks")
+                                          "--measure-block", "10"])
+    _one_error_line(res, "--measure-block must lie between 0 and --blocks")
 
 
 def test_bench_graphs_threads_must_be_positive():

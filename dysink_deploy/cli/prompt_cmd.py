@@ -11,17 +11,17 @@ import time
 import click
 
 from ..errors import DysinkError
+from .common import shared
 
 
 def text_encoder_options(func):
     """--tokenizer / --text-encoder / --text-encoder-preset, the same for every command that encodes prompts."""
     for option in reversed([
-        click.option("--tokenizer", type=click.Path(), default=None,
-                     help="The release's google/umt5-xxl folder (tokenizer.json)."),
-        click.option("--text-encoder", type=click.Path(), default=None,
-                     help="models_t5_umt5-xxl-enc-bf16.pth (default: random weights of --text-encoder-preset)."),
-        click.option("--text-encoder-preset", type=click.Choice(["umt5-xxl", "tiny"]), default=None,
-                     help="Encoder architecture [default: umt5-xxl with --text-encoder, else tiny]."),
+        shared("--tokenizer", type=click.Path(), default=None),
+        shared("--text-encoder", type=click.Path(), default=None,
+               default_text="random weights of --text-encoder-preset"),
+        shared("--text-encoder-preset", type=click.Choice(["umt5-xxl", "tiny"]), default=None,
+               default_text="umt5-xxl with --text-encoder, else tiny"),
     ]):
         func = option(func)
     return func
@@ -48,10 +48,10 @@ def encode_for(prompt: str, tokenizer: str | None, text_encoder: str | None, pre
 
 
 @click.command("encode-prompt")
-@click.option("--prompt", required=True, help="The text.")
+@shared("--prompt", required=True)
 @text_encoder_options
 @click.option("--out", required=True, type=click.Path(), help="The .safetensors file to write.")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@shared("--overwrite", is_flag=True)
 def encode_prompt_command(prompt, tokenizer, text_encoder, text_encoder_preset, out, overwrite):
     """Encode a prompt with the umT5-XXL encoder as the reference does, into OUT.safetensors."""
     t0 = time.perf_counter()

@@ -21,9 +21,8 @@ import click
 import torch
 
 from .. import checkpoints as ck
-from ..config import MODEL_PRESETS
 from ..errors import DysinkError
-from .common import checkpoint_file_options, model_config_option, resolve_model
+from .common import checkpoint_file_options, model_config_option, resolve_model, shared
 
 
 _MAX_WARNINGS = 20
@@ -48,11 +47,10 @@ def _non_finite(state_dict, file: str) -> list[str]:
 
 
 @click.command("verify-checkpoint")
-@click.option("--model", "model_name", default=None, type=click.Choice(sorted(MODEL_PRESETS)),
-              help="Model preset the files must fit (or --model-config).")
+@shared("--model", "model_name", default=None, note="The files must fit it (or --model-config).")
 @model_config_option
 @checkpoint_file_options
-@click.option("--use-ema", is_flag=True, help="Check generator_ema instead of generator in --checkpoint.")
+@shared("--use-ema", is_flag=True)
 def verify_checkpoint(model_name, model_config, checkpoint, lora, vae, pe, use_ema):
     """List every missing, unexpected or mis-shaped key of the given checkpoint files.
 

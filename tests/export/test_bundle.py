@@ -143,7 +143,7 @@ def test_cli_onnx_and_inspect(tmp_path):
     result = runner.invoke(export_cli, ["onnx", "--model", "tiny", "--graph", "retrieve", "--top-k", "3",
                                         "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "PASSED" in result.output
+    assert "DONE | Runtime" in result.output
     b = Bundle.load(out, require=["retrieve"], expect_stream=CFG.default_stream(top_k=3))
     assert list(b.graphs) == ["retrieve"]
     with pytest.raises(DysinkError, match="lacks graph"):

@@ -32,7 +32,7 @@ def twelve(tmp_path_factory):
 
 def test_outputs_and_stats_schema(twelve):
     out, res = twelve
-    assert res.output.strip().splitlines()[-1].startswith("PASSED | 12 blocks, 141 frames")
+    assert res.output.strip().splitlines()[-1].startswith("DONE | 12 blocks, 141 frames")
     stats = json.loads((out / "stats.json").read_text())
     assert stats["config"]["model"] == "tiny" and stats["config"]["stream"]["top_k"] == 2
     assert len(stats["blocks"]) == 12
@@ -105,13 +105,13 @@ def _write_embeds(path, shape=(512, 4096), dtype=np.float32, name="prompt_embeds
     (["--blocks", 0], "--blocks must be >= 1"),
     (["--blocks", 2, "--seconds", 1], "not both"),
     (["--seconds", -1], "--seconds must be a finite number > 0"),
-    (["--model", "wan2.2-14b"], "unknown model preset 'wan2.2-14b'"),
-    (["--top-k", -1], "StreamConfig.top_k must be an integer >= 0"),
-    (["--local-attn-size", 10], "StreamConfig.local_attn_size (10) must be a multiple of StreamConfig.block_frames"),
-    (["--gate-threshold", 1.5], "StreamConfig.gate_threshold must lie in [0, 1]"),
-    (["--bank-capacity", 1], "StreamConfig.bank_capacity (1) must be >= StreamConfig.top_k (2)"),
-    (["--sink-size", 6], "StreamConfig.sink_size (6) must be 0 or one block"),
-    (["--height", 70], "StreamConfig.height (70) must be a multiple of 16"),
+    (["--model", "wan2.2-14b"], "Invalid value for '--model': 'wan2.2-14b' is not one of"),
+    (["--top-k", -1], "--top-k must be an integer >= 0"),
+    (["--local-attn-size", 10], "--local-attn-size (10) must be a multiple of --block-frames"),
+    (["--gate-threshold", 1.5], "--gate-threshold must lie in [0, 1]"),
+    (["--bank-capacity", 1], "--bank-capacity (1) must be >= --top-k (2)"),
+    (["--sink-size", 6], "--sink-size (6) must be 0 or one block"),
+    (["--height", 70], "--height (70) must be a multiple of 16"),
     (["--model", "wan2.1-t2v-1.3b"], "needs real text conditioning"),
     (["--backend", "onnxruntime"], "needs --bundle"),
     (["--device", "cuda"], "no CUDA device"),

@@ -192,7 +192,7 @@ def test_dysink_run_onnxruntime_without_torch(bundles, tmp_path):
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(bundles("fp32")), str(tmp_path / "o")], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "no torch" in proc.stdout, proc.stderr[-2000:]
-    assert "PASSED | 2 blocks, 21 frames" in proc.stdout
+    assert "DONE | 2 blocks, 21 frames" in proc.stdout
     assert len(json.loads((tmp_path / "o" / "stats.json").read_text())["blocks"]) == 2
 
 
@@ -245,7 +245,7 @@ def test_bad_bundles_one_line(bundles, tmp_path, damage, message):
     (["--gate-threshold", 0.5], "gate_threshold=0.5 (bundle: 0.8) differ"),
     (["--top-k", 3], "top_k=3 (bundle: 2)"),
     (["--model", "wan2.1-t2v-1.3b"], "conflicts with bundle"),
-    (["--dtype", "fp16"], "--dtype: torch-backend flag"),
+    (["--precision", "fp16"], "--precision: torch-backend flag"),
     (["--ort-provider", "cuda"], "has no CUDAExecutionProvider"),
 ])
 def test_conflicting_flags_one_line(bundles, tmp_path, args, message):
