@@ -35,6 +35,14 @@ class TensorSpec:
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
+    @property
+    def nbytes(self) -> int:
+        size = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "bool": 1}[self.dtype]
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * size
+
     @staticmethod
     def from_dict(d: dict) -> "TensorSpec":
         return TensorSpec(d["name"], tuple(d["shape"]), d["dtype"])

@@ -68,8 +68,9 @@ class OutputCheck:
         mark = mark_for(self.ok)
         if self.exact:
             return f"- [{mark}] {self.graph}/{self.output} {int(self.max_abs)} mismatching elements (tol 0)"
-        return (f"- [{mark}] {self.graph}/{self.output} max abs {self.max_abs:.2e}, max rel {self.max_rel:.2e} "
-                f"(tol {self.tol:.2e})")
+        sign = "<=" if self.ok else ">"
+        return (f"- [{mark}] {self.graph}/{self.output} max abs error {self.max_abs:.2e} {sign} tol {self.tol:.2e} "
+                f"(max rel error {self.max_rel:.1e}, informative only)")
 
 
 def reference_models(bundle: Bundle):

@@ -525,8 +525,15 @@ def describe_bundle(bundle: Bundle) -> list[str]:
         lines.append(f"graph {name}: {files} ({_mb(g.total_bytes)}), ir {proto.ir_version}, opsets [{opsets}], "
                      f"functions [{', '.join(f.domain + '::' + f.name for f in proto.functions)}]")
         for kind, specs in (("in ", g.spec.inputs), ("out", g.spec.outputs)):
+            caches = [t for t in specs if t.name.startswith("cache_")]
             for t in specs:
-                lines.append(f"  {kind} {t.name:<16} {str(list(t.shape)):<24} {t.dtype}")
+                if not t.name.startswith("cache_"):
+                    lines.append(f"  {kind} {t.name:<16} {str(list(t.shape)):<24} {t.dtype}")
+            if caches:                     # the VAE's streaming caches: one line, not one per tensor
+                stem = caches[0].name.rsplit("_", 1)[0]
+                label = f"{stem}_0..{len(caches) - 1}"
+                lines.append(f"  {kind} {label:<16} {f'{len(caches)} tensors, {_mb(sum(c.nbytes for c in caches))}':<24} "
+                             f"{caches[0].dtype}")
         custom: dict[tuple, int] = {}
         for node in proto.graph.node:
             if node.domain == ONNX_DOMAIN:

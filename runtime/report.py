@@ -1,8 +1,8 @@
 """stats.json and timeline.png of a run.
 
-stats.json = {"config": {...}, "blocks": [BlockRecord.to_json(), ...]}; it is
-rewritten atomically after every block, so an interrupted run keeps the
-stats of every block it finished.
+stats.json (schema documented in README.md, "stats.json") = {"schema", "dysink_deploy", "written_at",
+"units", "config", "summary", "blocks": [BlockRecord.to_json(), ...]}; it is rewritten atomically
+after every block, so an interrupted run keeps the stats of every block it finished.
 """
 
 from __future__ import annotations
@@ -35,9 +35,50 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
-def write_stats(path: str, config: dict, blocks: list[dict]) -> None:
+STATS_SCHEMA = 2
+
+UNITS = {
+    "start_frame, window_frames, frames_recached, evicted_start_frame, retrieved[].start_frame": "latent frames "
+    "(a block is 3; latent frame f starts at video frame 4f - 3, frame 0 at 0)",
+    "frames, summary.video_frames": "video frames (16 fps)",
+    "timings_ms, summary.*_ms, prompt_switch.ms": "milliseconds",
+    "gate[].ratios, gate[].dropped": "[denoising step][DiT layer]: the fraction of attention heads whose mean "
+    "score prefers the sink over the local window, and whether it exceeds gate_threshold (sink dropped)",
+    "retrieved[].score, max_similarity": "cosine similarity of memory-bank features",
+    "config.timesteps": "model timesteps of denoising_steps after the shift warp (the reference's table)",
+}
+
+
+def summarize(blocks: list[dict], extra: dict | None = None) -> dict:
+    """Run-level figures from the block entries (plus wall time / memory the caller measured)."""
+    import statistics
+
+    cells = [c for b in blocks for g in b.get("gate", []) for step in g["dropped"] for c in step]
+    totals = [b["timings_ms"]["total"] for b in blocks if "timings_ms" in b]
+    return {
+        "blocks": len(blocks),
+        "video_frames": sum(int(b.get("frames", 0)) for b in blocks),
+        "median_block_ms": round(statistics.median(totals), 3) if totals else None,
+        "blocks_with_retrieval": sum(1 for b in blocks if b.get("retrieved")),
+        "sinks_retrieved": sum(len(b.get("retrieved", [])) for b in blocks),
+        "gate_drop_fraction": round(sum(cells) / len(cells), 6) if cells else None,
+        "dedup_skips": sum(1 for b in blocks if not b.get("stored", True)),
+        "evictions": sum(1 for b in blocks if b.get("evicted_start_frame") is not None),
+        "prompt_switches": sum(1 for b in blocks if b.get("prompt_switch")),
+        **(extra or {}),
+    }
+
+
+def write_stats(path: str, config: dict, blocks: list[dict], extra: dict | None = None) -> None:
+    import datetime
+
+    from .. import __version__
+
+    stats = {"schema": STATS_SCHEMA, "dysink_deploy": __version__,
+             "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "units": UNITS, "config": config, "summary": summarize(blocks, extra), "blocks": blocks}
     # allow_nan=False: NaN / Infinity are not JSON (the stream stops at non-finite values before this).
-    text = json.dumps({"config": config, "blocks": blocks}, indent=1, sort_keys=False, allow_nan=False)
+    text = json.dumps(stats, indent=1, sort_keys=False, allow_nan=False)
     write_atomic(path, text.encode())
 
 
@@ -62,17 +103,24 @@ def decisions(stats: dict, score_digits: int = 4) -> list[dict]:
 
 
 def plot_timeline(stats: dict, path: str) -> None:
-    """Retrievals, gate drops and bank size over blocks, as a PNG (atomic write)."""
+    """Retrievals, gate drops, the bank and the time per block, as a PNG (atomic write)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     blocks = stats["blocks"]
     if not blocks:
         raise DysinkError("no blocks to plot")
+    cfg = stats.get("config", {})
+    stream = cfg.get("stream", {})
     idx = [b["index"] for b in blocks]
-    fig, axes = plt.subplots(3, 1, figsize=(10, 7.5), sharex=True, constrained_layout=True)
+    fig, axes = plt.subplots(4, 1, figsize=(11, 10), sharex=True, constrained_layout=True)
+    fig.suptitle(f"{cfg.get('model', '?')} on {cfg.get('backend', '?')}, seed {cfg.get('seed', '?')}: "
+                 f"top-k {stream.get('top_k', '?')}, gate threshold {stream.get('gate_threshold', '?')}, "
+                 f"dedup threshold {stream.get('dedup_threshold', '?')}, bank capacity {stream.get('bank_capacity', '?')}")
+    legend = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8, "borderaxespad": 0}
 
     ax = axes[0]
     xs, ys, cs, dropped_x, dropped_y = [], [], [], [], []
@@ -87,24 +135,31 @@ def plot_timeline(stats: dict, path: str) -> None:
                 dropped_y.append(r["start_frame"])
     ax.plot(idx, [b["start_frame"] for b in blocks], color="0.7", lw=1, label="current block start")
     if xs:
-        sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=28, label="retrieved sink (colour: score)")
-        fig.colorbar(sc, ax=ax, pad=0.01, label="score")
+        sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=28, label="retrieved sink")
+        fig.colorbar(sc, ax=ax, pad=0.01, label="retrieval score\n(mean cosine)")
     if dropped_x:
         ax.scatter(dropped_x, dropped_y, facecolors="none", edgecolors="red", s=80,
                    label="dropped in every layer and step")
     ax.set_ylabel("latent frame")
     ax.set_title("Retrieved sinks per block")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(**legend)
 
     ax = axes[1]
-    frac = []
+    with_sinks, frac, without = [], [], []
     for b in blocks:
         cells = [c for g in b["gate"] for step in g["dropped"] for c in step]
-        frac.append(sum(cells) / len(cells) if cells else 0.0)
-    ax.bar(idx, frac, color="tab:red")
+        if cells:
+            with_sinks.append(b["index"])
+            frac.append(sum(cells) / len(cells))
+        else:
+            without.append(b["index"])
+    ax.bar(with_sinks, frac, color="tab:red", label="dropped fraction")
+    if without:
+        ax.bar(without, [1.0] * len(without), color="none", edgecolor="0.8", hatch="//", label="no sinks in this block")
     ax.set_ylim(0, 1)
     ax.set_ylabel("dropped fraction")
-    ax.set_title("Sink anomaly gate: fraction of (entry, step, layer) decisions that dropped the sink")
+    ax.set_title("Sink anomaly gate: fraction of (sink, step, layer) decisions that dropped the sink")
+    ax.legend(**legend)
 
     ax = axes[2]
     ax.step(idx, [b["bank_size"] for b in blocks], where="mid", label="bank size at block start")
@@ -116,10 +171,34 @@ def plot_timeline(stats: dict, path: str) -> None:
     if evicted:
         ax.scatter(evicted, [blocks[i - idx[0]]["bank_size"] for i in evicted], marker="v", color="tab:orange",
                    label="evicted an entry")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("entries")
-    ax.set_xlabel("block")
     ax.set_title("Memory bank")
-    ax.legend(loc="upper left", fontsize=8)
+    sim = ax.twinx()
+    sims = [(b["index"], b["max_similarity"]) for b in blocks if b.get("max_similarity") is not None]
+    if sims:
+        sim.plot([i for i, _ in sims], [v for _, v in sims], color="tab:green", lw=1, marker=".",
+                 label="max similarity to the bank")
+    if "dedup_threshold" in stream:
+        sim.axhline(stream["dedup_threshold"], color="tab:green", ls=":", lw=1, label="dedup threshold")
+    sim.set_ylabel("cosine")
+    handles = ax.get_legend_handles_labels()
+    more = sim.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], loc="upper left", bbox_to_anchor=(1.08, 1.0),
+              fontsize=8, borderaxespad=0)
+
+    ax = axes[3]
+    phases = [k for k in blocks[0].get("timings_ms", {}) if k != "total"]
+    bottom = [0.0] * len(blocks)
+    for k in phases:
+        vals = [b["timings_ms"].get(k, 0.0) for b in blocks]
+        ax.bar(idx, vals, bottom=bottom, label=k)
+        bottom = [a + v for a, v in zip(bottom, vals)]
+    ax.set_ylabel("ms")
+    ax.set_xlabel("block")
+    ax.set_title("Time per block, by phase")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(**legend)
 
     switches = [b["index"] for b in blocks if b.get("prompt_switch")]
     for n, i in enumerate(switches):
@@ -127,7 +206,7 @@ def plot_timeline(stats: dict, path: str) -> None:
             a.axvline(i - 0.5, color="tab:purple", ls="--", lw=1,
                       label="prompt switch (recache)" if (a is axes[0] and n == 0) else None)
     if switches:
-        axes[0].legend(loc="upper left", fontsize=8)
+        axes[0].legend(**legend)
 
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)

@@ -181,6 +181,14 @@ class RunResult:
     exit_code: int = 0          # 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP when interrupted
 
 
+def _extra(stats: dict) -> dict:
+    """Wall time since the run began and the process's peak memory, for stats.json's summary."""
+    import resource
+
+    return {"wall_s": round(time.perf_counter() - stats["t0"], 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
+
+
 def _finish(writer, bar, stats, stats_path, run_config, out) -> None:
     """Close the video and write stats.json and timeline.png for the blocks done; write errors here
     (a full disk) cannot lose more than they already have, so they are not raised again."""
@@ -192,7 +200,7 @@ def _finish(writer, bar, stats, stats_path, run_config, out) -> None:
         bar.close()
     if stats["blocks"]:
         try:
-            write_stats(stats_path, stats["config"], stats["blocks"][:writer.durable_blocks])
+            write_stats(stats_path, stats["config"], stats["blocks"][:writer.durable_blocks], _extra(stats))
             plot_timeline(stats, os.path.join(out, "timeline.png"))
         except OSError:
             pass
@@ -203,7 +211,7 @@ def stream_to_dir(streamer: Streamer, model: ModelConfig, stream: StreamConfig, 
     """Run `blocks` blocks and write the outputs. Ctrl-C stops cleanly after closing the files."""
     if blocks < 1:
         raise DysinkError(f"--blocks must be >= 1, got {blocks}")
-    stats = {"config": run_config, "blocks": []}
+    stats = {"config": run_config, "blocks": [], "t0": time.perf_counter()}
     stats_path = os.path.join(out, "stats.json")
     writer = VideoWriter(os.path.join(out, "video.mp4"), stream.width, stream.height, fps=fps)
     t0 = time.perf_counter()
@@ -219,7 +227,7 @@ def stream_to_dir(streamer: Streamer, model: ModelConfig, stream: StreamConfig, 
                 stats["blocks"].append(record.to_json())
             # Only the blocks already complete in the video: a SIGKILL or power loss leaves a
             # stats.json that lists exactly what decodes (see video.py).
-            write_stats(stats_path, run_config, stats["blocks"][:writer.durable_blocks])
+            write_stats(stats_path, run_config, stats["blocks"][:writer.durable_blocks], _extra(stats))
             if bar is not None:
                 bar.set_postfix(bank=streamer.bank.size, sinks=len(record.retrieved))
                 bar.update(1)

@@ -49,6 +49,7 @@ class BlockRecord:
     latent: np.ndarray = field(repr=False)        # float32 [C, F, h, w]
     feature: np.ndarray = field(repr=False)       # float32 [F]
     prompt_switch: dict | None = None             # the recache done at the top of this block, if any
+    stored_reason: str = ""                       # why the block was (not) stored in the bank
 
     def to_json(self) -> dict:
         return {
@@ -60,6 +61,7 @@ class BlockRecord:
             "gate": self.gate,
             "fixed_sink_gate": self.fixed_sink_gate,
             "stored": self.stored,
+            "stored_reason": self.stored_reason,
             "max_similarity": self.max_similarity,
             "evicted_start_frame": self.evicted_start_frame,
             "frames": int(self.frames.shape[0]),
@@ -311,6 +313,10 @@ class Streamer:
             stored=not duplicate, max_similarity=max_sim, evicted_start_frame=evicted,
             timings_ms={**timings, "total": round(sum(timings.values()), 3)},
             frames=frames_np, latent=latent_np, feature=feature, prompt_switch=switch,
+            stored_reason=("first entry of an empty bank" if max_sim is None else
+                           f"dedup: similarity {max_sim:.4f} > {cfg.dedup_threshold}" if duplicate else
+                           f"similarity {max_sim:.4f} <= {cfg.dedup_threshold}"
+                           + (f"; evicted the entry at frame {evicted}" if evicted is not None else "")),
         )
         self.next_index += 1
         return record
