@@ -209,6 +209,14 @@ def run_cli(kw: dict):
     if kw["blocks"] is not None and kw["blocks"] < 1:
         raise DysinkError(f"--blocks must be >= 1, got {kw['blocks']}")
     given = kw.get("_given", set())
+    files = [(flag, kw.get(n)) for flag, n in (("--checkpoint", "checkpoint"), ("--lora", "lora"), ("--vae", "vae"),
+                                               ("--pe", "pe"), ("--prompt-embeds", "prompt_embeds"),
+                                               ("--prompts", "prompts_file"), ("--config", "config_file"),
+                                               ("--text-encoder", "text_encoder"))]
+    missing = [f"{flag} {path}" for flag, path in files if path and not os.path.exists(path)]
+    if missing:     # all of them at once, not one per run
+        raise DysinkError(f"{'these files do' if len(missing) > 1 else 'this file does'} not exist: "
+                          f"{'; '.join(missing)}")
     backend = kw["backend"]
     if backend == "torch" and kw["bundle"]:
         raise DysinkError("--bundle is read by --backend onnxruntime and tensorrt only; drop it or choose one of them")

@@ -239,3 +239,10 @@ def test_a_pickle_that_runs_code_is_refused_with_its_reason(tmp_path, monkeypatc
         assert "weights_only" in text and "system" in text, res.output     # the unsupported global is named
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "out").exists()
     assert _digest(evil) == before
+
+
+def test_every_missing_file_in_one_line(tmp_path):
+    res = _run("--out", tmp_path / "o", "--checkpoint", tmp_path / "a.pt", "--vae", tmp_path / "b.pth",
+               "--prompt-embeds", tmp_path / "c.safetensors")
+    _one_error_line(res, "these files do not exist: --checkpoint")
+    assert "--vae" in res.output and "--prompt-embeds" in res.output

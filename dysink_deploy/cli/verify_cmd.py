@@ -25,7 +25,7 @@ from ..errors import DysinkError
 from .common import checkpoint_file_options, model_config_option, resolve_model, shared
 
 
-_MAX_WARNINGS = 20
+_MAX_LINES = 20   # problems and warnings listed per kind; the rest counted
 
 
 def _build_on_meta(cfg):
@@ -69,43 +69,62 @@ def verify_checkpoint(model_name, model_config, checkpoint, lora, vae, pe, use_e
     # error (exit 2) and must not leave a half-printed report behind.
     reports: list[tuple[str, object]] = []  # (file, KeyReport | LoraReport)
     non_finite: list[str] = []              # values are read (memory-mapped) only for this scan
-    if checkpoint:
+    unreadable: list[str] = []              # every file that cannot be read, not only the first
+
+    def attempt(fn):
+        try:
+            fn()
+        except ck.CheckpointError as exc:
+            unreadable.append(str(exc))
+
+    def check_dit():
         what = "DiT (generator_ema)" if use_ema else "DiT"
         sd = ck.dit_state_dict(checkpoint, use_ema)
         reports.append((checkpoint, ck.compare_keys(models.dit, sd, what)))
-        non_finite += _non_finite(sd, Path(checkpoint).name)
-    if lora:
+        non_finite.extend(_non_finite(sd, Path(checkpoint).name))
+
+    def check_lora():
         # Checked against the preset's DiT shapes, so it works with or without --checkpoint.
         pairs, bad = ck.read_lora(lora)
         shapes = {k: tuple(v.shape) for k, v in models.dit.state_dict().items()}
         reports.append((lora, ck.check_lora(pairs, bad, shapes, cfg.dit.lora_rank, ck.lora_targets(models.dit))))
+
+    def check_part(path, loader, module, what):
+        def run():
+            sd = loader(path)
+            reports.append((path, ck.compare_keys(module, sd, what)))
+            non_finite.extend(_non_finite(sd, Path(path).name))
+        return run
+
+    if checkpoint:
+        attempt(check_dit)
+    if lora:
+        attempt(check_lora)
     if vae:
-        sd = ck.vae_state_dict(vae)
-        reports.append((vae, ck.compare_keys(models.vae, sd, "VAE decoder")))
-        non_finite += _non_finite(sd, Path(vae).name)
+        attempt(check_part(vae, ck.vae_state_dict, models.vae, "VAE decoder"))
     if pe:
-        sd = ck.pe_state_dict(pe)
-        reports.append((pe, ck.compare_keys(models.pe, sd, "PE-Core encoder")))
-        non_finite += _non_finite(sd, Path(pe).name)
+        attempt(check_part(pe, ck.pe_state_dict, models.pe, "PE-Core encoder"))
+    if unreadable:
+        if len(unreadable) == 1:
+            raise DysinkError(unreadable[0])
+        raise DysinkError(f"{len(unreadable)} files cannot be read: " + " | ".join(unreadable))
 
     problems = [line for _, report in reports for line in report.lines()] + non_finite
     warnings = [line for _, report in reports for line in getattr(report, "warning_lines", list)()]
     click.echo(f"verify-checkpoint: model {model_name!r} (LoRA rank {cfg.dit.lora_rank}, "
                f"alpha {cfg.dit.lora_alpha:g})")
-    if problems:
-        click.echo(f"{len(problems)} problems:")
-        for line in problems:
-            click.echo(f"  {line}")
-    if warnings:
-        # Warnings do not fail the check; a whole LoRA-less model would list hundreds, so cap them.
-        click.echo(f"{len(warnings)} warnings:")
-        for line in warnings[:_MAX_WARNINGS]:
-            click.echo(f"  {line}")
-        if len(warnings) > _MAX_WARNINGS:
-            click.echo(f"  ... and {len(warnings) - _MAX_WARNINGS} more")
+    # The verdict per file first; details after, capped (a wrong file can have a thousand lines).
     click.echo("summary:")
     for path, report in reports:
         click.echo(f"  {'ok  ' if report.ok else 'BAD '} {report.summary()}  [{Path(path).name}]")
+    for title, lines in ((f"{len(problems)} problems", problems), (f"{len(warnings)} warnings", warnings)):
+        if not lines:
+            continue
+        click.echo(f"{title}{' (first ' + str(_MAX_LINES) + ')' if len(lines) > _MAX_LINES else ''}:")
+        for line in lines[:_MAX_LINES]:
+            click.echo(f"  {line}")
+        if len(lines) > _MAX_LINES:
+            click.echo(f"  ... and {len(lines) - _MAX_LINES} more")
     if problems:
         click.echo(f"FAILED: {len(problems)} key problems in "
                    f"{sum(not r.ok for _, r in reports)} of {len(reports)} files")

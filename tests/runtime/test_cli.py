@@ -137,7 +137,7 @@ def test_bad_config_file(tmp_path):
     res = invoke("--out", tmp_path / "o", "--config", bad)
     assert res.exit_code == 2 and "is not valid JSON" in res.output
     res = invoke("--out", tmp_path / "o", "--config", tmp_path / "missing.json")
-    assert res.exit_code == 2 and "cannot read --config" in res.output
+    assert res.exit_code == 2 and "does not exist: --config" in res.output
 
 
 @pytest.mark.parametrize("make, message", [
