@@ -7,11 +7,13 @@ VENV ?= .venv
 STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml
+	@echo "installing into $(VENV)/ (torch, onnxruntime, triton, ...: a few minutes the first time)"
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	# torch is pinned to 2.13.0 in pyproject.toml (CPU wheel available locally).
 	$(VENV)/bin/python -m pip install -q -e '.[all]'
 	touch $(STAMP)
+	@echo "installed; the commands are in $(VENV)/bin (source $(VENV)/bin/activate)"
 
 .PHONY: install demo test bench gpu-check
 install: $(STAMP)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 import math
 import os
 import sys
@@ -40,6 +41,10 @@ from ..rope import rope_phases, timestep_frequencies
 # torch's exporter warns, on every export, that torchvision's ops cannot be
 # registered; we use none of them, so the warnings only bury real output.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+# onnxscript's constant folder says it leaves a multi-output Split alone (TensorRT folds it itself),
+# and torch warns about its own pytree API on every export: neither is anything a user can act on.
+logging.getLogger("onnxscript.optimizer._constant_folding").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
 
 # Defaults that every TensorRT parser we target documents as supported: the 10.x
 # parser's operator matrix covers opsets 9..20 (TensorRT 11: up to 25); opset 20
