@@ -33,9 +33,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
+# Every table of the README's Benchmarks section (several minutes; pin threads on a busy machine).
 bench: $(STAMP)
-	$(VENV)/bin/dysink-bench stream --model tiny --blocks 20
+	$(VENV)/bin/python -c "from dysink_deploy.bundle import Bundle; Bundle.load('$(DEMO_BUNDLE)')" 2>/dev/null \
+		|| $(VENV)/bin/dysink-export onnx --model tiny --precision fp32 --out $(DEMO_BUNDLE) --overwrite
+	$(VENV)/bin/dysink-bench stream --model tiny --blocks 20 --threads 2
+	$(VENV)/bin/dysink-bench stream --model tiny --blocks 20 --threads 2 --feature-mode streamed
+	$(VENV)/bin/dysink-bench stream --backend onnxruntime --bundle $(DEMO_BUNDLE) --blocks 20 --threads 2
+	$(VENV)/bin/dysink-bench graphs --model tiny --runs 20 --threads 2
+	$(VENV)/bin/dysink-bench graphs --mid --runs 5 --threads 2
 	$(VENV)/bin/dysink-bench memory --model tiny --blocks 300 --bank-capacity 16
+	$(VENV)/bin/dysink-bench soak --bundle $(DEMO_BUNDLE) --blocks 2000
 
 # On a machine with a CUDA GPU: the kernels compiled (not interpreted) against the references and
 # timed against SDPA (table written to docs/, commit it), then the GPU-marked tests; with TensorRT

@@ -93,6 +93,10 @@ def build_onnxruntime_streamer(bundle, provider: str, stream: StreamConfig, prom
     return Streamer(backend, bundle.model.dit, stream, prompt_embeds, seed=seed, prompts=prompts)
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def needs_real_prompt(model, has_checkpoints: bool) -> bool:
     """The embedded default prompt is for random weights only: not with checkpoints, nor for the
     released presets other than tiny (a custom --model-config with random weights may use it)."""
@@ -187,7 +191,7 @@ def main(**kw):
         sys.exit(exit_code(exc))
     runtime = time.perf_counter() - started
     status = "INTERRUPTED" if result.interrupted else "DONE"
-    click.echo(f"{status} | {result.blocks} blocks, {result.frames} frames -> {result.out} | "
+    click.echo(f"{status} | {_n(result.blocks, 'block')}, {_n(result.frames, 'frame')} -> {result.out} | "
                f"Runtime: {runtime:.1f}s | Command: {command}")
     if result.interrupted:
         sys.exit(result.exit_code or 130)
