@@ -52,7 +52,7 @@ def test_text_entries_in_a_schedule(umt5_tokenizer, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--prompt", "   ", "--tokenizer", "{tok}"], "the prompt is empty"),
     (["--prompt", "a cat"], "a text prompt needs --tokenizer DIR"),
-    (["--prompt", "a cat", "--tokenizer", "{tok}", "--prompt-embeds", "x.safetensors"], "give one of --prompt"),
+    (["--prompt", "a cat", "--tokenizer", "{tok}", "--prompt-embeds", "{bad}"], "give one of --prompt"),
     (["--tokenizer", "{tok}"], "give --prompt TEXT"),
     (["--prompt", "a cat", "--tokenizer", "{tmp}"], "has no tokenizer.json"),
     (["--prompt", "a cat", "--tokenizer", "{tok}", "--text-encoder", "{bad}"], "does not match the umT5 text encoder"),
