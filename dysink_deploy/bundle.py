@@ -54,7 +54,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def export_flags(model: ModelConfig, stream: StreamConfig, precision: str,
                  model_source: str | os.PathLike | None = None, checkpoints: Mapping[str, Any] | None = None,
-                 encoder_frames: Iterable[int] = (), interactive: bool = False) -> list[str]:
+                 encoder_frames: Iterable[int] = (), interactive: bool = False,
+                 text_encoder: Mapping[str, Any] | None = None) -> list[str]:
     """`dysink-export onnx` flags that rebuild a bundle for (model, stream, precision).
 
     A preset model is named with --model; any other with --model-config `model_source` (a JSON file
@@ -89,13 +90,17 @@ def export_flags(model: ModelConfig, stream: StreamConfig, precision: str,
             flags += ["--encoder-frames", str(n)]
     if interactive:
         flags.append("--interactive")
+    if isinstance(text_encoder, Mapping):
+        flags += ["--text-encoder-preset", str(text_encoder.get("preset"))]
+        if text_encoder.get("checkpoint"):
+            flags += ["--text-encoder", str(text_encoder["checkpoint"])]
     return flags
 
 
 def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, out: str | os.PathLike,
                     model_source: str | os.PathLike | None = None, checkpoints: Mapping[str, Any] | None = None,
                     overwrite: bool | None = None, encoder_frames: Iterable[int] = (),
-                    interactive: bool = False) -> str:
+                    interactive: bool = False, text_encoder: Mapping[str, Any] | None = None) -> str:
     """The export command for (model, stream, precision) into `out`; --overwrite when `out` exists
     (default: looked up), since the command would otherwise refuse it."""
     if overwrite is None:
@@ -109,7 +114,8 @@ def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, ou
                         model_source = manifest
         except (OSError, ValueError, RecursionError, AttributeError):
             pass
-    return shlex.join(["dysink-export", "onnx", *export_flags(model, stream, precision, model_source, checkpoints, encoder_frames, interactive),
+    return shlex.join(["dysink-export", "onnx", *export_flags(model, stream, precision, model_source, checkpoints, encoder_frames, interactive,
+                                    text_encoder),
                        "--out", str(out), *(["--overwrite"] if overwrite else [])])
 
 
@@ -130,6 +136,7 @@ def write_manifest(directory: str | os.PathLike, model: ModelConfig, stream: Str
                    graphs: Mapping[str, Mapping[str, Any]], kind: str = "onnx",
                    extra: Mapping[str, Any] | None = None, encoder_frames: Iterable[int] = (),
                    interactive: bool = False) -> Path:
+    """... `extra["text_encoder"]` (a dict) adds the umt5_encoder graph to the contract."""
     """Write `bundle.json` for the files already in `directory`; returns its path.
 
     `graphs[name]` holds at least "file" (relative path) and optionally
@@ -139,7 +146,8 @@ def write_manifest(directory: str | os.PathLike, model: ModelConfig, stream: Str
     """
     directory = Path(directory)
     encoder_frames = check_encoder_frames(list(encoder_frames))
-    specs = graph_specs(model, stream, precision, encoder_frames, interactive)
+    specs = graph_specs(model, stream, precision, encoder_frames, interactive,
+                        text_encoder=bool(extra and extra.get("text_encoder")))
     entries = {}
     for name, info in graphs.items():
         if name not in specs:
@@ -216,6 +224,12 @@ class Bundle:
         return {name: g.spec for name, g in self.graphs.items()}
 
     @property
+    def text_encoder(self) -> dict | None:
+        """The umt5_encoder graph's record ({"preset", "checkpoint", "random_seed"}), if exported."""
+        rec = self.manifest.get("text_encoder")
+        return rec if isinstance(rec, dict) else None
+
+    @property
     def interactive(self) -> bool:
         """Exported with --interactive (the dit_recache graph of prompt switches)."""
         return self.manifest.get("interactive") is True
@@ -235,7 +249,7 @@ class Bundle:
         return rebuild_command(self.model, self.stream, self.precision, self.path,
                                checkpoints=self.manifest.get("checkpoints"),
                                encoder_frames=self.manifest.get("encoder_frames") or (),
-                               interactive=self.interactive)
+                               interactive=self.interactive, text_encoder=self.manifest.get("text_encoder"))
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect_model: ModelConfig | str | None = None,
@@ -305,9 +319,11 @@ class Bundle:
         # -- the graph contract --------------------------------------------------------
         interactive = manifest.get("interactive") is True
         rebuild = rebuild_command(model, stream, precision, root, checkpoints=manifest.get("checkpoints"),
-                                  encoder_frames=manifest.get("encoder_frames") or (), interactive=interactive)
+                                  encoder_frames=manifest.get("encoder_frames") or (), interactive=interactive,
+                                  text_encoder=manifest.get("text_encoder") if isinstance(manifest.get("text_encoder"), dict) else None)
         try:
-            expected = graph_specs(model, stream, precision, manifest.get("encoder_frames") or (), interactive)
+            expected = graph_specs(model, stream, precision, manifest.get("encoder_frames") or (), interactive,
+                                   text_encoder=isinstance(manifest.get("text_encoder"), dict))
         except (TypeError, ValueError) as exc:
             raise DysinkError(f"bundle {root}: malformed {MANIFEST_NAME} (encoder_frames: {exc}); "
                               f"rebuild it: {rebuild}") from None

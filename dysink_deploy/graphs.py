@@ -119,11 +119,13 @@ def check_encoder_frames(counts) -> tuple[int, ...]:
 
 
 def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str,
-                encoder_frames=(), interactive: bool = False) -> dict[str, GraphSpec]:
+                encoder_frames=(), interactive: bool = False, text_encoder: bool = False) -> dict[str, GraphSpec]:
     """The graph contract of (model, stream, precision). `encoder_frames`: extra frame counts for
     which a memory_encoder_tN graph is exported beside the ones the stream uses (PE-Core on clips
     of other lengths, for callers). `interactive`: also `dit_recache`, the window recache of a
-    prompt switch (models.dit.WindowRecache) over the widest window."""
+    prompt switch (models.dit.WindowRecache) over the widest window. `text_encoder`: also
+    `umt5_encoder`, token ids -> prompt embeddings (float32 like the reference), so that bundle
+    backends encode prompts without torch."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     md = _MODEL_DTYPE[precision]
@@ -155,6 +157,12 @@ def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str,
          TensorSpec("sink_ids", (stream.sink_slots,), "int64")),
         (TensorSpec("x0", latent, "float32"), TensorSpec("k_new", kv, md), TensorSpec("v_new", kv, md),
          TensorSpec("ratios", (layers, stream.sink_slots), "float32")))
+
+    if text_encoder:
+        specs["umt5_encoder"] = GraphSpec(
+            "umt5_encoder",
+            (TensorSpec("ids", (1, d.text_len), "int64"), TensorSpec("mask", (1, d.text_len), "int64")),
+            (TensorSpec("prompt_embeds", (d.text_len, d.text_dim), "float32"),))
 
     if interactive:
         n_max = stream.window_frames(0)

@@ -18,6 +18,8 @@ from ..bundle import GRAPH_STREAM_FIELDS
 from ..config import FEATURE_MODES, StreamConfig
 from ..graphs import PRECISIONS
 from ..cli.common import HELP, checkpoint_file_options, model_config_option, resolve_model, shared
+from ..cli.prompt_cmd import text_encoder_options
+from ..errors import DysinkError
 
 
 def _stream_options(fn):
@@ -60,11 +62,13 @@ def _stream_options(fn):
               help="ONNX IR version. [default: 9 with opset 20, else the opset's minimum]")
 @click.option("--encoder-frames", "encoder_frames", type=int, multiple=True,
               help="Also export memory_encoder_tN for N frames (PE-Core on clips of that length; repeatable).")
+@text_encoder_options
 @click.option("--interactive", is_flag=True,
               help="Also export dit_recache, the graph prompt switches need (dysink-run --prompts).")
 @_stream_options
 def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, precision, out, overwrite, graphs, seed,
-                 opset, ir_version, encoder_frames, interactive, **stream_flags):
+                 opset, ir_version, encoder_frames, tokenizer, text_encoder, text_encoder_preset, interactive,
+                 **stream_flags):
     """Export the ONNX graphs of one stream configuration into a bundle directory."""
     from ..models.factory import CheckpointPaths
     from .onnx_export import export_onnx
@@ -79,9 +83,21 @@ def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, preci
     path = export_onnx(model, paths, precision, out, graphs=list(graphs) or None, overwrite=overwrite,
                        seed=seed, log=lambda m: click.echo(m, err=True), opset=opset, ir_version=ir_version,
                        encoder_frames=encoder_frames, interactive=interactive,
+                       text_encoder=_text_encoder_record(tokenizer, text_encoder, text_encoder_preset, seed),
                        **overrides)
     click.echo(f"wrote {path}")
     click.echo(f"DONE | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
+
+
+def _text_encoder_record(tokenizer, checkpoint, preset, seed) -> dict | None:
+    """--text-encoder / --text-encoder-preset: export the umt5_encoder graph (the tokenizer stays a folder
+    the runtime reads; it is not part of the bundle)."""
+    if tokenizer:
+        raise DysinkError("--tokenizer is read at run time (dysink-run --prompt ... --tokenizer DIR), not "
+                          "exported; drop it here")
+    if not checkpoint and not preset:
+        return None
+    return {"preset": preset or "umt5-xxl", "checkpoint": checkpoint, "random_seed": seed}
 
 
 @click.command("inspect")

@@ -111,6 +111,26 @@ class RecacheGraph(nn.Module):
         return self.recache(x, t, t_freq, text_k, text_v, rope, key_valid)
 
 
+class TextEncoderGraphUMT5(nn.Module):
+    """(ids [1, L], mask [1, L]) -> prompt_embeds [L, dim] through the umT5 encoder (float32)."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, ids, mask):
+        return self.encoder(ids, mask)[0].float()
+
+
+def text_encoder_graph(record: dict) -> nn.Module:
+    """The umt5_encoder graph's module from its manifest record (float32, like the reference)."""
+    from ..models.umt5 import build_text_encoder, text_encoder_preset
+
+    cfg = text_encoder_preset(record["preset"])
+    return TextEncoderGraphUMT5(build_text_encoder(cfg, record.get("checkpoint"),
+                                                   seed=int(record.get("random_seed", 0)))).eval()
+
+
 class RetrieveGraph(nn.Module):
     """RetrieveSinks over the bank, sink_size and top_k of the stream config baked in."""
 
@@ -175,7 +195,8 @@ def sample_inputs(name: str, model: ModelConfig, stream: StreamConfig, precision
     phases of a block at frame 9.
     """
     extra = (int(name[len("memory_encoder_t"):]),) if name.startswith("memory_encoder_t") else ()
-    spec = graph_specs(model, stream, precision, extra, interactive=(name == "dit_recache"))[name]
+    spec = graph_specs(model, stream, precision, extra, interactive=(name == "dit_recache"),
+                       text_encoder=(name == "umt5_encoder"))[name]
     g = torch.Generator().manual_seed(seed)
     d = model.dit
     pages = torch.randperm(stream.pool_pages, generator=g)
@@ -192,6 +213,9 @@ def sample_inputs(name: str, model: ModelConfig, stream: StreamConfig, precision
             lat_h, lat_w = stream.latent_hw
             frames = stream.window_frames(0) if recache else stream.block_frames
             x = torch.from_numpy(rope_phases(d, 9, frames, lat_h // d.patch[1], lat_w // d.patch[2]))
+        elif name == "umt5_encoder" and t.name in ("ids", "mask"):   # 77 tokens, then padding
+            valid = torch.arange(t.shape[1]) < min(77, t.shape[1])
+            x = (torch.randint(2, 100, t.shape, generator=g) * valid if t.name == "ids" else valid[None].long())
         elif t.name == "key_valid":                   # the first two thirds valid, the rest padding
             per_frame = t.shape[0] // stream.window_frames(0)
             valid = (2 * stream.window_frames(0) // 3) // stream.block_frames * stream.block_frames
@@ -358,7 +382,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
                 graphs: Iterable[str] | None = None, overwrite: bool = False, seed: int = 0,
                 log: Callable[[str], None] | None = None, opset: int | None = None,
                 ir_version: int | None = None, encoder_frames: Iterable[int] = (), interactive: bool = False,
-                **stream_overrides) -> Path:
+                text_encoder: dict | None = None, **stream_overrides) -> Path:
     """Export every graph of the contract for one stream configuration into bundle `out`.
 
     model: preset name or ModelConfig. checkpoints: weights (random from `seed`
@@ -367,6 +391,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
     opset / ir_version: of every graph and function body (default: `default_opset(precision)`).
     encoder_frames: extra memory_encoder_tN graphs (PE-Core on N frames) beside the stream's own.
     interactive: also the dit_recache graph that prompt switches need.
+    text_encoder: {"preset", "checkpoint" or None, "random_seed"}: also the umt5_encoder graph.
     The bundle is written to a temporary sibling directory and renamed to
     `out` only when complete; on any error nothing is left behind.
     Returns the bundle path.
@@ -383,7 +408,14 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
         encoder_frames = check_encoder_frames(list(encoder_frames))
     except ValueError as exc:
         raise DysinkError(f"--encoder-frames: {exc}") from None
-    specs = graph_specs(cfg, stream, precision, encoder_frames, interactive)
+    if text_encoder is not None:
+        from ..models.umt5 import text_encoder_preset
+
+        width = text_encoder_preset(text_encoder["preset"]).dim
+        if width != cfg.dit.text_dim:
+            raise DysinkError(f"the {text_encoder['preset']} text encoder gives width {width}, the model reads "
+                              f"{cfg.dit.text_dim}; use the matching --text-encoder-preset")
+    specs = graph_specs(cfg, stream, precision, encoder_frames, interactive, text_encoder is not None)
     names = list(specs) if graphs is None else list(graphs)
     unknown = [n for n in names if n not in specs]
     if unknown:
@@ -401,7 +433,8 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
         entries = {}
         for name in names:
             t0 = time.perf_counter()
-            module = graph_module(name, models, stream).eval()
+            module = (text_encoder_graph(text_encoder) if name == "umt5_encoder"
+                      else graph_module(name, models, stream).eval())
             args = sample_inputs(name, cfg, stream, precision, seed=seed)
             entries[name] = export_graph(module, specs[name], args, tmp / f"{name}.onnx", opset, ir_version)
             log(f"exported {name} ({time.perf_counter() - t0:.1f}s)")
@@ -411,6 +444,11 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
             "ir_version": ir_version,
             "custom_op_domain": {"domain": ONNX_DOMAIN, "version": ONNX_DOMAIN_VERSION},
             "checkpoints": _checkpoint_record(checkpoints, seed),
+            **({"text_encoder": {"preset": text_encoder["preset"],
+                                 "checkpoint": (str(Path(text_encoder["checkpoint"]).resolve())
+                                                if text_encoder.get("checkpoint") else None),
+                                 "random_seed": int(text_encoder.get("random_seed", 0))}}
+               if text_encoder is not None else {}),
             "versions": _versions(),
         })
         Bundle.load(tmp, require=names)  # what the runtime will see, before it becomes visible

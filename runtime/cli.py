@@ -13,6 +13,7 @@ import sys
 import time
 
 import click
+import numpy as np
 
 from ..config import MODEL_PRESETS, StreamConfig, stream_config_from_dict
 from ..errors import DysinkError
@@ -261,8 +262,26 @@ def run_cli(kw: dict):
         blocks_for_seconds(kw["seconds"], stream.block_frames) if kw["seconds"] is not None else 12)
 
     switches = []
-    encode = (lambda text: encode_for(text, kw.get("tokenizer"), kw.get("text_encoder"),
-                                      kw.get("text_encoder_preset"), text_dim=model.dit.text_dim))
+    def encode(text: str):
+        """A text prompt -> embeddings: the bundle's umt5_encoder graph (no torch) when it has one,
+        else the PyTorch encoder."""
+        if bundle is not None and bundle.text_encoder is not None:
+            if kw.get("text_encoder") or kw.get("text_encoder_preset"):
+                raise DysinkError(f"bundle {bundle.path} holds its text encoder ({bundle.text_encoder['preset']}); "
+                                  "drop --text-encoder / --text-encoder-preset")
+            if not kw.get("tokenizer"):
+                raise DysinkError("a text prompt needs --tokenizer DIR (the release's google/umt5-xxl folder)")
+            from ..text import PromptTokenizer
+            from .backends.onnxruntime_backend import _ort, load_session
+
+            ids, mask = PromptTokenizer(kw["tokenizer"])(text)
+            ort = _ort()
+            sess = load_session(ort, bundle, "umt5_encoder", str(bundle.graph_path("umt5_encoder")),
+                                ort.SessionOptions(), ("CPUExecutionProvider",))
+            (out,) = sess.run(["prompt_embeds"], {"ids": ids[None], "mask": mask[None]})
+            return np.asarray(out, dtype=np.float32)
+        return encode_for(text, kw.get("tokenizer"), kw.get("text_encoder"), kw.get("text_encoder_preset"),
+                          text_dim=model.dit.text_dim)
     if (kw.get("prompt_text") is not None or kw.get("prompts_file")) and has_ckpt and kw.get("tokenizer") \
             and not kw.get("text_encoder"):
         raise DysinkError("real weights need the real text encoder: pass --text-encoder "

@@ -171,6 +171,16 @@ class OnnxRuntimeBackend(Backend):
     def upload(self, array: np.ndarray) -> OrtTensor:
         return self._wrap(array)
 
+    def encode_text(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Token ids and mask [L] -> prompt embeddings float32 [L, text_dim] through the bundle's
+        umt5_encoder graph (no torch)."""
+        if "umt5_encoder" not in self.sessions:
+            raise DysinkError(f"bundle {self.bundle.path} has no umt5_encoder graph; export it with "
+                              f"--text-encoder FILE: {self.bundle.rebuild_command()} --text-encoder FILE")
+        (out,) = self.sessions["umt5_encoder"].run(["prompt_embeds"], {"ids": ids[None].astype(np.int64),
+                                                                       "mask": mask[None].astype(np.int64)})
+        return np.asarray(out, dtype=np.float32)
+
     def set_prompt(self, prompt_embeds: np.ndarray) -> None:
         text_k, text_v = self._run("text_encoder", {"prompt_embeds": self._value(prompt_embeds.astype(np.float32))})
         self._fixed.update(text_k=text_k, text_v=text_v)
