@@ -213,7 +213,7 @@ def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None 
                 model: str | os.PathLike | Mapping | ModelConfig = "tiny",
                 checkpoints: Mapping[str, Any] | None = None, weights_seed: int = 0,
                 device: str = "cpu", precision: str = "fp32", kernels: str = "auto",
-                ort_provider: str = "cpu", cuda_graph: bool = False,
+                ort_provider: str = "cpu", cuda_graph: bool = False, threads: int | None = None,
                 prompt_embeds: np.ndarray | str | os.PathLike | None = None, seed: int = 0,
                 settings: Mapping[str, Any] | StreamConfig | None = None,
                 noise: NoiseSource | None = None, features: FeatureSource | None = None,
@@ -247,6 +247,12 @@ def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None 
     for name, fn in (("noise", noise), ("features", features), ("observer", observer)):
         if fn is not None and not callable(fn):
             raise DysinkError(f"{name} must be callable, got {type(fn).__name__}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise DysinkError(f"threads must be an integer >= 1, got {threads!r}")
+    if threads and backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
     if cuda_graph and backend != "tensorrt":
         raise DysinkError("cuda_graph applies to the tensorrt backend only")
     hooks = {"noise": noise, "features": features, "observer": observer}
@@ -270,7 +276,7 @@ def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None 
         if backend == "onnxruntime":
             from .runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-            be = OnnxRuntimeBackend(b, providers=ort_provider)
+            be = OnnxRuntimeBackend(b, providers=ort_provider, threads=threads)
             details = {"ort_provider": ort_provider}
         else:
             from .runtime.backends.tensorrt_backend import TensorRTBackend

@@ -381,5 +381,66 @@ def compare(run_a, run_b, score_digits):
     click.echo(f"SAME | {common} blocks, identical decisions")
 
 
+@main.command()
+@shared("--bundle", "bundle_path", type=click.Path(), required=True)
+@shared("--blocks", type=int, default=8, note="Per stream.")
+@click.option("--streams", default="1,2,4", show_default=True, help="Concurrent stream counts to measure.")
+@shared("--threads", type=int, default=1, note="Per stream on the server and in the local run.")
+def serve(bundle_path, blocks, streams, threads):
+    """Triton Inference Server (CPU) vs one local process: aggregate blocks/s and per-block latency for
+    1, 2, 4 concurrent streams (needs tritonserver: dysink-serve --fetch-server)."""
+    import statistics
+    import tempfile
+    import threading
+
+    from . import api
+    from .serving.client import StreamClient
+    from .serving.repo import write_repo
+    from .serving.server import TritonServer
+
+    counts = [int(c) for c in streams.split(",")]
+    if blocks < 2 or min(counts) < 1:
+        raise DysinkError("--blocks must be >= 2 and every --streams count >= 1")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = write_repo(bundle_path, f"{tmp}/repo", max_streams=max(counts), threads=threads)
+        with TritonServer(str(repo), log_file=f"{tmp}/server.log") as server:
+            for n in counts:
+                latencies: list[float] = []
+                lock = threading.Lock()
+
+                def one(seed):
+                    c = StreamClient(server.grpc_url)
+                    last = time.perf_counter()
+                    for i, _ in enumerate(c.stream(seed, blocks)):
+                        now = time.perf_counter()
+                        if i:                       # block 0 includes the stream's set-up
+                            with lock:
+                                latencies.append((now - last) * 1000)
+                        last = now
+                    c.close()
+
+                t0 = time.perf_counter()
+                workers = [threading.Thread(target=one, args=(s,)) for s in range(n)]
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    w.join()
+                served = n * blocks / (time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for s in range(n):                  # the same work, one stream after another, in this process
+                    with api.open_stream(bundle_path, seed=s, threads=threads) as stream:
+                        for _ in stream.blocks(blocks):
+                            pass
+                local = n * blocks / (time.perf_counter() - t0)
+                rows.append((n, served, statistics.median(latencies), local))
+                click.echo(f"  {n} stream(s) done", err=True)
+    click.echo(f"bundle {bundle_path} | {blocks} blocks per stream | {threads} thread(s) per stream | "
+               "tritonserver (CPU, Python backend) vs one local process, streams in turn")
+    click.echo(f"{'streams':>8} {'server blocks/s':>16} {'median ms/block':>16} {'local blocks/s':>15} {'ratio':>7}")
+    for n, served, lat, local in rows:
+        click.echo(f"{n:>8} {served:>16.2f} {lat:>16.0f} {local:>15.2f} {served / local:>6.2f}x")
+
+
 if __name__ == "__main__":
     main()

@@ -23,12 +23,14 @@ def _register() -> None:
     from ..export.commands import COMMANDS
     from ..plugins.cli import kernels_command, plugins_command
     from .prompt_cmd import encode_prompt_command
+    from ..serving.cli import triton_repo_command
 
     main.add_command(verify_checkpoint)
     main.add_command(kernels_command)
     main.add_command(plugins_command)
     main.add_command(check_command)
     main.add_command(encode_prompt_command)
+    main.add_command(triton_repo_command)
     for cmd in COMMANDS:
         main.add_command(cmd)
 

@@ -87,7 +87,10 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, providers: str | Sequence[str] = ("CPUExecutionProvider",),
-                 threads: int | None = None, profile_dir: str | None = None, device_id: int = 0):
+                 threads: int | None = None, profile_dir: str | None = None, device_id: int = 0,
+                 sessions: dict | None = None):
+        """`sessions`: another backend's sessions over the same bundle, shared (the weights are loaded
+        once; each backend keeps its own pools and caches): several streams in one process."""
         ort = _ort()
         self.bundle, self.stream, self.model = bundle, bundle.stream, bundle.model
         self.providers = resolve_providers(providers)
@@ -110,8 +113,9 @@ class OnnxRuntimeBackend(Backend):
         if profile_dir:
             opts.enable_profiling = True
             opts.profile_file_prefix = f"{profile_dir}/ort"
-        self.sessions = {name: load_session(ort, bundle, name, str(bundle.graph_path(name)), opts, self.providers)
-                         for name in bundle.graphs}
+        self.sessions = sessions if sessions is not None else {
+            name: load_session(ort, bundle, name, str(bundle.graph_path(name)), opts, self.providers)
+            for name in bundle.graphs}
         self.specs = bundle.specs
         self._ops = None if self.on_cpu else _DeviceOps(ort, self.providers, bundle.precision, self.device)
         self._dit_io = None
