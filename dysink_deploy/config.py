@@ -495,40 +495,6 @@ class StreamConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "model config") -> "ModelConfig":
-        """Inverse of `to_dict`, strict: unknown, missing or mistyped fields are refused by name, and
-        the values are validated with the presets' messages (a ConfigError naming `where`)."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: ModelConfig must be a JSON object, got {type(data).__name__}")
-        parts = {"dit": DiTConfig, "vae": VAEConfig, "pe": PEConfig}
-        top = {k: v for k, v in data.items() if k not in parts}
-        for key in ("name", "height", "width"):
-            if key not in data:
-                raise ConfigError(f"{where}: ModelConfig is missing field {key}")
-        unknown = sorted(set(top) - {"name", "height", "width"})
-        if unknown:
-            raise ConfigError(f"{where}: ModelConfig has unknown field(s) {', '.join(unknown)}; "
-                              "known: name, height, width, dit, vae, pe")
-        if not isinstance(data["name"], str) or not data["name"]:
-            raise ConfigError(f"{where}: ModelConfig.name must be a non-empty string, got {data['name']!r}")
-        for key in ("height", "width"):
-            if not _typed(data[key], "int") or data[key] <= 0:
-                raise ConfigError(f"{where}: ModelConfig.{key} must be a positive integer, got {data[key]!r}")
-        built = {}
-        for key, cls_ in parts.items():
-            if key not in data:
-                raise ConfigError(f"{where}: ModelConfig is missing field {key}")
-            try:
-                built[key] = _strict_from_dict(cls_, data[key], where)
-            except ConfigError as exc:
-                text = str(exc)
-                raise ConfigError(text if text.startswith(where) else f"{where}: {text}") from None
-        try:
-            return cls(name=data["name"], height=data["height"], width=data["width"], **built)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-
 
 def stream_config_from_dict(data: dict, base: StreamConfig | None = None) -> StreamConfig:
     """Build a StreamConfig from a (possibly partial) dict, rejecting unknown keys."""

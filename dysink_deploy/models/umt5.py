@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..config import _positive_ints
 from ..errors import ConfigError
 
 
@@ -40,11 +41,8 @@ class UMT5Config:
     text_len: int = 512            # the pipeline pads / truncates prompts to this many tokens
 
     def __post_init__(self):
-        for name in ("vocab_size", "dim", "dim_attn", "dim_ffn", "heads", "layers", "num_buckets",
-                     "max_distance", "text_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"UMT5Config.{name} must be a positive integer, got {value!r}")
+        _positive_ints(self, ["vocab_size", "dim", "dim_attn", "dim_ffn", "heads", "layers", "num_buckets",
+                              "max_distance", "text_len"])
         if self.dim_attn % self.heads:
             raise ConfigError(f"UMT5Config.dim_attn ({self.dim_attn}) must be divisible by heads ({self.heads})")
         if self.num_buckets % 4:

@@ -90,7 +90,7 @@ class TritonServer:
         self.metrics_port = free_port()
         cmd = [str(self.binary), f"--model-repository={repo_path.resolve()}", f"--grpc-port={self.grpc_port}",
                f"--http-port={self.http_port}", f"--metrics-port={self.metrics_port}", "--log-verbose=0",
-               "--exit-on-error=true", "--disable-auto-complete-config"]
+               "--exit-on-error=true", "--disable-auto-complete-config", "--exit-timeout-secs=5"]
         if backends is not None:
             cmd.append(f"--backend-directory={backends}")
             stubs = backends.parent / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
