@@ -262,6 +262,8 @@ def run_cli(kw: dict):
         blocks_for_seconds(kw["seconds"], stream.block_frames) if kw["seconds"] is not None else 12)
 
     switches = []
+    text_encoder_cache: dict = {}
+
     def encode(text: str):
         """A text prompt -> embeddings: the bundle's umt5_encoder graph (no torch) when it has one,
         else the PyTorch encoder."""
@@ -274,11 +276,14 @@ def run_cli(kw: dict):
             from ..text import PromptTokenizer
             from .backends.onnxruntime_backend import _ort, load_session
 
-            ids, mask = PromptTokenizer(kw["tokenizer"])(text)
-            ort = _ort()
-            sess = load_session(ort, bundle, "umt5_encoder", str(bundle.graph_path("umt5_encoder")),
-                                ort.SessionOptions(), ("CPUExecutionProvider",))
-            (out,) = sess.run(["prompt_embeds"], {"ids": ids[None], "mask": mask[None]})
+            if "session" not in text_encoder_cache:      # one session and tokenizer for every prompt of the run
+                ort = _ort()
+                text_encoder_cache["session"] = load_session(
+                    ort, bundle, "umt5_encoder", str(bundle.graph_path("umt5_encoder")), ort.SessionOptions(),
+                    ("CPUExecutionProvider",))
+                text_encoder_cache["tokenizer"] = PromptTokenizer(kw["tokenizer"])
+            ids, mask = text_encoder_cache["tokenizer"](text)
+            (out,) = text_encoder_cache["session"].run(["prompt_embeds"], {"ids": ids[None], "mask": mask[None]})
             return np.asarray(out, dtype=np.float32)
         return encode_for(text, kw.get("tokenizer"), kw.get("text_encoder"), kw.get("text_encoder_preset"),
                           text_dim=model.dit.text_dim)

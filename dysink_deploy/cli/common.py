@@ -54,9 +54,37 @@ def exit_code(exc: KeyboardInterrupt) -> int:
     return 128 + (exc.signum if isinstance(exc, StopSignal) else signal.SIGINT)
 
 
+def _one_line_main(run, args, prog_name, complete_var, standalone_mode, extra):
+    """click's own usage errors (a bad choice, a missing option, a wrong type) as one `error:` line,
+    like every other refusal of the project, exit 2."""
+    if not standalone_mode:
+        return run(args, prog_name, complete_var, standalone_mode=False, **extra)
+    try:
+        result = run(args, prog_name, complete_var, standalone_mode=False, **extra)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "the command")
+        click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+class OneLineCommand(click.Command):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        return _one_line_main(super().main, args, prog_name, complete_var, standalone_mode, extra)
+
+
 class UserErrorGroup(click.Group):
     """A click group whose commands print a `DysinkError` as `error: ...` and exit 2, no traceback;
-    SIGTERM / SIGHUP stop them like Ctrl-C (cleanup runs), exiting 128 + the signal."""
+    SIGTERM / SIGHUP stop them like Ctrl-C (cleanup runs), exiting 128 + the signal; click's usage
+    errors are one line too (OneLineCommand)."""
+
+    command_class = OneLineCommand
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        return _one_line_main(super().main, args, prog_name, complete_var, standalone_mode, extra)
 
     def invoke(self, ctx):
         install_stop_signals()
@@ -170,35 +198,3 @@ def flag_names(message: str) -> str:
     import re
 
     return re.sub(r"StreamConfig\.([a-z_0-9]+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
-
-
-def _one_line_main(run, args, prog_name, complete_var, standalone_mode, extra):
-    """click's own usage errors (a bad choice, a missing option, a wrong type) as one `error:` line,
-    like every other refusal of the project, exit 2."""
-    if not standalone_mode:
-        return run(args, prog_name, complete_var, standalone_mode=False, **extra)
-    try:
-        result = run(args, prog_name, complete_var, standalone_mode=False, **extra)
-    except click.UsageError as exc:
-        where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "the command")
-        click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
-    sys.exit(result if isinstance(result, int) else 0)
-
-
-class OneLineCommand(click.Command):
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        return _one_line_main(lambda *a, **k: click.Command.main(self, *a, **k), args, prog_name, complete_var,
-                              standalone_mode, extra)
-
-
-def _group_main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-    return _one_line_main(lambda *a, **k: click.Group.main(self, *a, **k), args, prog_name, complete_var,
-                          standalone_mode, extra)
-
-
-UserErrorGroup.command_class = OneLineCommand
-UserErrorGroup.main = _group_main

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import shlex
-import signal
 import sys
 import time
 
@@ -120,11 +118,3 @@ def client_main(url, blocks, seed, out, overwrite, prompt_embeds, prompt, config
         sys.exit(130)
     click.echo(f"DONE | {len(entries)} blocks from {url} -> {out} | Runtime: {time.perf_counter() - t0:.1f}s")
 
-
-def _sigterm(*_):
-    raise KeyboardInterrupt
-
-
-if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _sigterm)
-    client_main()

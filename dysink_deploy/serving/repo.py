@@ -35,7 +35,7 @@ def _pbtxt_str(value: str) -> str:
 
 
 def config_pbtxt(bundle: Bundle, instances: int, kind: str, gpus: list[int], max_streams: int, threads: int,
-                 provider: str, python_path: list[str], tokenizer: str | None) -> str:
+                 provider: str, tokenizer: str | None) -> str:
     d = bundle.model.dit
     h, w = bundle.stream.height, bundle.stream.width
     group = (f'  {{ count: {instances}, kind: KIND_GPU, gpus: [ {", ".join(map(str, gpus))} ] }}' if kind == "gpu"
@@ -45,8 +45,8 @@ def config_pbtxt(bundle: Bundle, instances: int, kind: str, gpus: list[int], max
     lines = [f'name: "{MODEL_NAME}"', 'backend: "python"', "max_batch_size: 0",
              "model_transaction_policy { decoupled: true }",
              "input [",
-             f'  {{ name: "SEED", data_type: TYPE_INT64, dims: [ 1 ] }},',
-             f'  {{ name: "BLOCKS", data_type: TYPE_INT64, dims: [ 1 ] }},',
+             '  { name: "SEED", data_type: TYPE_INT64, dims: [ 1 ] },',
+             '  { name: "BLOCKS", data_type: TYPE_INT64, dims: [ 1 ] },',
              f'  {{ name: "PROMPT_EMBEDS", data_type: TYPE_FP32, dims: [ {d.text_len}, {d.text_dim} ], optional: true }},',
              '  { name: "PROMPT", data_type: TYPE_UINT8, dims: [ -1 ], optional: true },',
              '  { name: "SETTINGS", data_type: TYPE_UINT8, dims: [ -1 ], optional: true },',
@@ -106,7 +106,7 @@ def write_repo(bundle_path: str, out: str, instances: int = 1, kind: str = "cpu"
         shutil.copyfile(Path(__file__).with_name("triton_model.py"), model_dir / "1" / "model.py")
         (model_dir / "1" / "python_path.json").write_text(json.dumps(environment_paths(), indent=1))
         (model_dir / "config.pbtxt").write_text(config_pbtxt(
-            bundle, instances, kind, gpus or [], max_streams, threads, provider, environment_paths(),
+            bundle, instances, kind, gpus or [], max_streams, threads, provider,
             str(Path(tokenizer).resolve()) if tokenizer else None))
         (tmp / "dysink_repo.json").write_text(json.dumps({
             "bundle": str(bundle.path.resolve()), "bundle_manifest_sha256": sha256_file(bundle.path / "bundle.json"),

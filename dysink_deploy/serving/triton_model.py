@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 
@@ -127,7 +126,6 @@ class TritonPythonModel:
         return int(_array(t).reshape(-1)[0])
 
     def _parse(self, request) -> dict:
-        from dysink_deploy.config import stream_config_from_dict  # noqa: F401  (validated below)
         from dysink_deploy.runtime.cli import bundle_stream_config
         from dysink_deploy.runtime.run import default_prompt_embeds
 
