@@ -67,3 +67,18 @@ def test_bad_prompt_inputs(umt5_tokenizer, tmp_path, args, message):
     lines = res.output.strip().splitlines()
     assert res.exit_code == 2 and len(lines) == 1 and message in lines[0], res.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("out, message", [("emb.npy", "must end in .safetensors"), ("emb.safetensors", None)])
+def test_encode_prompt_out_checks(umt5_tokenizer, tmp_path, out, message):
+    target = tmp_path / out
+    if message is None:                     # a symbolic link is never written through
+        (tmp_path / "elsewhere.safetensors").write_text("keep")
+        target.symlink_to(tmp_path / "elsewhere.safetensors")
+        message = "is a symbolic link"
+    res = CliRunner().invoke(export_main, ["encode-prompt", "--prompt", "a cat", "--tokenizer", str(umt5_tokenizer),
+                                           "--out", str(target), "--overwrite"])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and message in lines[0], res.output
+    if target.is_symlink():
+        assert (tmp_path / "elsewhere.safetensors").read_text() == "keep"
