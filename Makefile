@@ -51,10 +51,13 @@ bench: $(STAMP)
 # and a 12-block stream on tensorrt vs torch, decision for decision (written to docs/ too).
 GPU_BUNDLE := bundles/gpu-check-tiny-fp16
 gpu-check: $(STAMP)
-	TRITON_INTERPRET=0 $(VENV)/bin/dysink-bench kernels --markdown docs/kernels-gpu-check-$$(date +%F).md
-	TRITON_INTERPRET=0 $(VENV)/bin/python -m pytest -q -m gpu
-	@if $(VENV)/bin/python -c "import tensorrt" 2>/dev/null; then \
-	  set -e; arch=$$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .); \
+	@reason=$$(TRITON_INTERPRET=0 $(VENV)/bin/python -c "from dysink_deploy.plugins.gpu_check import skip_reason; print(skip_reason() or '')"); \
+	if [ -n "$$reason" ]; then echo "SKIPPED | make gpu-check needs a CUDA GPU: $$reason"; exit 0; fi; \
+	set -e; \
+	TRITON_INTERPRET=0 $(VENV)/bin/dysink-bench kernels --markdown docs/kernels-gpu-check-$$(date +%F).md; \
+	TRITON_INTERPRET=0 $(VENV)/bin/python -m pytest -q -m gpu; \
+	if $(VENV)/bin/python -c "import tensorrt" 2>/dev/null; then \
+	  arch=$$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .); \
 	  $(VENV)/bin/dysink-export onnx --model tiny --precision fp16 --out $(GPU_BUNDLE) --overwrite; \
 	  $(VENV)/bin/dysink-export plugins --bundle $(GPU_BUNDLE) --arch $$arch --out $(GPU_BUNDLE)/plugins --overwrite; \
 	  $(VENV)/bin/dysink-export build --bundle $(GPU_BUNDLE); \

@@ -10,8 +10,11 @@ pointers, global and profile scratch, after the non-constexpr arguments;
 constexpr arguments are baked in and absent), the grid rule, and the
 assumptions the compiler was allowed to make (16-byte aligned pointers).
 
-`TRITON_PTXAS_PATH` selects the ptxas Triton uses (on a Jetson: the device
-toolkit's own).
+The ptxas Triton runs is its bundled copy unless `TRITON_PTXAS_PATH` (sm_80-90)
+or `TRITON_PTXAS_BLACKWELL_PATH` (sm_100 and newer) names another (on a Jetson:
+the device toolkit's own). Triton silently falls back to its bundled copy when
+that path is not a working ptxas; here that is an error, and the manifest
+records which ptxas (path and version) built each architecture.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ ARG_TYPES: dict[str, dict[str, str]] = {
                           "partial": "*fp32", "L": _I32, "H": _I32, "n_local": _I32, "n_sink": _I32,
                           "fixed_sinks": _I32, "tokens_per_split": _I32},
     "gate_decide": {"partial": "*fp32", "local_ids": "*i64", "sink_ids": "*i64", "ratios": "*fp32",
-                    "inv_tokens": _F32, "inv_heads": "fp64", "L": _I32, "H": _I32, "n_local": _I32, "n_sink": _I32},
+                    "L": _I32, "H": _I32, "n_local": _I32, "n_sink": _I32},
     "paged_attention": {"q": "*DT", "k_cur": "*DT", "v_cur": "*DT", "k_pool": "*DT", "v_pool": "*DT",
                         "local_ids": "*i64", "sink_ids": "*i64", "ratios": "*fp32", "out": "*DT",
                         "threshold": _F32, "sm_scale": _F32, "L": _I32, "H": _I32, "n_local": _I32,
@@ -75,8 +78,6 @@ OPS = {
             "tokens_per_split": "cdiv(L, N_SPLIT)",
             "workspace_bytes": "4 * (n_sink + n_local + 2) * H * N_SPLIT * HEAD_DIM (gate partial sums)",
             "threshold": "the node's threshold attribute as float32",
-            "inv_tokens": "float32(1 / L)",
-            "inv_heads": "float64(1 / H)",
             "sm_scale": "1 / sqrt(HEAD_DIM) as float32",
         },
     },
@@ -224,6 +225,28 @@ _PTXAS_USED = re.compile(r"Used (\d+) registers")
 _PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
+def ptxas_variable(arch: int) -> str:
+    """The environment variable that selects Triton's ptxas for this architecture."""
+    return "TRITON_PTXAS_BLACKWELL_PATH" if arch >= 100 else "TRITON_PTXAS_PATH"
+
+
+def ptxas_for(arch: int) -> dict:
+    """{'path', 'version', 'variable'} of the ptxas Triton will run for `arch`."""
+    _triton()
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    variable = ptxas_variable(arch)
+    try:
+        tool = get_ptxas(arch)
+    except RuntimeError as exc:
+        raise DysinkError(f"no ptxas for sm_{arch}: {exc}; set {variable} to a CUDA toolkit's ptxas") from None
+    wanted = os.environ.get(variable)
+    if wanted and os.path.realpath(tool.path) != os.path.realpath(wanted):
+        raise DysinkError(f"{variable}={wanted} is not a working ptxas (Triton would quietly use its own "
+                          f"{tool.path} instead); fix the path or unset {variable}")
+    return {"path": tool.path, "version": tool.version, "variable": variable}
+
+
 def parse_ptxas_log(text: str) -> dict:
     """ptxas -v -> {registers, stack_frame, spill_stores, spill_loads} (None where absent)."""
     used, frame = _PTXAS_USED.search(text), _PTXAS_FRAME.search(text)
@@ -269,6 +292,7 @@ def compile_kernels(model: ModelConfig, stream: StreamConfig, precisions: list[s
     if out.exists() and not (out / MANIFEST).is_file():
         raise DysinkError(f"{out} exists and is not a kernel directory (no {MANIFEST}); "
                           "refusing to replace it, choose another --out")
+    ptxas = {f"sm{arch}": ptxas_for(arch) for arch in archs}   # a bad path fails before any work
     with staged_directory(out) as tmp:
         entries = []
         with _compile_mode() as modules:
@@ -285,7 +309,7 @@ def compile_kernels(model: ModelConfig, stream: StreamConfig, precisions: list[s
                 log(f"sm_{arch}: {len(variants)} kernels in {time.perf_counter() - t0:.1f}s")
         manifest = {
             "format_version": FORMAT_VERSION, "triton_version": triton.__version__,
-            "ptxas": os.environ.get("TRITON_PTXAS_PATH") or "bundled with triton",
+            "ptxas": ptxas,
             "model": model.name, "heads": model.dit.heads, "head_dim": model.dit.head_dim,
             "precisions": list(precisions), "sink_kv_bf16": bool(stream.sink_kv_bf16),
             "archs": list(archs), "ops": OPS, "kernels": entries,

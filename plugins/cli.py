@@ -34,7 +34,9 @@ def _target_options(fn):
 
 @click.command("kernels")
 @_target_options
-@click.option("--out", type=click.Path(), required=True, help="Kernel directory to create (cubins + kernels.json).")
+@click.option("--out", type=click.Path(), default=None,
+              help="Kernel directory to create (cubins + kernels.json). [default with --report: a temporary "
+                   "folder, removed afterwards]")
 @shared("--overwrite", is_flag=True)
 @click.option("--report", is_flag=True,
               help="Print registers, spills, shared memory and tensor-core instructions per cubin "
@@ -45,13 +47,25 @@ def kernels_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
 
     Every kernel variant a bundle needs (dtype x head dim x tile config) is
     compiled for each architecture with Triton's ahead-of-time path; the
-    TensorRT plugin library embeds the cubins. Set TRITON_PTXAS_PATH to use
-    another ptxas (on a Jetson: the device toolkit's, e.g.
-    /usr/local/cuda/bin/ptxas).
+    TensorRT plugin library embeds the cubins. Set TRITON_PTXAS_PATH (sm_80-90)
+    or TRITON_PTXAS_BLACKWELL_PATH (sm_100 and newer, e.g. Jetson Thor) to use
+    another ptxas than Triton's own (on a Jetson: the device toolkit's,
+    /usr/local/cuda/bin/ptxas); kernels.json records which one built each
+    architecture.
     """
     from . import aot
 
     t0 = time.perf_counter()
+    if out is None:
+        if not (report or markdown):
+            raise DysinkError("give --out DIR for the cubins (or --report alone to compile into a temporary "
+                              "folder and only print the report)")
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="dysink-kernels-") as tmp:
+            kernels_command.callback(bundle_path, model_name, precisions, sink_kv_bf16, arch_text,
+                                     str(Path(tmp) / "kernels"), overwrite, report, markdown)
+        return
     out_path = Path(out)
     report_only = report and out_path.exists() and not overwrite
     if not report_only:
@@ -106,7 +120,9 @@ def _what_to_compile(bundle_path, model_name, precisions, sink_kv_bf16):
 @click.option("--tensorrt-include", type=click.Path(), default=None,
               help="Folder holding NvInferRuntime.h. [default: $TensorRT_INCLUDE_DIR, $TensorRT_ROOT/include, "
                    "/usr/include/<arch>-linux-gnu]")
-@click.option("--out", type=click.Path(), required=True, help="Directory for libdysink_plugins.so (+ kernels/, build/).")
+@click.option("--out", type=click.Path(), required=True,
+              help="Directory to create: libdysink_plugins.so and kernels/ (the embedded cubins and kernels.json); "
+                   "the CMake build folder is not kept.")
 @shared("--overwrite", is_flag=True)
 def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text, tensorrt_include, out, overwrite):
     """Build libdysink_plugins.so: compile the kernels, embed the cubins, build the IPluginV3 library.
@@ -114,8 +130,8 @@ def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
     Needs cmake, a C++17 compiler, the CUDA toolkit's headers and TensorRT's headers (no TensorRT
     or GPU at build time). Load the result with trtexec --dynamicPlugins, IPluginRegistry::loadLibrary,
     polygraphy --plugins, ctypes.CDLL (after importing tensorrt) or ONNX Runtime's
-    trt_extra_plugin_lib_paths. Set TRITON_PTXAS_PATH to compile with another ptxas (on a Jetson: the
-    device toolkit's).
+    trt_extra_plugin_lib_paths. Set TRITON_PTXAS_PATH (sm_80-90) or TRITON_PTXAS_BLACKWELL_PATH (sm_100
+    and newer) to compile with another ptxas (on a Jetson: the device toolkit's).
     """
     import shutil
 

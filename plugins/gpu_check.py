@@ -143,27 +143,18 @@ def time_attention(case: Case, bench: Callable, device: str = "cuda") -> dict:
     import torch.nn.functional as F
 
     from . import launch, variants as V
-    from .triton_kernels import gated_sink_attention as K
 
     q, k, v, kp, vp, local_ids, sink_ids = _inputs(case, device=device)
     keep_all = 1.1   # threshold above every ratio: all sinks attended, like SDPA's key count
     op_ms = bench(lambda: launch.gated_sink_attention(q, k, v, kp, vp, local_ids, sink_ids, keep_all, True))
     n_sink, n_local = sink_ids.numel(), local_ids.numel()
-    splits = V.GATE_SPLITS
-    partial = torch.empty((n_sink + n_local + 2, case.heads, splits, case.head_dim), device=device)
+    partial = torch.empty((n_sink + n_local + 2, case.heads, V.GATE_SPLITS, case.head_dim), device=device)
     ratios = torch.empty(n_sink, device=device)
-    block_d = max(16, V.next_pow2(case.head_dim))
+    arch = launch.device_arch(q.device)
     round_sinks = case.dtype != "bfloat16"
 
     def gate():
-        K.gate_partial_sums[(n_sink + n_local + 2, case.heads, splits)](
-            q, k, kp, local_ids, sink_ids, partial, case.tokens, case.heads, n_local, n_sink, 0,
-            V.cdiv(case.tokens, splits), HEAD_DIM=case.head_dim, BLOCK_D=block_d,
-            BLOCK_T=V.gate_block_t(90), SINK_BF16=round_sinks, num_warps=V.GATE_WARPS)
-        K.gate_decide[(n_sink,)](partial, local_ids, sink_ids, ratios, 1.0 / case.tokens, 1.0 / case.heads,
-                                 case.tokens, case.heads, n_local, n_sink, HEAD_DIM=case.head_dim,
-                                 BLOCK_D=block_d, BLOCK_H=V.next_pow2(case.heads), N_SPLIT=splits,
-                                 num_warps=V.DECIDE_WARPS)
+        launch.launch_gate(q, k, kp, local_ids, sink_ids, 0, round_sinks, partial, ratios, arch)
 
     gate_ms = bench(gate)
     keys = (n_sink + n_local + 1) * case.tokens

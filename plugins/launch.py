@@ -13,7 +13,8 @@ the current start frame and the window stay on the device.
 
 from __future__ import annotations
 
-import numpy as np
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -88,9 +89,20 @@ def gated_sink_attention(
         _need(t.dtype == q.dtype, f"every K/V input must have q's dtype {q.dtype}, got {t.dtype}")
     for name, t in (("local_ids", local_ids), ("sink_ids", sink_ids)):
         _need(t.dtype == torch.int64 and t.dim() == 1, f"{name} must be int64 [S], got {t.dtype} {tuple(t.shape)}")
+    _need(tokens > 0 and heads > 0, f"q must have at least one token and one head, got {tuple(q.shape)}")
     V.check_head_dim(dim)
     n_sink, n_local = sink_ids.numel(), local_ids.numel()
-    _need(0 <= fixed_sinks <= n_sink, f"fixed_sinks must lie in [0, {n_sink}], got {fixed_sinks}")
+    _need(isinstance(fixed_sinks, numbers.Integral) and 0 <= fixed_sinks <= n_sink,
+          f"fixed_sinks must be an integer in [0, {n_sink}], got {fixed_sinks!r}")
+    fixed_sinks = int(fixed_sinks)
+    if device.type == "cpu":
+        # Page ids are read in place by the kernels. On CUDA they come from the runtime's page
+        # table and are not read back (no host sync); on the CPU the check is free.
+        pages = k_pool.shape[0]
+        for name, ids in (("local_ids", local_ids), ("sink_ids", sink_ids)):
+            bad = ids[(ids < -1) | (ids >= pages)]
+            _need(bad.numel() == 0, f"{name} holds page id {int(bad[0]) if bad.numel() else 0} outside "
+                                    f"[-1, {pages - 1}] (the pools have {pages} pages)")
 
     q, k_cur, v_cur, k_pool, v_pool = (t.contiguous() for t in (q, k_cur, v_cur, k_pool, v_pool))
     local_ids, sink_ids = local_ids.contiguous(), sink_ids.contiguous()
@@ -106,15 +118,7 @@ def gated_sink_attention(
     ratios = torch.zeros((n_sink,), dtype=torch.float32, device=device)
     out = torch.empty_like(q)
     if n_sink > 0:
-        gsa_k.gate_partial_sums[(n_sink + n_local + 2, heads, splits)](
-            q, k_cur, k_pool, local_ids, sink_ids, partial,
-            tokens, heads, n_local, n_sink, fixed_sinks, V.cdiv(tokens, splits),
-            HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_T=V.gate_block_t(arch), SINK_BF16=round_sinks,
-            num_warps=V.GATE_WARPS)
-        gsa_k.gate_decide[(n_sink,)](
-            partial, local_ids, sink_ids, ratios, float(np.float32(1.0 / tokens)), 1.0 / heads,
-            tokens, heads, n_local, n_sink,
-            HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_H=V.next_pow2(heads), N_SPLIT=splits, num_warps=V.DECIDE_WARPS)
+        launch_gate(q, k_cur, k_pool, local_ids, sink_ids, fixed_sinks, round_sinks, partial, ratios, arch)
     gsa_k.paged_attention[(V.cdiv(tokens, tiles.block_m), heads)](
         q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, ratios, out,
         float(threshold), dim ** -0.5, tokens, heads, n_local, n_sink, fixed_sinks,
@@ -122,6 +126,25 @@ def gated_sink_attention(
         SINK_BF16=round_sinks, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     return out, ratios
+
+
+def launch_gate(q: Tensor, k_cur: Tensor, k_pool: Tensor, local_ids: Tensor, sink_ids: Tensor, fixed_sinks: int,
+                round_sinks: bool, partial: Tensor, ratios: Tensor, arch: int | None) -> None:
+    """The gate's two kernels (partial sums, then the decision) into `ratios`; `partial` is the
+    float32 workspace [n_sink + n_local + 2, H, splits, D] and sets the number of splits.
+    Shared by `gated_sink_attention` and the GPU check's timing of the gate alone."""
+    tokens, heads, dim = q.shape
+    n_sink, n_local = sink_ids.numel(), local_ids.numel()
+    splits = partial.shape[2]
+    block_d = max(16, V.next_pow2(dim))
+    gsa_k.gate_partial_sums[(n_sink + n_local + 2, heads, splits)](
+        q, k_cur, k_pool, local_ids, sink_ids, partial,
+        tokens, heads, n_local, n_sink, fixed_sinks, V.cdiv(tokens, splits),
+        HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_T=V.gate_block_t(arch), SINK_BF16=round_sinks,
+        num_warps=V.GATE_WARPS)
+    gsa_k.gate_decide[(n_sink,)](
+        partial, local_ids, sink_ids, ratios, tokens, heads, n_local, n_sink,
+        HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_H=V.next_pow2(heads), N_SPLIT=splits, num_warps=V.DECIDE_WARPS)
 
 
 def retrieve_sinks(
@@ -146,7 +169,11 @@ def retrieve_sinks(
           f"bank_start must be int64 [{capacity}], got {bank_start.dtype} {tuple(bank_start.shape)}")
     _need(query_valid.dtype == torch.bool and tuple(query_valid.shape) == (n_query,),
           f"query_valid must be bool [{n_query}], got {query_valid.dtype} {tuple(query_valid.shape)}")
-    _need(isinstance(k, int) and k >= 1, f"k must be an integer >= 1, got {k!r}")
+    _need(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1,
+          f"k must be an integer >= 1, got {k!r}")
+    _need(isinstance(sink_size, numbers.Integral) and sink_size >= 0,
+          f"sink_size must be an integer >= 0, got {sink_size!r}")
+    k, sink_size = int(k), int(sink_size)
     V.check_retrieval(capacity, k)
 
     def scalar(x):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..errors import DysinkError
 
 # Supported ranges (the kernels are written and tested for these).
-HEAD_DIM_RANGE = (16, 256)
+HEAD_DIM_RANGE = (16, 128)        # above 128 the 16-bit tiles spill (sm_80: 11 KB at 256) and exceed sm_86/89/120 shared memory
 MAX_BANK_CAPACITY = 1024          # retrieve_topk holds all scores in one tile
 MAX_TOP_K = 8
 RETRIEVE_TOPK_BLOCK_C = MAX_BANK_CAPACITY
@@ -63,22 +63,25 @@ def attention_tiles(arch: int | None, head_dim: int, dtype: str) -> Tiles:
     """Tile config per target. arch None = Triton's CPU interpreter.
 
     Chosen from the static report (registers, spills, tensor-core
-    instructions of the compiled cubins; docs/kernels-report.md), not from
-    timings (none were possible yet): with Triton 3.7 at head dim 128,
-    128 x 64 tiles spill on sm_80/87/100/120 at 8 warps (and badly at 4);
-    128 x 32 tiles with 8 warps stay within 255 registers with no stack
-    (2 stages on mma.sync targets, where the fp16 variant's bf16 sink
-    rounding adds pressure; 3 on Blackwell). Hopper's warpgroup MMA (HGMMA)
-    keeps 128 x 64 tiles spill-free. float32 pools use exact (IEEE) dots,
-    no tensor cores: 32 x 16 tiles over 8 warps avoid spills there (sm_120
-    keeps an 8-byte stack frame). Head dims <= 64: 64 x 64 tiles, 4 warps.
+    instructions of the compiled cubins; docs/kernels-report.md) and sweeps
+    of it, not from timings (none were possible yet). With Triton 3.7:
+    - 16-bit, head dim 128: 128 x 64 tiles spill on sm_80/87/100/120 at 8
+      warps (and badly at 4); 128 x 32 tiles with 8 warps stay within 255
+      registers with no stack (2 stages on mma.sync targets, where the fp16
+      variant's bf16 sink rounding adds pressure; 3 on Blackwell). Hopper's
+      warpgroup MMA (HGMMA) keeps 128 x 64 tiles spill-free.
+    - 16-bit, head dim <= 64 (the tiny preset): 64 x 32 tiles, 4 warps, 2
+      stages are spill-free on every target (64 x 64 spilled on sm_120).
+    - float32 pools use exact (IEEE) dots, no tensor cores: 64 x 16 tiles over
+      8 warps at head dim 128 (32 x 16 kept a 20-byte spill on sm_110/120),
+      32 x 16 at head dim <= 64 (64 x 16 spilled on sm_8x there).
     """
     if arch is None:
         return INTERPRETER_TILES
     if dtype == "float32":
-        return Tiles(32, 16, 8, 1)
+        return Tiles(32, 16, 8, 1) if head_dim <= 64 else Tiles(64, 16, 8, 1)
     if head_dim <= 64:
-        return Tiles(64, 64, 4, 2)
+        return Tiles(64, 32, 4, 2)
     if arch == 90:
         return Tiles(128, 64, 8, 2)
     if arch in (100, 110):

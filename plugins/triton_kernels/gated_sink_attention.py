@@ -24,6 +24,8 @@ Layouts are contiguous (the launch wrappers and the TensorRT plugin check it):
     partial (workspace)      float32 [J, H, N_SPLIT, HEAD_DIM]
     ratios                   float32 [n_sink]
 Page offsets are computed in int64: a pool may exceed 2^31 elements.
+Every integer argument is `do_not_specialize`: Triton's JIT would otherwise compile an
+argument equal to 1 (one token, one head, one sink) as a constant, and `.to()` on it fails.
 """
 
 import triton
@@ -49,7 +51,7 @@ def _round_bf16(x):
     return x.to(tl.float32).to(tl.bfloat16).to(tl.float32).to(x.dtype)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "H", "n_local", "n_sink", "fixed_sinks", "tokens_per_split"])
 def gate_partial_sums(
     q,              # [L, H, D]      current block queries (post-RoPE)
     k_cur,          # [L, H, D]      current block keys
@@ -105,14 +107,12 @@ def _slot_sum(partial, j, H, offs_h, offs_d, mask, HEAD_DIM: tl.constexpr, N_SPL
     return total
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "H", "n_local", "n_sink"])
 def gate_decide(
     partial,        # float32 [J, H, N_SPLIT, HEAD_DIM] from gate_partial_sums
     local_ids,      # int64 [n_local]
     sink_ids,       # int64 [n_sink]
     ratios,         # float32 [n_sink] (output)
-    inv_tokens,     # float32: 1 / L
-    inv_heads: tl.float64,  # 1 / H (float64 also under the JIT)
     L, H, n_local, n_sink,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, N_SPLIT: tl.constexpr,
 ):
@@ -121,35 +121,31 @@ def gate_decide(
     offs_d = tl.arange(0, BLOCK_D)
     h_ok = offs_h < H
     mask = h_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
-    # Means are sums times a reciprocal: an IEEE division per element is a subroutine call
-    # in SASS and spilled the registers live across it. Only comparisons use these values,
-    # and at ulp level they differ across summation orders anyway.
-    # No division in this kernel: an IEEE division is a subroutine call in SASS, and the
-    # registers live across it were spilled. The host passes 1/L (float32) and 1/H (float64).
-    qbar = _slot_sum(partial, n_sink + n_local + 1, H, offs_h, offs_d, mask, HEAD_DIM, N_SPLIT) * inv_tokens
-    # Local set = the valid local pages + the current block (empty pages were summed to 0).
+    # The reference's arithmetic, step for step: every mean is a float32 sum divided by its
+    # count with a correctly rounded division (div_rn, as torch's CPU mean and `/`), so that
+    # identical pages give bitwise-identical means and an exact tie (s_e == s_loc) is not
+    # counted, as in the reference. The sums' order differs from torch's only where float32
+    # addition is inexact, i.e. never on the hand-worked (exact) inputs.
+    tokens = L.to(tl.float32)
+    qbar = tl.div_rn(_slot_sum(partial, n_sink + n_local + 1, H, offs_h, offs_d, mask, HEAD_DIM, N_SPLIT), tokens)
+    # Local set = the valid local pages, in slot order, then the current block (empty slots
+    # were summed to 0, and adding 0 is exact).
     loc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    pages = 0.0
+    pages = 1.0   # the current block
     for i in range(0, n_local + 1):   # the local slots, then the current block (i == n_local)
         loc += _slot_sum(partial, n_sink + i, H, offs_h, offs_d, mask, HEAD_DIM, N_SPLIT)
-        pages += tl.where(tl.load(local_ids + i, mask=i < n_local, other=0) >= 0, 1.0, 0.0)
-    # s_loc = <qbar, mean local key>; compared as s_e * pages > <qbar, sum of page means>.
-    # Only comparisons use these values, and at ulp level they differ with the summation
-    # order anyway; exact inputs (the hand-worked tests) stay exact.
-    s_loc_pages = tl.sum(qbar * (loc * inv_tokens), axis=1)                         # [BLOCK_H]
+        pages += tl.where(tl.load(local_ids + i, mask=i < n_local, other=-1) >= 0, 1.0, 0.0)
+    s_loc = tl.sum(qbar * tl.div_rn(loc, pages * tokens), axis=1)                     # [BLOCK_H]
 
     sink = tl.load(sink_ids + e)
-    mean_e = _slot_sum(partial, e, H, offs_h, offs_d, mask, HEAD_DIM, N_SPLIT) * inv_tokens
+    mean_e = tl.div_rn(_slot_sum(partial, e, H, offs_h, offs_d, mask, HEAD_DIM, N_SPLIT), tokens)
     s_e = tl.sum(qbar * mean_e, axis=1)
-    count = tl.sum(tl.where(h_ok & (s_e * pages > s_loc_pages), 1.0, 0.0), axis=0)
-    # count / H correctly rounded to float32: count * (1/H) in float64 is within 1e-16 of
-    # count / H, which (denominator <= 1024, or a power of two) is never that close to a
-    # float32 rounding midpoint; checked for every H <= 1024 in tests/plugins.
-    ratio = (count.to(tl.float64) * inv_heads).to(tl.float32)
+    count = tl.sum(tl.where(h_ok & (s_e > s_loc), 1.0, 0.0), axis=0)
+    ratio = tl.div_rn(count, H.to(tl.float32))   # the fraction of heads, as torch's mean over heads
     tl.store(ratios + e, tl.where(sink >= 0, ratio, 0.0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "H", "n_local", "n_sink", "fixed_sinks"])
 def paged_attention(
     q,              # [L, H, D]      current block queries (post-RoPE)
     k_cur, v_cur,   # [L, H, D]      current block keys / values

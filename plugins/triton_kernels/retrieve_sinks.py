@@ -18,13 +18,15 @@ Two kernels, launched in this order on one stream:
     scores_ws      float32 [C]         workspace between the two kernels
     slots          int64 [k]           output
     top_scores     float32 [k]         output
+
+Every integer argument is `do_not_specialize` (a value of 1 would become a constant).
 """
 
 import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C", "F", "Q", "sink_size"])
 def retrieve_scores(
     bank_feats, bank_start, queries, query_valid, current_start, window_frames, scores_ws,
     C, F, Q, sink_size,
@@ -65,7 +67,7 @@ def retrieve_scores(
     tl.store(scores_ws + offs_c, tl.where(eligible, score, float("-inf")), mask=c_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C", "k"])
 def retrieve_topk(
     scores_ws, slots, top_scores,
     C, k,

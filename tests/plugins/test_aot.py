@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,10 @@ def test_manifest_matches_cubins(kernel_dir):
     out, _ = kernel_dir
     manifest = json.loads((out / "kernels.json").read_text())
     assert manifest["archs"] == [87, 90] and manifest["triton_version"]
+    # Which ptxas built each architecture (sm_90 and older: TRITON_PTXAS_PATH's; unset here: Triton's own).
+    assert {k: v["variable"] for k, v in manifest["ptxas"].items()} == {"sm87": "TRITON_PTXAS_PATH",
+                                                                       "sm90": "TRITON_PTXAS_PATH"}
+    assert all(Path(v["path"]).is_file() and v["version"] for v in manifest["ptxas"].values())
     kernels = manifest["kernels"]
     # Every kernel every op launches, for every architecture and every precision.
     for arch in (87, 90):
@@ -95,6 +100,25 @@ def test_bad_arguments(tmp_path, args, message):
     assert not (tmp_path / "k").exists()
 
 
+def test_report_alone_compiles_into_a_temporary_folder(tmp_path):
+    res = _run("kernels", "--model", "tiny", "--precision", "fp16", "--arch", "90", "--report", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert any(line.startswith("sm_90 ") for line in res.stdout.splitlines())
+    assert res.stdout.rstrip().splitlines()[-1].startswith("PASSED")
+    assert list(tmp_path.iterdir()) == []
+    res = _run("kernels", "--model", "tiny", "--arch", "90", cwd=tmp_path)
+    assert res.returncode == 2 and "give --out DIR" in res.stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("variable, arch", [("TRITON_PTXAS_PATH", "87"), ("TRITON_PTXAS_BLACKWELL_PATH", "110")])
+def test_a_ptxas_path_that_does_not_work_is_an_error(tmp_path, monkeypatch, variable, arch):
+    """Triton would quietly fall back to its bundled ptxas; the export says so and stops."""
+    monkeypatch.setenv(variable, str(tmp_path / "no-such" / "ptxas"))
+    res = _run("kernels", "--model", "tiny", "--arch", arch, "--out", str(tmp_path / "k"))
+    assert res.returncode == 2 and f"{variable}={tmp_path / 'no-such' / 'ptxas'} is not a working ptxas" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "k").exists()
+
+
 def test_existing_out_is_not_replaced_without_overwrite(tmp_path):
     (tmp_path / "k").mkdir()
     (tmp_path / "k" / "keep.txt").write_text("mine")
@@ -105,3 +129,14 @@ def test_existing_out_is_not_replaced_without_overwrite(tmp_path):
                             tmp_path / "k", overwrite=True)
     assert (tmp_path / "k" / "keep.txt").read_text() == "mine"
     assert [p.name for p in tmp_path.iterdir()] == ["k"], "no partial directory left behind"
+
+
+def test_integer_arguments_are_never_specialized():
+    """Triton's JIT compiles an integer argument equal to 1 as a constant (and `.to()` on it then
+    fails to compile): a one-token block, one head or one sink must take the general kernel, as
+    the ahead-of-time cubins (plain i32 arguments) do."""
+    with aot._compile_mode() as modules:
+        for kernel, args in aot.ARG_TYPES.items():
+            fn = getattr(modules[aot.KERNEL_MODULE[kernel]], kernel)
+            ints = sorted(name for name, ty in args.items() if ty == "i32")
+            assert sorted(p.name for p in fn.params if p.do_not_specialize) == ints, kernel

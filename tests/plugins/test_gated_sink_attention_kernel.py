@@ -91,13 +91,16 @@ def test_gpu_tile_configs(arch, dtype):
     _check(args, tiles=attention_tiles(arch, 128, str(dtype).split(".")[-1]), gate_splits=GATE_SPLITS)
 
 
-def test_every_slot_empty():
-    q, k, v, kp, vp = _inputs(2, 19, 2, 16, 3, torch.float32)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_every_slot_empty(dtype):
+    q, k, v, kp, vp = _inputs(2, 19, 2, 16, 3, dtype)
     empty = torch.tensor([-1, -1])
-    out, ratios = launch.gated_sink_attention(q, k, v, kp, vp, empty, empty, 0.5, True)
+    args = (q, k, v, kp, vp, empty, empty, 0.5, True, 0)
+    _check(args)
+    out, ratios = launch.gated_sink_attention(*args)
     assert ratios.tolist() == [0.0, 0.0]
-    alone = torch.softmax(torch.einsum("qhd,khd->hqk", q, k) / 4.0, -1)
-    torch.testing.assert_close(out, torch.einsum("hqk,khd->qhd", alone, v), atol=1e-6, rtol=1e-5)
+    alone, _ = launch.gated_sink_attention(q, k, v, kp, vp, empty, torch.zeros(0, dtype=torch.int64), 0.5, True)
+    torch.testing.assert_close(out, alone, rtol=0, atol=0)
 
 
 def test_no_sink_slots_at_all():
@@ -110,16 +113,43 @@ def test_no_sink_slots_at_all():
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
 
 
-def test_all_sinks_dropped_equals_no_sinks():
-    q, k, v, kp, vp = _inputs(4, 21, 4, 16, 5, torch.float32)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_all_sinks_dropped_equals_no_sinks(dtype):
+    q, k, v, kp, vp = _inputs(4, 21, 4, 16, 5, dtype)
     local = torch.tensor([0, 1])
     sinks = torch.tensor([3, 4])
-    out, ratios = launch.gated_sink_attention(q, k, v, kp, vp, local, sinks, -1.0, True)   # every ratio > -1
+    args = (q, k, v, kp, vp, local, sinks, -1.0, True, 0)                 # every ratio > -1
+    _check(args)
+    out, ratios = launch.gated_sink_attention(*args)
     without, _ = launch.gated_sink_attention(q, k, v, kp, vp, local, torch.tensor([-1, -1]), -1.0, True)
-    ref, ref_ratios = gated_sink_attention_ref(q, k, v, kp, vp, local, sinks, -1.0, True)
-    assert ratios.tolist() == ref_ratios.tolist()
+    assert ratios.tolist() == gated_sink_attention_ref(*args)[1].tolist()
     torch.testing.assert_close(out, without, rtol=0, atol=0)
-    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("local", [[0, 1], [0, 1, 2], [0, -1, 2]], ids=["2-pages", "3-pages", "3-slots-1-empty"])
+def test_identical_pages_tie_like_the_reference(dtype, local):
+    """Every page equal to the current block's keys: s_e == s_loc exactly in the reference, so
+    no head prefers the sink and every ratio is 0; the kernel must find the same exact ties for
+    any number of local pages. Values are bf16-representable in every dtype, so the float32
+    sums are exact in any order (summation order is the only freedom the kernel has: its means
+    are correctly rounded divisions, like the reference's)."""
+    g = torch.Generator().manual_seed(11)
+    tokens, heads, dim = 23, 8, 32
+    q = torch.randn(tokens, heads, dim, generator=g).to(torch.bfloat16).to(dtype)
+    page = torch.randn(tokens, heads, dim, generator=g).to(torch.bfloat16).to(dtype)
+    kp = page[None].repeat(4, 1, 1, 1).contiguous()
+    vp = torch.randn(4, tokens, heads, dim, generator=g).to(dtype)
+    args = (q, page.clone(), page.clone(), kp, vp, torch.tensor(local), torch.tensor([3, 1]), 0.0, False, 0)
+    _, ratios = launch.gated_sink_attention(*args)
+    _, ref_ratios = gated_sink_attention_ref(*args)
+    assert ratios.tolist() == ref_ratios.tolist() == [0.0, 0.0]
+
+
+def test_one_token_one_head_one_sink():
+    """Sizes of 1: the kernels' integer arguments are never specialized into constants."""
+    q, k, v, kp, vp = _inputs(6, 1, 1, 16, 3, torch.float32)
+    _check((q, k, v, kp, vp, torch.tensor([0]), torch.tensor([1]), 0.5, True, 0))
 
 
 def _hand_case():
@@ -138,8 +168,9 @@ def _hand_case():
     return q, k_cur, v_cur, k_pool, v_pool
 
 
-def test_ratio_exactly_at_threshold_is_kept():
-    q, k, v, kp, vp = _hand_case()
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_ratio_exactly_at_threshold_is_kept(dtype):
+    q, k, v, kp, vp = (t.to(dtype) for t in _hand_case())   # 0, 1, 2 and 5 are exact in every dtype
     none, sink = torch.tensor([-1]), torch.tensor([1])
     kept, ratios = launch.gated_sink_attention(q, k, v, kp, vp, none, sink, 0.75, False)
     dropped, _ = launch.gated_sink_attention(q, k, v, kp, vp, none, sink, 0.7, False)
@@ -175,8 +206,12 @@ def test_bf16_rounding_of_retrieved_sinks_only(dtype):
     (dict(k_cur=torch.zeros(5, 2, 16)), "k_cur must have q's shape"),
     (dict(k_pool=torch.zeros(2, 4, 2, 16, dtype=torch.float16)), "q's dtype"),
     (dict(q=torch.zeros(4, 2, 8), k_cur=torch.zeros(4, 2, 8), v_cur=torch.zeros(4, 2, 8),
-          k_pool=torch.zeros(2, 4, 2, 8), v_pool=torch.zeros(2, 4, 2, 8)), "head dims 16..256"),
-    (dict(fixed_sinks=3), "fixed_sinks must lie in"),
+          k_pool=torch.zeros(2, 4, 2, 8), v_pool=torch.zeros(2, 4, 2, 8)), "head dims 16..128"),
+    (dict(fixed_sinks=3), "fixed_sinks must be an integer in"),
+    (dict(sink_ids=torch.tensor([2])), r"sink_ids holds page id 2 outside \[-1, 1\]"),
+    (dict(local_ids=torch.tensor([-2])), r"local_ids holds page id -2 outside"),
+    (dict(q=torch.zeros(0, 2, 16), k_cur=torch.zeros(0, 2, 16), v_cur=torch.zeros(0, 2, 16),
+          k_pool=torch.zeros(2, 0, 2, 16), v_pool=torch.zeros(2, 0, 2, 16)), "at least one token and one head"),
 ])
 def test_bad_inputs_say_what_is_wrong(bad, message):
     args = dict(q=torch.zeros(4, 2, 16), k_cur=torch.zeros(4, 2, 16), v_cur=torch.zeros(4, 2, 16),

@@ -8,6 +8,7 @@ exact).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,10 +98,18 @@ def test_scalars_stay_tensors():
     a = launch.retrieve_sinks(feats, start, feats[:3], torch.tensor([True] * 3), torch.tensor(30), torch.tensor(9), 0, 3)
     b = launch.retrieve_sinks(feats, start, feats[:3], torch.tensor([True] * 3), 30, 9, 0, 3)
     assert a[0].tolist() == b[0].tolist()
+    # numpy integers (as read from a config array) are integers too; a one-entry bank and k=1
+    # (a value Triton's JIT would otherwise specialize) work.
+    c = launch.retrieve_sinks(feats, start, feats[:3], torch.tensor([True] * 3), 30, 9, np.int64(0), np.int64(3))
+    assert c[0].tolist() == a[0].tolist()
+    slots = _check(feats[:1], start[:1], feats[:1], torch.tensor([True]), 30, 9, 0, 1)
+    assert slots == [0]
 
 
 @pytest.mark.parametrize("capacity, k, message", [(1025, 2, "capacity up to 1024"), (16, 9, "top_k up to 8"),
-                                                  (16, 0, "k must be an integer >= 1")])
+                                                  (16, 0, "k must be an integer >= 1"),
+                                                  (16, 2.0, "k must be an integer >= 1"),
+                                                  (16, True, "k must be an integer >= 1")])
 def test_limits_are_clear_errors(capacity, k, message):
     with pytest.raises(DysinkError, match=message):
         launch.retrieve_sinks(torch.zeros(capacity, 8), torch.zeros(capacity, dtype=torch.int64), torch.zeros(1, 8),

@@ -200,10 +200,8 @@ int32_t GatedSinkAttentionPlugin::enqueue(PluginTensorDesc const*, PluginTensorD
         result = launchKernel(mPartial, mSink + mLocal + 2, mHeads, nSplit, a, cuStream);
         if (result == CUDA_SUCCESS)
         {
-            float invTokens = 1.0F / static_cast<float>(mTokens);
-            double invHeads = 1.0 / static_cast<double>(mHeads);
             ArgList b;
-            b.add(&partial).add(&localIds).add(&sinkIds).add(&ratios).add(&invTokens).add(&invHeads);
+            b.add(&partial).add(&localIds).add(&sinkIds).add(&ratios);
             b.add(&mTokens).add(&mHeads).add(&mLocal).add(&mSink);
             result = launchKernel(mDecide, mSink, 1, 1, b, cuStream);
         }
