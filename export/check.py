@@ -264,12 +264,14 @@ def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, engi
 
 
 def _lint_command(bundle_path, trt_versions, t0) -> None:
-    from .trt_lint import lint_bundle
+    from .trt_lint import lint_bundle_report
 
     bundle = Bundle.load(bundle_path)
     failed = 0
     for version in trt_versions:
-        problems = lint_bundle(bundle, version)
+        problems, notes = lint_bundle_report(bundle, version)
+        for note in notes:
+            click.echo(f"- [i] TensorRT {version}: {note}")
         for p in problems:
             click.echo(f"- [x] TensorRT {version}: {p}")
         mark = mark_for(not problems)

@@ -1,4 +1,4 @@
-"""Click commands of `dysink-export` for ONNX bundles: `onnx` and `inspect`.
+"""Click commands of `dysink-export` for ONNX bundles: `onnx`, `inspect`, `plan`, `build`, `trt-onnx`.
 
 Thin: they parse flags and call `onnx_export.export_onnx` / `check_bundle`.
 Stream flags are generated from `bundle.GRAPH_STREAM_FIELDS` and default to
@@ -166,4 +166,53 @@ def build_command(bundle_path, out, graphs, workspace_gb, opt_level, timing_cach
     click.echo(f"DONE | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
 
 
-COMMANDS: list = [onnx_command, inspect_command, plan_command, build_command]
+@click.command("trt-onnx")
+@shared("--bundle", "bundle_path", type=click.Path(), required=True)
+@click.option("--out", type=click.Path(), required=True,
+              help="Directory to create with the function-free graphs (external data linked beside them).")
+@shared("--graph", "graphs", multiple=True)
+@shared("--overwrite", is_flag=True, note="A directory is replaced only once the new one is complete.")
+@click.option("--plugins", type=click.Path(), default=None,
+              help="Plugin library named in the printed trtexec / polygraphy commands. "
+                   "[default: BUNDLE/plugins/libdysink_plugins.so]")
+@click.option("--copy-data", is_flag=True,
+              help="Copy external weight files instead of linking them symbolically (a self-contained directory "
+                   "that the onnx package also loads; it refuses linked external data).")
+def trt_onnx_command(bundle_path, out, graphs, overwrite, plugins, copy_data):
+    """Write a bundle's graphs without their dysink local functions, for trtexec / polygraphy.
+
+    TensorRT's ONNX parser imports a node as the model-local function of the same name instead of
+    the plugin (before 10.7 always; later when the plugin library is not loaded); these copies keep
+    the custom nodes and their plugin attributes and drop the function bodies. External weight
+    files are symbolic links to the bundle's (--copy-data: copies). dysink-export build does the
+    same in memory; engines from trtexec are not recorded in bundle.json.
+    """
+    from pathlib import Path
+
+    from .trt_build import PLUGIN_LIBRARY
+    from .trt_onnx import polygraphy_command, trtexec_command, write_trt_onnx
+
+    t0 = time.perf_counter()
+    written = write_trt_onnx(bundle_path, out, list(graphs) or None, overwrite, copy_data)
+    lib = Path(plugins) if plugins else Path(bundle_path) / "plugins" / PLUGIN_LIBRARY
+    for g in written:
+        removed = ", ".join(g.removed) or "none"
+        data = "".join(f"; external data {how}: {loc}" for loc, how in g.placed.items())
+        click.echo(f"wrote {g.file} (functions removed: {removed}{data})")
+    click.echo("build an engine per graph as dysink-export build does (add --memPoolSize=workspace:<MiB>, "
+               "--builderOptimizationLevel=N, --timingCacheFile=FILE, --hardwareCompatibilityLevel=ampere+ "
+               "for its --workspace, --opt-level, --timing-cache, --hardware-compat):")
+    for g in written:
+        click.echo(f"  {trtexec_command(g.file, lib)}")
+    click.echo("see the TensorRT layers of a graph (plugin layers, not function bodies):")
+    shown = next((g for g in written if g.removed), written[0])
+    click.echo(f"  {polygraphy_command(shown.file, lib)}")
+    if not lib.is_file():
+        click.echo(f"note: no plugin library at {lib} yet: dysink-export plugins --bundle {bundle_path} "
+                   f"--arch <this GPU, e.g. 87> --out {Path(bundle_path) / 'plugins'}")
+    click.echo("note: engines from trtexec are not recorded in bundle.json; dysink-run --backend tensorrt uses "
+               "those of dysink-export build")
+    click.echo(f"DONE | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
+
+
+COMMANDS: list = [onnx_command, inspect_command, plan_command, build_command, trt_onnx_command]

@@ -5,6 +5,10 @@ flags, TensorRT 11 has none), the plugin library loaded into the builder's regis
 engines written atomically, one manifest entry per engine: TensorRT version, compute
 capability, plugin library file + sha256, engine sha256 and bytes, build options.
 
+Each graph is parsed without its `dysink` model-local functions (`trt_onnx.function_free_bytes`):
+TensorRT's parser would otherwise import the custom nodes as those reference bodies (before
+10.7 always, later when a plugin is missing) and the engine would never call the plugins.
+
 Uses the TensorRT Python API directly (10.3 .. 11.x; every name it uses is checked
 against both versions' bindings, tests/export/test_trt_build.py). Not run on the
 development machines (no TensorRT, no GPU): see the README's support table.
@@ -22,6 +26,7 @@ from typing import Callable
 
 from ..bundle import MANIFEST_NAME, Bundle, confined_file, sha256_file
 from ..errors import DysinkError
+from .trt_onnx import function_free_bytes
 
 NO_TENSORRT = ("TensorRT's Python package is not installed: on a Jetson it comes with JetPack "
                "(sudo apt install python3-libnvinfer); on a desktop: pip install tensorrt "
@@ -86,8 +91,10 @@ def record_engines(bundle_dir: Path, entries: dict[str, dict]) -> None:
     tmp.replace(manifest_path)
 
 
-def _copy_bundle(src: Path, dst: Path) -> None:
-    """--out: a new bundle directory holding the ONNX files (hard links where possible) and the manifest."""
+def _copy_bundle(src: Path, dst: Path, copy_names: set[str] = frozenset()) -> None:
+    """--out: a new bundle directory holding the ONNX files (hard links where possible) and the manifest.
+    `copy_names` (the external data files) are copied: the onnx package refuses to load external data
+    whose file has several hard links, which would break both bundles' graphs for it."""
     if dst.exists():
         raise DysinkError(f"--out {dst} already exists; choose another directory")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
@@ -96,6 +103,8 @@ def _copy_bundle(src: Path, dst: Path) -> None:
             target = tmp / item.name
             if item.is_dir():
                 shutil.copytree(item, target)
+            elif item.name in copy_names:
+                shutil.copy2(item, target)
             else:
                 try:
                     os.link(item, target)
@@ -122,7 +131,7 @@ def build_engines(bundle_path: str, out: str | None = None, graphs: list[str] | 
     cc = compute_capability()
     target = Path(out) if out else bundle.path
     if out:
-        _copy_bundle(bundle.path, target)
+        _copy_bundle(bundle.path, target, {d["file"] for g in bundle.graphs.values() for d in g.external_data})
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     registry = builder.get_plugin_registry()
@@ -135,10 +144,13 @@ def build_engines(bundle_path: str, out: str | None = None, graphs: list[str] | 
     entries = {}
     for i, name in enumerate(names, 1):
         t0 = time.perf_counter()
-        log(f"[{i}/{len(names)}] {name}: parsing {bundle.graph_path(name).name}")
+        graph_path = bundle.graph_path(name)
+        log(f"[{i}/{len(names)}] {name}: parsing {graph_path.name} (without its dysink local functions)")
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(bundle.graph_path(name))):
+        # Not parse_from_file: the parser would import the custom nodes as their function bodies
+        # (see trt_onnx). `path` resolves external weights relative to the original file.
+        if not parser.parse(function_free_bytes(graph_path), path=str(graph_path)):
             first = parser.get_error(0).desc() if getattr(parser, "num_errors", 1) else "no error reported"
             raise DysinkError(f"TensorRT's parser refused graph {name}: {first}")
         config = builder.create_builder_config()

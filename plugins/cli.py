@@ -35,8 +35,8 @@ def _target_options(fn):
 @click.command("kernels")
 @_target_options
 @click.option("--out", type=click.Path(), default=None,
-              help="Kernel directory to create (cubins + kernels.json). [default with --report: a temporary "
-                   "folder, removed afterwards]")
+              help="Kernel directory to create (cubins + kernels.json). With --report alone: compiled into a "
+                   "temporary folder, removed afterwards.")
 @shared("--overwrite", is_flag=True)
 @click.option("--report", is_flag=True,
               help="Print registers, spills, shared memory and tensor-core instructions per cubin "

@@ -4,6 +4,7 @@ records; the TensorRT Python names the code uses exist in both 10.3 and 11.x bin
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -95,7 +96,121 @@ def test_tensorrt_names_exist_in_10_3_and_11():
             text = src.read_text()
             used |= set(re.findall(r"\btrt\.([A-Za-z_][A-Za-z0-9_]*)", text))
             used |= set(re.findall(r"\btrt\.[A-Za-z_][A-Za-z0-9_]*\.([A-Za-z_][A-Za-z0-9_]*)", text))
+            used |= set(re.findall(r"\bparser\.([A-Za-z_][A-Za-z0-9_]*)", text))     # OnnxParser methods
             assert "BuilderFlag" not in text, "strongly typed networks: no precision builder flags (gone in 11)"
             assert not re.search(r"\bdevice_memory_size\b", text), "device_memory_size is gone in 11; use _v2"
     used -= {"__version__"}           # defined by the Python package, not the bindings
     assert used <= set(data), f"add to export/data/trt_python_api.json and check: {sorted(used - set(data))}"
+
+
+class _FakeTensorRT:
+    """Just enough of the TensorRT Python API for build_engines; records what the parser was given."""
+
+    __version__ = "10.3.0"
+
+    def __init__(self):
+        self.parsed = []
+        fake = self
+
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, severity):
+                pass
+
+        class Registry:
+            def load_library(self, path):
+                return object()
+
+        class Cache:
+            def serialize(self):
+                return b"cache"
+
+        class Config:
+            def create_timing_cache(self, data):
+                return Cache()
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                pass
+
+            def get_timing_cache(self):
+                return Cache()
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def get_plugin_registry(self):
+                return Registry()
+
+            def create_network(self, flags):
+                return object()
+
+            def create_builder_config(self):
+                return Config()
+
+            def build_serialized_network(self, network, config):
+                return b"engine bytes"
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse(self, model, path=None):
+                fake.parsed.append((bytes(model), path))
+                return True
+
+            def parse_from_file(self, path):
+                raise AssertionError("parse_from_file imports the custom nodes as their local functions")
+
+        class Flag:
+            STRONGLY_TYPED = 0
+
+        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
+        self.NetworkDefinitionCreationFlag = Flag
+
+
+def test_build_parses_graphs_without_their_dysink_functions(bundles, tmp_path, monkeypatch):
+    """TensorRT <= 10.6 imports a node as the model-local function of its name: the parser gets the
+    graph without the dysink functions, with the file's path (external weights resolve beside it)."""
+    import onnx
+
+    fake = _FakeTensorRT()
+    monkeypatch.setattr(tb, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(tb, "compute_capability", lambda: "sm_87")
+    lib = tmp_path / "libdysink_plugins.so"
+    lib.write_bytes(b"library")
+    src = bundles("fp32")
+    out = tb.build_engines(str(src), out=str(tmp_path / "built"), graphs=["dit_step", "retrieve"], plugins=str(lib))
+    assert [Path(p).name for _, p in fake.parsed] == ["dit_step.onnx", "retrieve.onnx"]
+    for (blob, path), op in zip(fake.parsed, ["GatedSinkAttention", "RetrieveSinks"]):
+        assert Path(path) == src / Path(path).name
+        model = onnx.load_from_string(blob)
+        original = onnx.load(path, load_external_data=False)
+        assert not model.functions and [f.name for f in original.functions] == [op]
+        assert model.graph.SerializeToString() == original.graph.SerializeToString()
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert set(manifest["engines"]) == {"dit_step", "retrieve"}
+
+
+def test_build_out_copies_external_data(bundle_copy, tmp_path):
+    """Hard-linked external data would make the onnx package refuse both bundles' graphs."""
+    import onnx
+
+    from dysink_deploy.bundle import sha256_file
+    from tests.export.conftest import edit_manifest
+
+    path = bundle_copy / "dit_step.onnx"
+    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, location="dit_step.onnx.data")
+    data = bundle_copy / "dit_step.onnx.data"
+    edit_manifest(bundle_copy, lambda m: m["graphs"]["dit_step"].update(
+        sha256=sha256_file(path), bytes=path.stat().st_size,
+        external_data=[{"file": data.name, "sha256": sha256_file(data), "bytes": data.stat().st_size}]))
+    names = {d["file"] for g in Bundle.load(bundle_copy).graphs.values() for d in g.external_data}
+    tb._copy_bundle(bundle_copy, tmp_path / "new", names)
+    assert os.stat(data).st_nlink == 1 and os.stat(bundle_copy / "retrieve.onnx").st_nlink == 2
+    for root in (bundle_copy, tmp_path / "new"):
+        onnx.checker.check_model(str(root / "dit_step.onnx"), full_check=True)
+    Bundle.load(tmp_path / "new")
