@@ -56,9 +56,11 @@ def _run(cmd: list[str], what: str) -> None:
         raise DysinkError(f"{what} failed: {lines[0].strip() if lines else 'no output'} (command: {' '.join(cmd[:3])} ...)")
 
 
-def build_library(kernel_dir: Path, build_dir: Path, include: Path, harness_source: Path | None = None,
+def build_library(kernel_dir: Path, build_dir: Path, include: Path,
                   log: Callable[[str], None] = lambda m: None) -> Path:
-    """Generate the embedded-kernel source and build with CMake; returns the built library path."""
+    """Generate the embedded-kernel source and build with CMake; returns the built library path.
+
+    `build_dir` may hold an earlier build, also against other TensorRT headers: `include` is the one used."""
     from .embed import embedded_source
 
     if not shutil.which("cmake"):
@@ -70,8 +72,6 @@ def build_library(kernel_dir: Path, build_dir: Path, include: Path, harness_sour
     tmp.replace(source)
     cmd = ["cmake", "-S", str(CPP_DIR), "-B", str(build_dir), f"-DTensorRT_INCLUDE_DIR={include}",
            f"-DDYSINK_KERNELS_SOURCE={source}"]
-    if harness_source:
-        cmd.append(f"-DDYSINK_HARNESS_SOURCE={harness_source}")
     log(f"cmake configure against TensorRT {tensorrt_header_version(include)} headers in {include}")
     _run(cmd, "cmake configure")
     log("cmake build")

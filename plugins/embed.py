@@ -1,6 +1,7 @@
 """Turn a kernel directory (`dysink-export kernels`) into the C++ source that embeds its cubins
-in libdysink_plugins.so: the bytes through the assembler's `.incbin`, and the launch table the
-plugins select from (plugins/cpp/src/kernel_table.h)."""
+in libdysink_plugins.so: the bytes through the assembler's `.incbin`, the launch table the
+plugins select from (plugins/cpp/src/kernel_table.h), and the architectures `--arch` accepts (for
+the library's missing-architecture message)."""
 
 from __future__ import annotations
 
@@ -69,5 +70,7 @@ KernelImage const kKernelImages[] = {{
 }};
 int32_t const kNumKernelImages = {len(rows)};
 char const* const kKernelsTritonVersion = {_c_string(manifest['triton_version'])};
+int32_t const kCompilableArchs[] = {{{', '.join(str(a) for a in V.ARCHS)}}};
+int32_t const kNumCompilableArchs = {len(V.ARCHS)};
 }} // namespace dysink
 """

@@ -30,6 +30,39 @@ char const* dtypeName(int32_t dtype)
 
 std::mutex gLoadMutex;
 std::map<std::pair<CUdevice, KernelImage const*>, CUfunction> gLoaded;
+
+std::string archNames(std::set<int32_t> const& archs, char const* separator, char const* prefix)
+{
+    std::string text;
+    for (int32_t a : archs)
+    {
+        text += (text.empty() ? "" : separator) + std::string(prefix) + std::to_string(a);
+    }
+    return text;
+}
+
+// Every architecture the library embeds (any kernel): what a rebuild must keep.
+std::set<int32_t> libraryArchs()
+{
+    std::set<int32_t> archs;
+    for (int32_t i = 0; i < kNumKernelImages; ++i)
+    {
+        archs.insert(kKernelImages[i].arch);
+    }
+    return archs;
+}
+
+bool compilable(int32_t arch)
+{
+    for (int32_t i = 0; i < kNumCompilableArchs; ++i)
+    {
+        if (kCompilableArchs[i] == arch)
+        {
+            return true;
+        }
+    }
+    return false;
+}
 } // namespace
 
 std::string embeddedArchs(char const* kernel)
@@ -42,12 +75,20 @@ std::string embeddedArchs(char const* kernel)
             archs.insert(kKernelImages[i].arch);
         }
     }
-    std::string text;
-    for (int32_t a : archs)
+    return archs.empty() ? "none" : archNames(archs, ", ", "sm_");
+}
+
+bool cubinRunsOn(int32_t imageArch, int32_t gpuArch)
+{
+    // Triton 3.7.1 compiles sm_80/86/87/89 to plain cubins, which CUDA runs on any later minor of the
+    // same major (an sm_80 cubin on sm_86 / sm_87 / sm_89, an sm_87 one on sm_89). sm_90 and newer it
+    // compiles to arch-specific targets (ELF flags sm_90a, sm_100a, sm_110a, sm_120a, as cuobjdump -lelf
+    // shows), which run on exactly that compute capability: no sm_120 cubin on sm_121, no sm_100 on sm_103.
+    if (imageArch == gpuArch)
     {
-        text += (text.empty() ? "sm_" : ", sm_") + std::to_string(a);
+        return true;
     }
-    return text.empty() ? "none" : text;
+    return imageArch < 90 && gpuArch / 10 == imageArch / 10 && imageArch < gpuArch;
 }
 
 KernelImage const* findKernelImage(KernelKey const& key, int32_t arch, std::string& error)
@@ -66,8 +107,7 @@ KernelImage const* findKernelImage(KernelKey const& key, int32_t arch, std::stri
         {
             return &img;
         }
-        bool forward = (arch / 10 == 8 || arch / 10 == 12) && img.arch / 10 == arch / 10 && img.arch < arch;
-        if (forward && (!best || img.arch > best->arch))
+        if (cubinRunsOn(img.arch, arch) && (!best || img.arch > best->arch))
         {
             best = &img;
         }
@@ -76,18 +116,34 @@ KernelImage const* findKernelImage(KernelKey const& key, int32_t arch, std::stri
     {
         return best;
     }
+    std::set<int32_t> archs = libraryArchs();
+    std::string const rebuild = " --out DIR --overwrite";
     if (!anyArch)
     {
         error = std::string("no embedded ") + key.kernel + " kernel for dtype " + dtypeName(key.dtype) + ", head dim "
             + std::to_string(key.headDim) + (key.heads ? ", heads " + std::to_string(key.heads) : std::string())
             + (key.sinkBf16 >= 0 ? ", sink_bf16 " + std::to_string(key.sinkBf16) : std::string())
-            + "; rebuild the library for this bundle: dysink-export plugins --bundle BUNDLE --out DIR";
+            + "; rebuild the library for this bundle: dysink-export plugins --bundle BUNDLE --arch "
+            + archNames(archs, ",", "") + rebuild;
+    }
+    else if (!compilable(arch))
+    {
+        std::set<int32_t> accepted(kCompilableArchs, kCompilableArchs + kNumCompilableArchs);
+        error = std::string("this GPU is sm_") + std::to_string(arch)
+            + ", which the compiled kernels do not support: libdysink_plugins.so embeds " + key.kernel + " for "
+            + embeddedArchs(key.kernel)
+            + " (a cubin runs on a newer GPU only within sm_8x; sm_90 and newer cubins are arch-specific) and "
+              "dysink-export plugins --arch accepts only "
+            + archNames(accepted, ",", "");
     }
     else
     {
+        std::set<int32_t> wanted = archs;
+        wanted.insert(arch);
         error = std::string("this GPU is sm_") + std::to_string(arch) + " but libdysink_plugins.so embeds "
             + key.kernel + " only for " + embeddedArchs(key.kernel)
-            + "; rebuild it with dysink-export plugins --arch " + std::to_string(arch) + " --out DIR";
+            + "; rebuild it with this architecture added: dysink-export plugins --bundle BUNDLE --arch "
+            + archNames(wanted, ",", "") + rebuild;
     }
     return nullptr;
 }

@@ -42,6 +42,10 @@ struct KernelImage
 extern KernelImage const kKernelImages[];
 extern int32_t const kNumKernelImages;
 extern char const* const kKernelsTritonVersion;
+// The architectures `dysink-export plugins --arch` accepts (plugins/variants.py ARCHS, written into
+// the generated source so that the messages only suggest a command that works).
+extern int32_t const kCompilableArchs[];
+extern int32_t const kNumCompilableArchs;
 
 struct KernelKey
 {
@@ -52,10 +56,14 @@ struct KernelKey
     int32_t sinkBf16;
 };
 
-// The image for `key` on `arch`: the exact architecture, else an older minor of the same major
-// for the families whose cubins run forward (sm_8x, sm_12x). nullptr with `error` naming the
-// missing architecture and the command that adds it.
+// The image for `key` on `arch`: the exact architecture, else (sm_8x only) the newest older minor of
+// the same major; see cubinRunsOn. nullptr with `error` naming the missing architecture and either
+// the command that adds it or, for an architecture the kernels cannot be compiled for, that it is
+// not supported.
 KernelImage const* findKernelImage(KernelKey const& key, int32_t arch, std::string& error);
+
+// Whether a cubin embedded for `imageArch` runs on a GPU of compute capability `gpuArch` (x 10).
+bool cubinRunsOn(int32_t imageArch, int32_t gpuArch);
 
 // Comma-separated architectures embedded for this kernel (for messages).
 std::string embeddedArchs(char const* kernel);

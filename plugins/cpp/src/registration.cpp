@@ -1,7 +1,17 @@
 // Entry points: getCreators / setLoggerFinder (trtexec --dynamicPlugins, IPluginRegistry::loadLibrary,
 // ONNX Runtime's trt_extra_plugin_lib_paths) and self-registration at load time (ctypes.CDLL,
 // polygraphy --plugins) when TensorRT is already in the process. TensorRT is never linked: its
-// registry is looked up with dlsym.
+// registry is looked up at run time (processRegistry).
+//
+// NOT VERIFIED (no TensorRT library on the machines this is built and tested on; the tests use a
+// registry test double standing in for libnvinfer, tests/plugins/cpp/registry_double.cpp):
+// - what the real registry does when this library's static constructor calls registerCreator while
+//   IPluginRegistry::loadLibrary is loading the library (the loader may hold the registry's lock:
+//   the call could deadlock, fail or be accepted), and whether the deregisterCreator calls made from
+//   getCreators, still inside loadLibrary, are accepted before the loader registers the creators;
+// - that the libnvinfer of the tensorrt wheels and of JetPack has the soname libnvinfer.so.<major>,
+//   and that the lean and dispatch runtimes export getPluginRegistry (NvInferRuntime.h, their API,
+//   declares it; a library without it is skipped).
 #include "plugins.h"
 
 #include <dlfcn.h>
@@ -17,15 +27,53 @@ namespace
 GatedSinkAttentionCreator gAttentionCreator;
 RetrieveSinksCreator gRetrieveCreator;
 IPluginCreatorInterface* const gCreators[] = {&gAttentionCreator, &gRetrieveCreator};
-std::atomic<bool> gSelfRegistered{false};
+constexpr int32_t kNumCreators = static_cast<int32_t>(sizeof(gCreators) / sizeof(gCreators[0]));
+
+// The TensorRT libraries defining `extern "C" IPluginRegistry* getPluginRegistry()` (NvInferRuntime.h
+// of TensorRT 10.x and 11.x), by soname: the full runtime first, then the lean and dispatch runtimes.
+char const* const kTensorRTLibraries[] = {"libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so",
+    "libnvinfer_lean.so.10", "libnvinfer_lean.so.11", "libnvinfer_lean.so", "libnvinfer_dispatch.so.10",
+    "libnvinfer_dispatch.so.11", "libnvinfer_dispatch.so"};
 
 using GetRegistryFn = IPluginRegistry* (*) ();
 
+IPluginRegistry* callRegistryFn(void* symbol)
+{
+    return symbol ? reinterpret_cast<GetRegistryFn>(symbol)() : nullptr;
+}
+
+// The registry of the TensorRT already loaded in this process, or nullptr. Python (the tensorrt
+// package, ctypes) loads libnvinfer RTLD_LOCAL, where dlsym(RTLD_DEFAULT) does not see it: ask for
+// each library by name with RTLD_NOLOAD (never loads one; the handle only adds a reference, given
+// back by dlclose: the library stays loaded by whoever loaded it), then fall back to the global
+// scope (a libnvinfer loaded RTLD_GLOBAL, or linked into the executable, under another name).
 IPluginRegistry* processRegistry()
 {
-    auto fn = reinterpret_cast<GetRegistryFn>(dlsym(RTLD_DEFAULT, "getPluginRegistry"));
-    return fn ? fn() : nullptr;
+    for (char const* name : kTensorRTLibraries)
+    {
+        void* handle = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
+        if (!handle)
+        {
+            dlerror();   // not loaded: leave no pending error for the process's next dlerror()
+            continue;
+        }
+        IPluginRegistry* registry = callRegistryFn(dlsym(handle, "getPluginRegistry"));
+        dlclose(handle);
+        if (registry)
+        {
+            return registry;
+        }
+    }
+    IPluginRegistry* registry = callRegistryFn(dlsym(RTLD_DEFAULT, "getPluginRegistry"));
+    dlerror();
+    return registry;
 }
+
+// What the load-time (or dysinkRegisterPlugins) registration put in which registry, so that
+// getCreators takes out exactly that and nothing a loader registered.
+std::atomic<bool> gClaimed{false};
+std::atomic<IPluginRegistry*> gSelfRegistry{nullptr};
+bool gSelfRegistered[kNumCreators] = {};
 
 struct SelfRegistration
 {
@@ -34,17 +82,43 @@ struct SelfRegistration
         registerWithProcessRegistry();
     }
 
-    static void registerWithProcessRegistry()
+    // false when no TensorRT is loaded in this process.
+    static bool registerWithProcessRegistry()
     {
         IPluginRegistry* registry = processRegistry();
-        if (!registry || gSelfRegistered.exchange(true))
+        if (!registry)
+        {
+            return false;
+        }
+        if (gClaimed.exchange(true))
+        {
+            return true;   // registered already
+        }
+        for (int32_t i = 0; i < kNumCreators; ++i)
+        {
+            gSelfRegistered[i] = registry->registerCreator(*gCreators[i], kPluginNamespace);
+        }
+        gSelfRegistry.store(registry, std::memory_order_release);
+        return true;
+    }
+
+    // Called by getCreators: undo the registration above (no lock is held while calling TensorRT).
+    static void deregister()
+    {
+        IPluginRegistry* registry = gSelfRegistry.exchange(nullptr, std::memory_order_acquire);
+        if (!registry)
         {
             return;
         }
-        for (IPluginCreatorInterface* creator : gCreators)
+        for (int32_t i = 0; i < kNumCreators; ++i)
         {
-            registry->registerCreator(*creator, kPluginNamespace);
+            if (gSelfRegistered[i])
+            {
+                registry->deregisterCreator(*gCreators[i]);
+                gSelfRegistered[i] = false;
+            }
         }
+        gClaimed.store(false);
     }
 } gSelfRegistration;
 } // namespace
@@ -57,17 +131,8 @@ __attribute__((visibility("default"))) IPluginCreatorInterface* const* getCreato
 {
     // TensorRT's loader registers what this returns; if the load-time registration already put the
     // creators in the registry, take them out first so that its registration does not collide.
-    if (dysink::gSelfRegistered.exchange(false))
-    {
-        if (IPluginRegistry* registry = dysink::processRegistry())
-        {
-            for (IPluginCreatorInterface* creator : dysink::gCreators)
-            {
-                registry->deregisterCreator(*creator);
-            }
-        }
-    }
-    nbCreators = static_cast<int32_t>(sizeof(dysink::gCreators) / sizeof(dysink::gCreators[0]));
+    dysink::SelfRegistration::deregister();
+    nbCreators = dysink::kNumCreators;
     return dysink::gCreators;
 }
 
@@ -80,12 +145,7 @@ __attribute__((visibility("default"))) void setLoggerFinder(ILoggerFinder* finde
 // Returns false when no TensorRT is loaded in this process.
 __attribute__((visibility("default"))) bool dysinkRegisterPlugins()
 {
-    if (!dysink::processRegistry())
-    {
-        return false;
-    }
-    dysink::SelfRegistration::registerWithProcessRegistry();
-    return true;
+    return dysink::SelfRegistration::registerWithProcessRegistry();
 }
 
 // Diagnostics without TensorRT or a GPU: which cubin would run `kernel` for this key on `arch`.

@@ -1,7 +1,8 @@
 // Host-side harness of libdysink_plugins.so: no TensorRT library, no GPU. It plays the part of
 // TensorRT where TensorRT would call the plugins (an IExprBuilder, PluginFieldCollections, a
 // logger) and checks creators, shapes, types, formats, workspace, serialization round trips,
-// clone, attribute rejection and kernel selection. Driven by tests/plugins/test_plugin_library.py:
+// clone, attribute rejection and kernel selection. Built by tests/plugins/cpp/CMakeLists.txt and
+// driven by tests/plugins/test_plugin_library.py:
 //
 //   plugin_harness LIB GSA_THRESHOLD GSA_SINK_KV_BF16 GSA_FIXED_SINKS RS_SINK_SIZE RS_K EMBEDDED_ARCH
 //
@@ -498,8 +499,15 @@ int main(int argc, char** argv)
     int got = findKernel("paged_attention", dt, 32, 0, 1, embeddedArch, msg, sizeof msg);
     check(got == embeddedArch, "paged_attention cubin found for sm_" + std::to_string(embeddedArch) + ": " + msg);
     got = findKernel("paged_attention", dt, 32, 0, 1, 100, msg, sizeof msg);
-    check(got < 0 && std::strstr(msg, "sm_100") && std::strstr(msg, "--arch 100"),
-        std::string("missing architecture named with the command to add it: ") + msg);
+    std::string const addArch = "dysink-export plugins --bundle BUNDLE --arch " + std::to_string(embeddedArch)
+        + ",100 --out DIR --overwrite";
+    check(got < 0 && std::strstr(msg, "this GPU is sm_100") && std::strstr(msg, addArch.c_str()),
+        std::string("missing architecture named with the command that adds it: ") + msg);
+    got = findKernel("paged_attention", dt, 32, 0, 1, 121, msg, sizeof msg);
+    check(got < 0 && std::strstr(msg, "sm_121, which the compiled kernels do not support")
+            && std::strstr(msg, ("embeds paged_attention for sm_" + std::to_string(embeddedArch)).c_str())
+            && !std::strstr(msg, "--out DIR"),
+        std::string("an architecture the CLI cannot compile for: said so, no command suggested: ") + msg);
     got = findKernel("paged_attention", dt, 48, 0, 1, embeddedArch, msg, sizeof msg);
     check(got < 0 && std::strstr(msg, "head dim 48"), std::string("unknown variant named: ") + msg);
     got = findKernel("gate_decide", -1, 32, 2, -1, embeddedArch, msg, sizeof msg);
