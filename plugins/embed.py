@@ -48,7 +48,7 @@ def embedded_source(kernel_dir: str | Path) -> str:
             _c_string(e["kernel"]), str(e["arch"]), str(_DTYPE_CODE[key.get("dtype")]), str(key.get("head_dim", 0)),
             str(key.get("heads", 0)), str(key.get("sink_bf16", -1)), str(e["num_warps"]), str(e["shared_bytes"]),
             str(e["global_scratch_bytes"]), str(e["profile_scratch_bytes"]), str(const.get("BLOCK_M", 0)),
-            str(const.get("BLOCK_C", 0)), str(n_split), _c_string(e["symbol"]), f"{label}",
+            str(const.get("BLOCK_C", 0)), str(n_split), str(len(e["args"]) - 2), _c_string(e["symbol"]), f"{label}",
             f"static_cast<size_t>({label}_end - {label})"]) + "},")
     externs = "\n".join(f'extern "C" unsigned char const dysink_cubin_{i}[], dysink_cubin_{i}_end[];'
                         for i in range(len(rows)))

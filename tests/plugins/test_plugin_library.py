@@ -313,3 +313,9 @@ def test_embedded_source_names_every_cubin(kernel_dir):
     # What the missing-architecture message may suggest: exactly what `--arch` accepts.
     from dysink_deploy.plugins.variants import ARCHS
     assert f"kCompilableArchs[] = {{{', '.join(map(str, ARCHS))}}};" in text
+    # Each row carries the cubin's argument count (checked at every launch against the plugin's list).
+    from dysink_deploy.plugins.aot import ARG_TYPES
+    for kernel, args in ARG_TYPES.items():
+        row = next(line for line in text.splitlines() if line.startswith(f'    {{"{kernel}", 87,'))
+        fields = [f.strip() for f in row.strip(" {},").split(",")]
+        assert int(fields[13]) == len(args), (kernel, fields)

@@ -202,9 +202,13 @@ CUresult launchKernel(LoadedKernel const& kernel, unsigned gridX, unsigned gridY
     {
         return CUDA_ERROR_NOT_INITIALIZED;
     }
+    KernelImage const& img = *kernel.image;
+    if (args.count != img.nArgs)
+    {
+        return CUDA_ERROR_INVALID_VALUE;   // the plugin and the embedded cubin disagree on the arguments
+    }
     static CUdeviceptr const kNull = 0;
     args.add(&kNull).add(&kNull);   // global scratch, profile scratch
-    KernelImage const& img = *kernel.image;
     return driver->cuLaunchKernel(kernel.function, gridX, gridY, gridZ, 32 * img.numWarps, 1, 1,
         static_cast<unsigned>(img.sharedBytes), stream, args.ptrs, nullptr);
 }

@@ -34,6 +34,7 @@ struct KernelImage
     int32_t blockM;              // paged_attention rows per program (grid x = cdiv(L, blockM))
     int32_t blockC;              // retrieve_scores entries per program
     int32_t nSplit;              // gate_partial_sums programs per (slot, head) = gate_decide's N_SPLIT
+    int32_t nArgs;               // non-constexpr arguments before the two scratch pointers (kernels.json)
     char const* symbol;
     unsigned char const* cubin;
     size_t cubinBytes;
@@ -94,7 +95,8 @@ struct ArgList
 
 // Launch with Triton's calling convention: the non-constexpr arguments in order, then the two
 // scratch pointers (appended here; null: every embedded kernel has scratch size 0, checked when
-// the library is generated).
+// the library is generated). An argument count other than the cubin's (kernels.json) is refused
+// with CUDA_ERROR_INVALID_VALUE before anything is launched.
 CUresult launchKernel(LoadedKernel const& kernel, unsigned gridX, unsigned gridY, unsigned gridZ, ArgList& args,
     CUstream stream);
 

@@ -43,8 +43,12 @@ int32_t PluginBase::launchStatus(CUresult result) const
     }
     std::string error;
     CudaDriver const* driver = cudaDriver(error);
+    std::string hint = result == CUDA_ERROR_INVALID_VALUE
+        ? " (also returned when the plugin's argument list does not match the embedded cubin's: rebuild the "
+          "library with this version's dysink-export plugins)"
+        : "";
     logError(std::string(getPluginName()) + ": kernel launch failed: "
-        + (driver ? cudaErrorText(*driver, result) : error));
+        + (driver ? cudaErrorText(*driver, result) : error) + hint);
     return -1;
 }
 
