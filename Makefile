@@ -42,7 +42,7 @@ bench: $(STAMP)
 	$(VENV)/bin/dysink-bench stream --backend onnxruntime --bundle $(DEMO_BUNDLE) --blocks 20 --threads 2
 	$(VENV)/bin/dysink-bench graphs --model tiny --runs 20 --threads 2
 	$(VENV)/bin/dysink-bench graphs --mid --runs 5 --threads 2
-	$(VENV)/bin/dysink-bench memory --model tiny --blocks 300 --bank-capacity 16
+	$(VENV)/bin/dysink-bench memory --model tiny --blocks 600 --bank-capacity 16
 	$(VENV)/bin/dysink-bench soak --bundle $(DEMO_BUNDLE) --blocks 2000
 
 # On a machine with a CUDA GPU: the kernels compiled (not interpreted) against the references and

@@ -25,6 +25,7 @@ from ..config import DiTConfig, StreamConfig
 from ..rope import rope_phases
 from .backends.base import Backend
 from .bank import MemoryBank
+from .heap import TRIM_EVERY, release_free_heap
 from .noise import block_noise
 from .pages import PageAllocator
 from .schedule import BlockContext, ContextScheduler, QueryQueue
@@ -319,6 +320,8 @@ class Streamer:
                            + (f"; evicted the entry at frame {evicted}" if evicted is not None else "")),
         )
         self.next_index += 1
+        if self.next_index % TRIM_EVERY == 0:
+            release_free_heap()   # freed temporaries back to the OS: RSS stays flat over long streams
         return record
 
     def _noise(self, index: int) -> tuple[np.ndarray, list[np.ndarray]]:
