@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 TRIM_EVERY = 8
 
@@ -47,8 +48,6 @@ def release_free_heap() -> bool:
 def current_rss_mb() -> float | None:
     """Resident set size now (Linux /proc), None where unavailable."""
     try:
-        import os
-
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
     except (OSError, ValueError, IndexError):
