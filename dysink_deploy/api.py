@@ -23,15 +23,17 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from .config import ModelConfig, StreamConfig, model_preset, stream_config_from_dict
+from .config import ModelConfig, StreamConfig
 from .errors import DysinkError
+from .runtime.backends import BACKENDS
+from .runtime.builder import load_model_config, open_streamer, resolve_run
+from .runtime.prompts import embeds_of
+from .runtime.run import OUTPUT_FILES, check_out_dir, lock_out_dir, prepare_out_dir, stream_to_dir
+from .runtime.spec import RunSpec
 from .runtime.stream import FeatureSource, NoiseSource, StepEvent, StepObserver, Streamer, frames_to_uint8
 
-__all__ = ["open_stream", "Stream", "Block", "StepEvent", "decode_latents", "encode_frames", "load_model_config",
-           "BACKENDS"]
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-_PRECISIONS = ("fp32", "fp16", "bf16")
+__all__ = ["open_stream", "RunSpec", "Stream", "Block", "StepEvent", "decode_latents", "encode_frames",
+           "load_model_config", "BACKENDS"]
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,9 @@ class Stream:
         self._check_open()
         if frame is not None and (not isinstance(frame, int) or isinstance(frame, bool)):
             raise DysinkError(f"switch_prompt: frame must be an integer, got {frame!r}")
-        if self.backend != "torch" and not self._streamer.backend.bundle.interactive:
-            b = self._streamer.backend.bundle
-            raise DysinkError(f"bundle {b.path} has no dit_recache graph, which prompt switches need; export it "
-                              f"with --interactive: {b.rebuild_command()} --interactive")
-        self._streamer.switch_prompt(_prompt(prompt_embeds, self.model, False), frame)
+        if self.backend != "torch":
+            self._streamer.backend.bundle.require_interactive()
+        self._streamer.switch_prompt(embeds_of(prompt_embeds, self.model), frame)
 
     @property
     def blocks_done(self) -> int:
@@ -104,8 +104,6 @@ class Stream:
         stats.json, timeline.png, with dysink-run's guarantees (lock, no symlinks followed, only this
         project's outputs replaced with `overwrite`). Returns a RunResult (out, blocks, frames,
         seconds, interrupted, stats). Ctrl-C stops after closing the files."""
-        from .runtime.run import OUTPUT_FILES, check_out_dir, lock_out_dir, prepare_out_dir, stream_to_dir
-
         self._check_open()
         if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
             raise DysinkError(f"write: blocks must be an integer >= 1, got {blocks!r}")
@@ -152,64 +150,43 @@ class Stream:
 
 
 # ---------------------------------------------------------------------------------------------------
-def load_model_config(source: str | os.PathLike | Mapping[str, Any] | ModelConfig) -> ModelConfig:
-    """A ModelConfig from a preset name, a dict, a JSON file (a ModelConfig's `to_dict`, or a
-    bundle.json, whose model is used), or a ModelConfig; validated with the presets' messages."""
-    from .config import MODEL_PRESETS, ModelConfig as _MC, model_config_from_file
-
-    if isinstance(source, _MC):
-        return source
-    if isinstance(source, Mapping):
-        return _MC.from_dict(source)
-    text = os.fspath(source)
-    if text in MODEL_PRESETS:
-        return model_preset(text)
-    if not os.path.exists(text):
-        raise DysinkError(f"model {text!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a file")
-    return model_config_from_file(text, "model config")
+_CHECKPOINT_KEYS = ("checkpoint", "lora", "vae", "pe", "use_ema")
 
 
-def _prompt(prompt_embeds, model: ModelConfig, random_weights: bool) -> np.ndarray:
-    from .runtime.run import default_prompt_embeds, load_prompt_embeds
-
-    if prompt_embeds is None:
-        from .runtime.cli import needs_real_prompt
-
-        if needs_real_prompt(model, not random_weights):
-            raise DysinkError("a real model needs real text conditioning: pass prompt_embeds (umT5-XXL output "
-                              "[512, 4096], an array or a .safetensors file)")
-        return default_prompt_embeds(model)
-    if isinstance(prompt_embeds, (str, os.PathLike)):
-        return load_prompt_embeds(os.fspath(prompt_embeds), model)
-    array = np.asarray(prompt_embeds)
-    want = (model.dit.text_len, model.dit.text_dim)
-    if array.shape != want or not np.issubdtype(array.dtype, np.floating):
-        raise DysinkError(f"prompt_embeds must be a float array of shape {want}, got {array.dtype} {array.shape}")
-    if not np.isfinite(array).all():
-        raise DysinkError("prompt_embeds hold NaN or Inf values")
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def _pairs(prompts) -> list[tuple[int, Any]]:
-    out = []
-    for item in prompts or []:
-        if not isinstance(item, (list, tuple)) or len(item) != 2:
-            raise DysinkError(f"prompts entries must be (frame, embeddings) pairs, got {item!r:.80}")
-        out.append((item[0], item[1]))
-    return out
-
-
-def _settings(settings) -> dict:
-    if settings is None:
-        return {}
+def _spec(bundle, backend, model, checkpoints, weights_seed, device, precision, kernels, ort_provider, cuda_graph,
+          threads, prompt_embeds, seed, settings, prompts) -> RunSpec:
+    """open_stream's keyword arguments as a RunSpec (the flexible ones translated: `model` may be a
+    file, a dict or a ModelConfig; `checkpoints` a dict)."""
+    backend = backend or ("onnxruntime" if bundle is not None else "torch")
+    checkpoints = dict(checkpoints or {})
+    unknown = sorted(set(checkpoints) - set(_CHECKPOINT_KEYS))
+    if unknown:
+        raise DysinkError(f"checkpoints: unknown key(s) {', '.join(unknown)}; use {', '.join(sorted(_CHECKPOINT_KEYS))}")
+    if backend != "torch" and bundle is not None and any(checkpoints.get(k) for k in _CHECKPOINT_KEYS):
+        raise DysinkError("a bundle already holds its weights: drop checkpoints or use backend='torch'")
+    if backend == "torch" and bundle is not None:
+        raise DysinkError("the torch backend builds its models from `model` and `checkpoints`, not a bundle; "
+                          "drop bundle or use backend='onnxruntime'")
+    if cuda_graph and backend != "tensorrt":      # said in the API's words (RunSpec says it in the CLI's)
+        raise DysinkError("cuda_graph applies to the tensorrt backend only")
+    if settings is not None and not isinstance(settings, (Mapping, StreamConfig)):
+        raise DysinkError(f"settings must be a dict of stream settings or a StreamConfig, got {type(settings).__name__}")
     if isinstance(settings, StreamConfig):
-        return settings.to_dict()
-    if isinstance(settings, Mapping):
-        return dict(settings)
-    raise DysinkError(f"settings must be a dict of stream settings or a StreamConfig, got {type(settings).__name__}")
+        settings = settings.to_dict()
+    if prompts is not None and not isinstance(prompts, (list, tuple)):
+        raise DysinkError("prompts must be a list of (frame, embeddings) pairs")
+    source = {}
+    if backend == "torch":                       # a bundle fixes the model: `model` is read without one only
+        source = {"model_config": load_model_config(model)}
+    return RunSpec(backend=backend, bundle=None if bundle is None else os.fspath(bundle), **source,
+                   checkpoint=checkpoints.get("checkpoint"), lora=checkpoints.get("lora"), vae=checkpoints.get("vae"),
+                   pe=checkpoints.get("pe"), use_ema=bool(checkpoints.get("use_ema", False)), weights_seed=weights_seed,
+                   device=device, precision=precision, kernels=kernels, ort_provider=ort_provider,
+                   cuda_graph=cuda_graph, threads=threads, seed=seed, prompt_embeds=prompt_embeds,
+                   prompts=None if prompts is None else list(prompts), settings=dict(settings or {}))
 
 
-def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None = None,
+def open_stream(bundle: str | os.PathLike | RunSpec | None = None, *, backend: str | None = None,
                 model: str | os.PathLike | Mapping | ModelConfig = "tiny",
                 checkpoints: Mapping[str, Any] | None = None, weights_seed: int = 0,
                 device: str = "cpu", precision: str = "fp32", kernels: str = "auto",
@@ -218,9 +195,12 @@ def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None 
                 settings: Mapping[str, Any] | StreamConfig | None = None,
                 noise: NoiseSource | None = None, features: FeatureSource | None = None,
                 observer: StepObserver | None = None,
-                prompts: list[tuple[int, Any]] | None = None) -> Stream:
+                prompts: list[tuple[int, Any]] | None = None, spec: RunSpec | None = None) -> Stream:
     """Open a stream.
 
+    From a RunSpec (`dysink_deploy.runtime.spec`, what dysink-run builds from its flags):
+    `open_stream(spec)` or `open_stream(spec=spec)`; the other arguments must then be left out
+    (the hooks aside).
     From a bundle (`dysink-export onnx`; + `dysink-export build` for tensorrt): `bundle=DIR`,
     backend "onnxruntime" (default with a bundle) or "tensorrt". The bundle fixes model, weights,
     precision and the graph-baked settings; `settings` may change the host-side ones (dedup
@@ -238,107 +218,31 @@ def open_stream(bundle: str | os.PathLike | None = None, *, backend: str | None 
     first block starting at or after the frame, with DySink's recache (a bundle needs --interactive);
     or later with `Stream.switch_prompt`.
     """
-    backend = backend or ("onnxruntime" if bundle is not None else "torch")
-    if backend not in BACKENDS:
-        raise DysinkError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    for name, value in (("seed", seed), ("weights_seed", weights_seed)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < 2 ** 63:
-            raise DysinkError(f"{name} must be an integer in 0..2**63-1, got {value!r}")
+    if isinstance(bundle, RunSpec):
+        if spec is not None:
+            raise DysinkError("open_stream: give the RunSpec once (positionally or as spec=)")
+        bundle, spec = None, bundle
     for name, fn in (("noise", noise), ("features", features), ("observer", observer)):
         if fn is not None and not callable(fn):
             raise DysinkError(f"{name} must be callable, got {type(fn).__name__}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise DysinkError(f"threads must be an integer >= 1, got {threads!r}")
-    if threads and backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
-    if cuda_graph and backend != "tensorrt":
-        raise DysinkError("cuda_graph applies to the tensorrt backend only")
-    hooks = {"noise": noise, "features": features, "observer": observer}
-    wanted = _settings(settings)
-    if prompts is not None and not isinstance(prompts, (list, tuple)):
-        raise DysinkError("prompts must be a list of (frame, embeddings) pairs")
-
-    if backend in ("onnxruntime", "tensorrt"):
-        if bundle is None:
-            raise DysinkError(f"backend {backend!r} streams a bundle: pass bundle=DIR (dysink-export onnx"
-                              f"{' + dysink-export build' if backend == 'tensorrt' else ''})")
-        if checkpoints:
-            raise DysinkError("a bundle already holds its weights: drop checkpoints or use backend='torch'")
-        from .bundle import Bundle
-        from .runtime.cli import bundle_stream_config
-
-        b = Bundle.load(bundle)
-        stream = bundle_stream_config(b, wanted)
-        random_weights = not any(k != "random_seed" for k in b.manifest.get("checkpoints", {}))
-        prompt = _prompt(prompt_embeds, b.model, random_weights)
-        if backend == "onnxruntime":
-            from .runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-            be = OnnxRuntimeBackend(b, providers=ort_provider, threads=threads)
-            details = {"ort_provider": ort_provider}
-        else:
-            from .runtime.backends.tensorrt_backend import TensorRTBackend
-
-            be = TensorRTBackend(b, cuda_graph=cuda_graph)
-            details = {"cuda_graph": cuda_graph}
-        switches = [(f, _prompt(e, b.model, False)) for f, e in _pairs(prompts)]
-        if switches and not b.interactive:
-            raise DysinkError(f"bundle {b.path} has no dit_recache graph, which prompt switches need; export it "
-                              f"with --interactive: {b.rebuild_command()} --interactive")
-        streamer = Streamer(be, b.model.dit, stream, prompt, seed=int(seed), prompts=switches, **hooks)
-        run_config = {"model": b.model.name, "backend": backend, "seed": int(seed), "bundle": str(b.path),
-                      "precision": b.precision, **details, "checkpoints": b.manifest.get("checkpoints", {}),
-                      "prompt_embeds": "array" if prompt_embeds is not None else "embedded-default", "api": True}
-        return Stream(streamer, b.model, run_config)
-
-    if bundle is not None:
-        raise DysinkError("the torch backend builds its models from `model` and `checkpoints`, not a bundle; "
-                          "drop bundle or use backend='onnxruntime'")
-    if precision not in _PRECISIONS:
-        raise DysinkError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
-    cfg = load_model_config(model)
-    known = {"checkpoint", "lora", "vae", "pe", "use_ema"}
-    checkpoints = dict(checkpoints or {})
-    unknown = sorted(set(checkpoints) - known)
-    if unknown:
-        raise DysinkError(f"checkpoints: unknown key(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
-    stream = stream_config_from_dict({"height": cfg.height, "width": cfg.width, **wanted})
-    random_weights = not any(checkpoints.get(k) for k in ("checkpoint", "lora", "vae", "pe"))
-    prompt = _prompt(prompt_embeds, cfg, random_weights)
-    import re
-
-    import torch
-
-    from .models.factory import CheckpointPaths, build_models
-    from .runtime.backends.torch_backend import TorchBackend
-    from .runtime.cli import check_memory
-
-    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise DysinkError(f"device must be cpu, cuda or cuda:N, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DysinkError("device cuda was asked for but torch sees no CUDA device; use device='cpu'")
-    check_memory(cfg, stream, precision, device)
-    paths = CheckpointPaths(dit=checkpoints.get("checkpoint"), lora=checkpoints.get("lora"),
-                            vae=checkpoints.get("vae"), pe=checkpoints.get("pe"),
-                            use_ema=bool(checkpoints.get("use_ema", False)))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    models = build_models(cfg, paths, seed=int(weights_seed))
-    be = TorchBackend(models, stream, device=device, dtype=dtype, kernels=kernels)
-    switches = [(f, _prompt(e, cfg, False)) for f, e in _pairs(prompts)]
-    streamer = Streamer(be, cfg.dit, stream, prompt, seed=int(seed), prompts=switches, **hooks)
-    run_config = {"model": cfg.name, "backend": "torch", "seed": int(seed), "precision": precision, "device": device,
-                  "kernels": be.kernels, "checkpoints": {k: str(v) for k, v in checkpoints.items() if v},
-                  "prompt_embeds": "array" if prompt_embeds is not None else "embedded-default", "api": True}
-    return Stream(streamer, cfg, run_config)
+    if spec is None:
+        spec = _spec(bundle, backend, model, checkpoints, weights_seed, device, precision, kernels, ort_provider,
+                     cuda_graph, threads, prompt_embeds, seed, settings, prompts)
+    elif not isinstance(spec, RunSpec):
+        raise DysinkError(f"spec must be a RunSpec, got {type(spec).__name__}")
+    elif bundle is not None:
+        raise DysinkError("open_stream: with a RunSpec, name the bundle in it (RunSpec.bundle), not beside it")
+    run = resolve_run(spec)
+    streamer, run_config = open_streamer(spec, resolved=run, noise=noise, features=features, observer=observer)
+    run_config = {k: v for k, v in run_config.items() if k not in ("blocks", "stream", "timesteps")}
+    return Stream(streamer, run.model, {**run_config, "api": True})
 
 
 # ---------------------------------------------------------------------------------------------------
 # Parts on their own (PyTorch reference models)
 # ---------------------------------------------------------------------------------------------------
 def _parts(model, vae: str | None, pe: str | None, weights_seed: int, device: str):
-    from .models.factory import CheckpointPaths, build_models
+    from .models.factory import CheckpointPaths, build_models     # lazy: torch
 
     cfg = load_model_config(model)
     return cfg, build_models(cfg, CheckpointPaths(vae=vae, pe=pe), seed=weights_seed).to(device).eval()

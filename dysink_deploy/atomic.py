@@ -1,4 +1,7 @@
-"""Directories written whole or not at all: build into a hidden sibling, then rename into place."""
+"""Outputs written whole or not at all: build into a hidden sibling, then rename into place.
+
+`staged_directory` for directories (bundles, model repositories), `write_atomic` for single files.
+"""
 
 from __future__ import annotations
 
@@ -56,4 +59,26 @@ def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
             tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def umask_file_mode() -> int:
+    """The permissions a new regular file gets under the current umask (0o666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write to a temporary file in the same directory, then rename over `path`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, umask_file_mode())  # mkstemp makes 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise

@@ -18,47 +18,28 @@ import time
 
 import click
 
+from .bundle import Bundle
 from .cli.common import UserErrorGroup, shared
 from .errors import DysinkError
+from .runtime.builder import open_streamer
+from .runtime.report import decisions
+from .runtime.spec import RunSpec
 
 
 def _torch_streamer(model_name: str, seed: int, threads: int | None, **stream_overrides):
-    import torch
-
-    from .config import model_preset
-    from .models.factory import build_models
-    from .runtime.backends.torch_backend import TorchBackend
-    from .runtime.run import default_prompt_embeds
-    from .runtime.stream import Streamer
-
-    if threads is not None and threads < 1:
-        raise DysinkError(f"--threads must be >= 1, got {threads}")
-    if threads:
-        torch.set_num_threads(threads)
-    model = model_preset(model_name)
-    stream = model.default_stream(**stream_overrides)
-    backend = TorchBackend(build_models(model, seed=0), stream)
-    streamer = Streamer(backend, model.dit, stream, default_prompt_embeds(model), seed=seed)
-    streamer.dit_name = model.name
-    return streamer, stream
+    """A torch-backend stream of the preset's random weights (fp32, CPU)."""
+    streamer, config = open_streamer(RunSpec(model=model_name, seed=seed, threads=threads, settings=stream_overrides))
+    streamer.dit_name = config["model"]
+    return streamer, streamer.cfg
 
 
-def _ort_streamer(bundle_path: str, threads: int | None, feature_mode: str):
-    from .bundle import Bundle
-    from .runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from .runtime.run import default_prompt_embeds
-    from .runtime.stream import Streamer
-
-    if threads is not None and threads < 1:
-        raise DysinkError(f"--threads must be >= 1, got {threads}")
-    bundle = Bundle.load(bundle_path)
-    if feature_mode != bundle.stream.feature_mode:
-        raise DysinkError(f"bundle {bundle.path} was exported for feature mode {bundle.stream.feature_mode}; "
-                          f"pass --feature-mode {bundle.stream.feature_mode}")
-    streamer = Streamer(OnnxRuntimeBackend(bundle, threads=threads), bundle.model.dit, bundle.stream,
-                        default_prompt_embeds(bundle.model), seed=0)
-    streamer.dit_name = f"{bundle.model.name} ({bundle.path}, {bundle.precision})"
-    return streamer, bundle.stream
+def _ort_streamer(bundle_path: str, threads: int | None, feature_mode: str, **stream_overrides):
+    """An onnxruntime (CPU) stream of a bundle; graph-baked settings must be the bundle's."""
+    spec = RunSpec(backend="onnxruntime", bundle=bundle_path, threads=threads,
+                   settings={"feature_mode": feature_mode, **stream_overrides})
+    streamer, config = open_streamer(spec)
+    streamer.dit_name = f"{config['model']} ({config['bundle']}, {config['precision']})"
+    return streamer, streamer.cfg
 
 
 def _peak_rss_mb() -> float:
@@ -318,21 +299,14 @@ def soak(bundle_path, blocks, checkpoint_block, dedup_threshold, tolerance):
     import hashlib
     import json
 
-    from .bundle import Bundle
-    from .runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from .runtime.report import decisions
-    from .runtime.run import default_prompt_embeds
-    from .runtime.stream import Streamer
-
     if not 0 < checkpoint_block < blocks:
         raise DysinkError("--measure-block must lie between 0 and --blocks")
+    spec = RunSpec(backend="onnxruntime", bundle=bundle_path, settings={"dedup_threshold": dedup_threshold})
     bundle = Bundle.load(bundle_path)
-    stream = dataclasses.replace(bundle.stream, dedup_threshold=dedup_threshold)
     digests, rss = [], {}
     t0 = time.perf_counter()
     for run in (1, 2):
-        streamer = Streamer(OnnxRuntimeBackend(bundle), bundle.model.dit, stream,
-                            default_prompt_embeds(bundle.model), seed=0)
+        streamer, _ = open_streamer(spec, bundle=bundle)
         digest = hashlib.sha256()
         stored = evicted = 0
         for rec in streamer.blocks(blocks):

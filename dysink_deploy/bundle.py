@@ -234,6 +234,12 @@ class Bundle:
         """Exported with --interactive (the dit_recache graph of prompt switches)."""
         return self.manifest.get("interactive") is True
 
+    def require_interactive(self) -> None:
+        """Refuse prompt switches on a bundle exported without the dit_recache graph they need."""
+        if not self.interactive:
+            raise DysinkError(f"bundle {self.path} has no dit_recache graph, which prompt switches need; export it "
+                              f"with --interactive: {self.rebuild_command()} --interactive")
+
     @property
     def encoder_frames(self) -> tuple[int, ...]:
         """Extra memory_encoder_tN frame counts exported with --encoder-frames."""

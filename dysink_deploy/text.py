@@ -65,23 +65,3 @@ class PromptTokenizer:
             raise DysinkError("the prompt is empty; give some text")
         enc = self.tokenizer.encode(clean_prompt(prompt), add_special_tokens=True)
         return np.asarray(enc.ids, dtype=np.int64), np.asarray(enc.attention_mask, dtype=np.int64)
-
-
-def encode_prompt(prompt: str, tokenizer: str | os.PathLike, text_encoder: str | None = None,
-                  preset: str = "umt5-xxl", device: str = "cpu", seed: int = 0) -> np.ndarray:
-    """The prompt's umT5 embeddings float32 [512, dim] (rows past its tokens zero), as the reference
-    computes them (encoder in float32). `text_encoder`: models_t5_umt5-xxl-enc-bf16.pth (random
-    weights of `preset` from `seed` without one: for tests and the tiny demo)."""
-    import torch
-
-    from .models.umt5 import build_text_encoder, text_encoder_preset
-
-    ids, mask = PromptTokenizer(tokenizer)(prompt)
-    cfg = text_encoder_preset(preset)
-    if int(ids.max()) >= cfg.vocab_size:
-        raise DysinkError(f"the tokenizer produces ids up to {int(ids.max())}, beyond the {preset} encoder's "
-                          f"vocabulary ({cfg.vocab_size}); give the tokenizer of the same release")
-    model = build_text_encoder(cfg, text_encoder, seed=seed).to(device)
-    with torch.inference_mode():
-        out = model(torch.from_numpy(ids)[None].to(device), torch.from_numpy(mask)[None].to(device))
-    return out[0].float().cpu().numpy()

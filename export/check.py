@@ -25,17 +25,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shlex
+import os
 import sys
-import time
 
-import click
-
-from ..cli.common import shared
 import numpy as np
 
 from ..bundle import Bundle
 from ..errors import DysinkError
+from ..graphs import graph_specs
+from ..runtime.backends.onnxruntime_backend import load_session, resolve_providers
+from ..runtime.builder import open_streamer
+from ..runtime.prompts import default_prompt_embeds
+from ..runtime.report import decisions
+from ..runtime.spec import RunSpec
+from .fp32_twin import fp32_twin
 
 FLOOR = 1e-5
 
@@ -76,9 +79,7 @@ class OutputCheck:
 def reference_models(bundle: Bundle):
     """The float32 PyTorch models the bundle was exported from (checkpoints recorded in the manifest,
     random weights from the recorded seed otherwise)."""
-    import os
-
-    from ..models.factory import CheckpointPaths, build_models
+    from ..models.factory import CheckpointPaths, build_models     # lazy: torch
 
     rec = bundle.manifest.get("checkpoints") or {}
     paths = CheckpointPaths(dit=rec.get("dit"), lora=rec.get("lora"), vae=rec.get("vae"), pe=rec.get("pe"),
@@ -94,9 +95,6 @@ def reference_models(bundle: Bundle):
 def _session(bundle: Bundle, name: str, provider: str):
     import onnx
     import onnxruntime as ort
-
-    from ..runtime.backends.onnxruntime_backend import load_session, resolve_providers
-    from .onnx_export import fp32_twin
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -120,8 +118,8 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
     `runner(name, feeds) -> outputs` replaces ONNX Runtime (the engines: TensorRTBackend.run_graph)."""
     import torch
 
-    from ..graphs import graph_specs
-    from .onnx_export import TORCH_DTYPES, graph_module, sample_inputs
+    from ..models.dtypes import TORCH_DTYPES                                     # lazy: torch
+    from .graph_modules import graph_module, sample_inputs, text_encoder_graph  # lazy: torch
 
     models = models if models is not None else reference_models(bundle)
     low = "fp16" if bundle.precision == "fp32" else bundle.precision
@@ -136,8 +134,6 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
                   for x, s in zip(ref_in, low_specs[name].inputs)]
         with torch.inference_mode():
             if name == "umt5_encoder":          # float32 in the reference; its baseline is an fp16 copy
-                from .onnx_export import text_encoder_graph
-
                 ref_mod = text_encoder_graph(bundle.text_encoder)
                 ref = (ref_mod(*ref_in),)
                 base = (copy.deepcopy(ref_mod).half()(*low_in),)
@@ -162,31 +158,34 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
 
 
 def compare_streams(bundle: Bundle, models=None, blocks: int = 6, dedup_threshold: float = 0.985,
-                    provider: str = "cpu", seed: int = 0, other=None) -> tuple[list[dict], list[dict], list[str]]:
-    """Stream `blocks` blocks on torch and onnxruntime (or `other`, a backend) -> (torch decisions,
-    other decisions, differences)."""
-    from ..runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from ..runtime.backends.torch_backend import TorchBackend
-    from ..runtime.report import decisions
-    from ..runtime.run import default_prompt_embeds
-    from ..runtime.stream import Streamer
-    from .onnx_export import TORCH_DTYPES
-
-    models = models if models is not None else reference_models(bundle)
-    stream = dataclasses.replace(bundle.stream, dedup_threshold=dedup_threshold)
-    prompt = default_prompt_embeds(bundle.model)
-    dtype = TORCH_DTYPES[bundle.precision]
+                    provider: str = "cpu", seed: int = 0, other: str = "onnxruntime"
+                    ) -> tuple[list[dict], list[dict], list[str]]:
+    """Stream `blocks` blocks on torch (the bundle's weights and precision) and on `other`
+    ("onnxruntime" with `provider`, or "tensorrt": the engines) -> (torch decisions, other
+    decisions, differences). `models`: the float32 reference models, if already built."""
+    rec = bundle.manifest.get("checkpoints") or {}
+    prompt = default_prompt_embeds(bundle.model)       # the demo prompt, real weights or not: same on both
+    torch_spec = RunSpec(model_config=bundle.model, checkpoint=rec.get("dit"), lora=rec.get("lora"),
+                         vae=rec.get("vae"), pe=rec.get("pe"), use_ema=bool(rec.get("use_ema", False)),
+                         weights_seed=int(rec.get("random_seed", 0)), precision=bundle.precision, seed=seed,
+                         prompt_embeds=prompt, settings={**bundle.stream.to_dict(), "dedup_threshold": dedup_threshold})
+    other_spec = RunSpec(backend=other, bundle=str(bundle.path), seed=seed, prompt_embeds=prompt,
+                         ort_provider=provider if other == "onnxruntime" else "cpu",
+                         settings={"dedup_threshold": dedup_threshold})
     runs = []
-    for backend in (TorchBackend(copy.deepcopy(models), stream, dtype=dtype),
-                    other or OnnxRuntimeBackend(bundle, providers=provider)):
-        s = Streamer(backend, bundle.model.dit, stream, prompt, seed=seed)
-        runs.append(decisions({"blocks": [r.to_json() for r in s.blocks(blocks)]}))
+    for spec, kw in ((torch_spec, {"models": copy.deepcopy(models) if models is not None else None}),
+                     (other_spec, {"bundle": bundle})):
+        streamer, _ = open_streamer(spec, **kw)
+        try:
+            runs.append(decisions({"blocks": [r.to_json() for r in streamer.blocks(blocks)]}))
+        finally:
+            streamer.backend.close()
     diffs = []
     for a, b in zip(*runs):
         keys = [k for k in a if a[k] != b.get(k)]
         if keys:
             diffs.append(f"block {a['index']} differs in {', '.join(keys)}: torch {[a[k] for k in keys]} "
-                         f"vs {other.name if other else 'onnxruntime'} {[b.get(k) for k in keys]}")
+                         f"vs {other} {[b.get(k) for k in keys]}")
     return runs[0], runs[1], diffs
 
 
@@ -198,88 +197,3 @@ def _coverage(dec: list[dict]) -> str:
             f"{skipped} dedup skips")
 
 
-@click.command("check")
-@shared("--bundle", "bundle_path", type=click.Path(), required=True)
-@click.option("--input-seed", "seed", type=int, default=0, show_default=True, help="Seed of the random graph inputs.")
-@shared("--blocks", type=int, default=6, note="Here: the torch vs onnxruntime stream comparison (0: skip it).")
-@shared("--dedup-threshold", type=float, default=0.985,
-        note="Here above the release's 0.95: the random tiny model's blocks all look alike, and the bank must "
-             "grow for blocks to retrieve.")
-@shared("--ort-provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu")
-@click.option("--engines", is_flag=True,
-              help="Check the bundle's TensorRT engines (dysink-export build) instead of its ONNX graphs.")
-@click.option("--trt", "trt_versions", multiple=True, type=click.Choice(["10.3", "10.13", "11"]),
-              help="Instead: lint every node against this TensorRT version's ONNX parser (operator matrix, dtypes, "
-                   "opset, IR version, plugin attributes, 2^31 elements); repeatable; CPU only, no TensorRT needed.")
-def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, engines, trt_versions):
-    """Compare every graph output of a bundle, then a short stream, with the PyTorch reference
-    (or, with --trt, lint the bundle against TensorRT parsers)."""
-    t0 = time.perf_counter()
-    if trt_versions:
-        _lint_command(bundle_path, trt_versions, t0)
-        return
-    if blocks < 0:
-        raise DysinkError(f"--blocks must be >= 0, got {blocks}")
-    bundle = Bundle.load(bundle_path)
-    trt_backend = None
-    if engines:
-        from ..runtime.backends.tensorrt_backend import TensorRTBackend
-
-        trt_backend = TensorRTBackend(bundle)
-        ort_provider = "tensorrt engines"
-    models = reference_models(bundle)
-    note = " (fp32 twin: bf16 rounding, fp32 arithmetic)" if bundle.precision == "bf16" and not engines else ""
-    low = "fp16" if bundle.precision == "fp32" else bundle.precision
-    click.echo(f"bundle {bundle.path}: {bundle.model.name}, {bundle.precision}; onnxruntime {ort_provider}{note} "
-               f"vs PyTorch fp32; tol = 2 x PyTorch {low} error + {FLOOR:g} x max(1, |ref|)")
-    checks = check_graphs(bundle, models, seed=seed, provider=ort_provider, log=click.echo,
-                          runner=trt_backend.run_graph if trt_backend else None)
-    failed = [c for c in checks if not c.ok]
-    stream_failed = False
-    if blocks == 0:
-        click.echo("stream comparison skipped (--blocks 0)")
-    elif bundle.precision == "bf16" and ort_provider == "cpu" and not engines:
-        click.echo("stream comparison skipped: the onnxruntime backend cannot run bf16 graphs on CPU")
-    elif failed:
-        click.echo("stream comparison skipped: graph outputs already differ")
-    else:
-        dec_torch, dec_ort, diffs = compare_streams(bundle, models, blocks, dedup_threshold, ort_provider, seed,
-                                                    other=trt_backend)
-        strict = bundle.precision == "fp32"
-        for d in diffs:
-            click.echo(f"- [{'x' if strict else '!'}] {d}")
-        if diffs and not strict:
-            click.echo(f"  ({bundle.precision}: torch and onnxruntime round differently; a near-tie may flip)")
-        stream_failed = strict and bool(diffs)
-        mark = mark_for(not stream_failed)
-        click.echo(f"- [{mark}] stream of {blocks} blocks: {len(diffs)} blocks with different decisions "
-                   f"(torch: {_coverage(dec_torch)})")
-    runtime = time.perf_counter() - t0
-    command = shlex.join(["dysink-export", *sys.argv[1:]])
-    if failed or stream_failed:
-        what = f"{len(failed)}/{len(checks)} outputs out of tolerance" if failed else "stream decisions differ"
-        click.echo(f"FAILED | {what} | Runtime: {runtime:.1f}s | Command: {command}")
-        sys.exit(1)
-    click.echo(f"PASSED | {len(checks)} outputs | Runtime: {runtime:.1f}s | Command: {command}")
-
-
-def _lint_command(bundle_path, trt_versions, t0) -> None:
-    from .trt_lint import lint_bundle_report
-
-    bundle = Bundle.load(bundle_path)
-    failed = 0
-    for version in trt_versions:
-        problems, notes = lint_bundle_report(bundle, version)
-        for note in notes:
-            click.echo(f"- [i] TensorRT {version}: {note}")
-        for p in problems:
-            click.echo(f"- [x] TensorRT {version}: {p}")
-        mark = mark_for(not problems)
-        click.echo(f"- [{mark}] TensorRT {version}: {len(bundle.graphs)} graphs, {len(problems)} problems")
-        failed += bool(problems)
-    command = shlex.join(["dysink-export", *sys.argv[1:]])
-    verdict = "FAILED" if failed else "PASSED"
-    click.echo(f"{verdict} | {len(trt_versions)} TensorRT version(s) | Runtime: {time.perf_counter() - t0:.1f}s | "
-               f"Command: {command}")
-    if failed:
-        sys.exit(1)

@@ -1,6 +1,7 @@
 """Click commands of `dysink-export` for ONNX bundles: `onnx`, `inspect`, `plan`, `build`, `trt-onnx`.
 
-Thin: they parse flags and call `onnx_export.export_onnx` / `check_bundle`.
+Thin: they parse flags and call `onnx_export.export_onnx`, `inspect_bundle.check_bundle` /
+`describe_bundle`, `runtime.plan`, `trt_build.build_engines` and `trt_onnx.write_trt_onnx`.
 Stream flags are generated from `bundle.GRAPH_STREAM_FIELDS` and default to
 the preset's released stream (StreamConfig is the single source of defaults).
 """
@@ -11,15 +12,20 @@ import dataclasses
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import click
 
 from ..bundle import GRAPH_STREAM_FIELDS
-from ..config import FEATURE_MODES, StreamConfig
+from ..config import FEATURE_MODES, StreamConfig, model_preset
 from ..graphs import PRECISIONS
 from ..cli.common import HELP, checkpoint_file_options, model_config_option, resolve_model, shared
 from ..cli.prompt_cmd import text_encoder_options
 from ..errors import DysinkError
+from ..runtime.plan import check_fits, format_plan, parse_memory, plan
+from .inspect_bundle import check_bundle, describe_bundle
+from .trt_build import PLUGIN_LIBRARY, build_engines
+from .trt_onnx import polygraphy_command, trtexec_command, write_trt_onnx
 
 
 def _stream_options(fn):
@@ -70,8 +76,8 @@ def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, preci
                  opset, ir_version, encoder_frames, tokenizer, text_encoder, text_encoder_preset, interactive,
                  **stream_flags):
     """Export the ONNX graphs of one stream configuration into a bundle directory."""
-    from ..models.factory import CheckpointPaths
-    from .onnx_export import export_onnx
+    from ..models.factory import CheckpointPaths  # lazy: torch
+    from .onnx_export import export_onnx  # lazy: torch
 
     t0 = time.perf_counter()
     model = resolve_model(model_name, model_config)
@@ -105,8 +111,6 @@ def _text_encoder_record(tokenizer, checkpoint, preset, seed) -> dict | None:
 @click.option("--quick", is_flag=True, help="Skip sha256 and the ONNX checker (presence and sizes only).")
 def inspect_command(bundle_path, quick):
     """Validate a bundle and print its graphs, I/O, sizes, custom-op nodes and versions."""
-    from .onnx_export import check_bundle, describe_bundle
-
     t0 = time.perf_counter()
     bundle = check_bundle(bundle_path, verify_hashes=not quick, run_checker=not quick, require=())
     for line in describe_bundle(bundle):
@@ -127,9 +131,6 @@ def inspect_command(bundle_path, quick):
               help="Size of the fixed reserve (CUDA context, TensorRT).")
 def plan_command(model_name, precision, height, width, memory, bank_capacity, platform):
     """Device memory of one stream: weights, K/V pool pages, caches, activations; the largest bank that fits."""
-    from ..config import model_preset
-    from .plan import check_fits, format_plan, parse_memory, plan
-
     model = model_preset(model_name)
     overrides = {k: v for k, v in (("height", height), ("width", width), ("bank_capacity", bank_capacity)) if v}
     stream = model.default_stream(**overrides)
@@ -157,8 +158,6 @@ def build_command(bundle_path, out, graphs, workspace_gb, opt_level, timing_cach
     Strongly typed networks: the precision is the ONNX graph's. Needs TensorRT's Python package and
     cuda-python; engines are written beside the ONNX files and recorded in bundle.json.
     """
-    from .trt_build import build_engines
-
     t0 = time.perf_counter()
     path = build_engines(bundle_path, out, list(graphs) or None, workspace_gb, opt_level, timing_cache,
                          hardware_compat, plugins, log=lambda m: click.echo(m, err=True))
@@ -187,11 +186,6 @@ def trt_onnx_command(bundle_path, out, graphs, overwrite, plugins, copy_data):
     files are symbolic links to the bundle's (--copy-data: copies). dysink-export build does the
     same in memory; engines from trtexec are not recorded in bundle.json.
     """
-    from pathlib import Path
-
-    from .trt_build import PLUGIN_LIBRARY
-    from .trt_onnx import polygraphy_command, trtexec_command, write_trt_onnx
-
     t0 = time.perf_counter()
     written = write_trt_onnx(bundle_path, out, list(graphs) or None, overwrite, copy_data)
     lib = Path(plugins) if plugins else Path(bundle_path) / "plugins" / PLUGIN_LIBRARY

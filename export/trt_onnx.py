@@ -34,6 +34,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import staged_directory
+from ..bundle import MANIFEST_NAME, Bundle, confined_file, sha256_file
 from ..errors import DysinkError
 
 # = dysink_deploy.ops.gated_sink_attention.ONNX_DOMAIN (that module imports torch; a test compares them)
@@ -145,9 +147,6 @@ def write_trt_onnx(bundle_path: str | os.PathLike, out: str | os.PathLike, graph
     the same relative names (symbolic links to the bundle's, or copies: `copy_data`, or where the
     file system has no symbolic links), and `MARKER`."""
     import onnx
-
-    from ..atomic import staged_directory
-    from ..bundle import MANIFEST_NAME, Bundle, confined_file, sha256_file
 
     bundle = Bundle.load(bundle_path)
     names = list(graphs) if graphs else list(bundle.graphs)

@@ -11,28 +11,8 @@ import json
 import os
 import tempfile
 
+from ..atomic import umask_file_mode, write_atomic
 from ..errors import DysinkError
-
-
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 STATS_SCHEMA = 2
@@ -213,7 +193,7 @@ def plot_timeline(stats: dict, path: str) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, umask_file_mode())
         os.replace(tmp, path)
     finally:
         plt.close(fig)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import ModelConfig, StreamConfig, model_preset
-from ..cli.common import exit_code, signals_deferred
+from ..signals import exit_code, signals_deferred
 from ..errors import DysinkError
 from .report import plot_timeline, write_stats
 from .stream import Streamer
@@ -54,92 +54,6 @@ def blocks_for_seconds(seconds: float, block_frames: int = 3, fps: int = FPS) ->
         raise DysinkError(f"--seconds must be a finite number > 0, got {seconds}")
     per_block = 4 * block_frames
     return max(1, math.ceil((seconds * fps + 3) / per_block))
-
-
-def default_prompt_embeds(cfg: ModelConfig, seed: int = 1234) -> np.ndarray:
-    """The embedded default 'prompt' of the demo: fixed pseudo-random umT5-like rows.
-
-    Only meaningful for random-weight demo models; a real model needs real
-    umT5 embeddings (--prompt-embeds).
-    """
-    rng = np.random.Generator(np.random.PCG64(seed))
-    emb = (rng.standard_normal((cfg.dit.text_len, cfg.dit.text_dim)) * 0.2).astype(np.float32)
-    emb[cfg.dit.text_len // 4:] = 0.0  # umT5 outputs are zero past the prompt's tokens
-    return emb
-
-
-def load_prompt_embeds(path: str, cfg: ModelConfig) -> np.ndarray:
-    """A .safetensors file holding exactly one float tensor [text_len, text_dim] (or [1, ...])."""
-    if not os.path.isfile(path):
-        raise DysinkError(f"--prompt-embeds {path!r} does not exist or is not a file")
-    if not path.endswith(".safetensors"):
-        raise DysinkError(f"--prompt-embeds {path!r} must be a .safetensors file holding one [{cfg.dit.text_len}, "
-                          f"{cfg.dit.text_dim}] umT5 output tensor")
-    try:
-        from safetensors.numpy import load_file
-        tensors = load_file(path)
-    except Exception as exc:
-        raise DysinkError(f"cannot read --prompt-embeds {path!r} ({str(exc).splitlines()[0][:160]}); "
-                          "it must be a valid .safetensors file") from None
-    if len(tensors) != 1:
-        raise DysinkError(f"--prompt-embeds {path!r} holds {len(tensors)} tensors ({', '.join(sorted(tensors))}); "
-                          "expected exactly one")
-    (name, arr), = tensors.items()
-    want = (cfg.dit.text_len, cfg.dit.text_dim)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if tuple(arr.shape) != want:
-        raise DysinkError(f"--prompt-embeds tensor {name!r} has shape {list(arr.shape)}, expected {list(want)} "
-                          "(umT5-XXL output, padded to 512 tokens)")
-    if arr.dtype.kind != "f":
-        raise DysinkError(f"--prompt-embeds tensor {name!r} has dtype {arr.dtype}, expected a float dtype "
-                          "(float32, float16 or bfloat16)")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise DysinkError(f"--prompt-embeds tensor {name!r} contains NaN or Inf values")
-    return arr
-
-
-def load_prompt_schedule(path: str, cfg: ModelConfig, encode=None) -> list[tuple[int, np.ndarray]]:
-    """--prompts FILE.json: [{"frame": F, "prompt_embeds": "x.safetensors"} or {"frame": F, "prompt":
-    "text"}, ...], frames in latent frames, non-decreasing; embeddings files relative to the
-    schedule's folder; text through `encode(text) -> embeddings`. -> [(frame, embeds)]."""
-    from ..jsonfile import read_json
-
-    data = read_json(path, "--prompts", 1 << 20, "prompt schedule")
-    if isinstance(data, dict) and isinstance(data.get("prompts"), list):
-        data = data["prompts"]
-    if not isinstance(data, list) or not data:
-        raise DysinkError(f"--prompts {path!r} must hold a non-empty JSON list of "
-                          '{"frame": N, "prompt_embeds": "FILE.safetensors"} entries')
-    out: list[tuple[int, np.ndarray]] = []
-    folder = os.path.dirname(os.path.abspath(path))
-    for i, entry in enumerate(data):
-        where = f"--prompts {path!r} entry {i}"
-        if not isinstance(entry, dict):
-            raise DysinkError(f"{where} must be an object with frame and prompt_embeds")
-        unknown = sorted(set(entry) - {"frame", "prompt_embeds", "prompt"})
-        if unknown:
-            raise DysinkError(f"{where} has unknown key(s) {', '.join(unknown)}; use frame and prompt_embeds")
-        frame = entry.get("frame")
-        if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0:
-            raise DysinkError(f"{where}: frame must be an integer >= 0 (a latent frame), got {frame!r}")
-        if out and frame < out[-1][0]:
-            raise DysinkError(f"{where}: frames must not decrease ({frame} after {out[-1][0]})")
-        if ("prompt" in entry) == ("prompt_embeds" in entry):
-            raise DysinkError(f"{where} needs exactly one of prompt (text) and prompt_embeds (a .safetensors file)")
-        if "prompt" in entry:
-            if not isinstance(entry["prompt"], str):
-                raise DysinkError(f"{where}: prompt must be text, got {entry['prompt']!r}")
-            if encode is None:
-                raise DysinkError(f"{where}: a text prompt needs --tokenizer DIR (and --text-encoder for real weights)")
-            out.append((frame, encode(entry["prompt"])))
-            continue
-        file = entry.get("prompt_embeds")
-        if not isinstance(file, str) or not file:
-            raise DysinkError(f"{where}: prompt_embeds must be a .safetensors file name, got {file!r}")
-        out.append((frame, load_prompt_embeds(os.path.join(folder, file), cfg)))
-    return out
 
 
 def check_out_dir(out: str, overwrite: bool) -> None:

@@ -28,6 +28,27 @@ def bundles(tmp_path_factory):
     return get
 
 
+@pytest.fixture
+def bundle_copy(bundles, tmp_path):
+    """A private copy of the fp32 tiny bundle, free to tamper with."""
+    import shutil
+
+    dst = tmp_path / "b"
+    shutil.copytree(bundles("fp32"), dst)
+    return dst
+
+
+def edit_manifest(path, fn):
+    """Apply fn to the bundle's manifest dict and write it back."""
+    import json
+
+    from dysink_deploy.bundle import MANIFEST_NAME
+
+    m = json.loads((path / MANIFEST_NAME).read_text())
+    fn(m)
+    (path / MANIFEST_NAME).write_text(json.dumps(m))
+
+
 TOKENIZER_CORPUS = ["a cat walks on the beach at sunset", "the quick brown fox jumps over the lazy dog",
                     "Ein Hund läuft über die Wiese im Frühling", "城市夜景，霓虹灯闪烁",
                     "a drone shot of snowy mountains & rivers", "café crème brûlée"] * 20

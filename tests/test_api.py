@@ -42,7 +42,7 @@ def _naive(settings, blocks):
 
     from dysink_deploy.config import model_preset
     from dysink_deploy.models.factory import build_models
-    from dysink_deploy.runtime.run import default_prompt_embeds
+    from dysink_deploy.runtime.prompts import default_prompt_embeds
     from tests.naive_dysink import NaiveDySink
 
     model = model_preset("tiny")

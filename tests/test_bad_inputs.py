@@ -225,7 +225,7 @@ def test_a_pickle_that_runs_code_is_refused_with_its_reason(tmp_path, monkeypatc
     from safetensors.numpy import save_file
 
     from dysink_deploy.config import model_preset
-    from dysink_deploy.runtime.run import default_prompt_embeds
+    from dysink_deploy.runtime.prompts import default_prompt_embeds
 
     save_file({"prompt_embeds": default_prompt_embeds(model_preset("tiny"))}, str(tmp_path / "p.safetensors"))
     for cli, args in ((run_cli.main, ["--quiet", "--model", "tiny", "--blocks", "1", "--checkpoint", str(evil),

@@ -9,7 +9,8 @@ pytest.importorskip("tokenizers")
 pytest.importorskip("ftfy")
 
 from dysink_deploy.errors import DysinkError  # noqa: E402
-from dysink_deploy.text import PromptTokenizer, clean_prompt, encode_prompt  # noqa: E402
+from dysink_deploy.models.umt5 import encode_prompt  # noqa: E402
+from dysink_deploy.text import PromptTokenizer, clean_prompt  # noqa: E402
 
 PROMPTS = ["a cat walks on the beach", "  Ein   Hund\tläuft\n über die Wiese  ", "Tom &amp;amp; Jerry &lt;3",
            "cafÃ© crÃ¨me", "城市夜景，霓虹灯闪烁", "unknown ✨ symbols ☃", "word " * 700]

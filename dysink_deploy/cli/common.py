@@ -2,56 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
+import re
 import sys
 
 import click
 
+from ..config import MODEL_PRESETS, model_config_from_file, model_preset
 from ..errors import DysinkError
-
-
-class StopSignal(KeyboardInterrupt):
-    """SIGTERM / SIGHUP, raised where the program is, so that they stop it the way Ctrl-C does:
-    `finally` blocks run (partial exports removed, the video closed, stats written)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_stop(signum, frame):
-    raise StopSignal(signum)
-
-
-def install_stop_signals() -> None:
-    """Make SIGTERM and SIGHUP behave like SIGINT (main thread only; a no-op elsewhere)."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        try:
-            signal.signal(sig, _raise_stop)
-        except ValueError:      # not the main thread
-            pass
-
-
-@contextlib.contextmanager
-def signals_deferred():
-    """Hold Ctrl-C / SIGTERM / SIGHUP until the block is left (then they act as usual): for steps
-    that must not be cut in half, like writing a block's frames and its stats entry."""
-    stops = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-    except (AttributeError, ValueError, OSError):     # not the main thread / no pthreads
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def exit_code(exc: KeyboardInterrupt) -> int:
-    """128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
-    return 128 + (exc.signum if isinstance(exc, StopSignal) else signal.SIGINT)
+from ..runtime.spec import flag_of, spec_choices, spec_default, spec_help
+from ..signals import exit_code, install_stop_signals
 
 
 def _one_line_main(run, args, prog_name, complete_var, standalone_mode, extra):
@@ -113,13 +72,9 @@ def model_config_option(func):
 
 def resolve_model(model_name: str | None, model_config: str | None, default: str | None = None):
     """The ModelConfig of --model NAME or --model-config FILE (exactly one, or `default`)."""
-    from ..config import model_preset
-
     if model_name is not None and model_config is not None:
         raise DysinkError("give --model or --model-config, not both")
     if model_config is not None:
-        from ..config import model_config_from_file
-
         return model_config_from_file(model_config)
     if model_name is None:
         if default is None:
@@ -133,18 +88,13 @@ def resolve_model(model_name: str | None, model_config: str | None, default: str
 # (tests/cli/test_vocabulary.py walks every command and checks). Defaults are shown one way,
 # "[default: X]": click's show_default where the default is a value, `default_text` where it
 # depends on something else (the preset, the bundle).
+# Options that are RunSpec fields take their help from it (runtime/spec.py: the one source).
+_SPEC_OPTIONS = ("model", "model_config", "precision", "bundle", "blocks", "seed", "weights_seed", "use_ema",
+                 "threads", "ort_provider", "checkpoint", "lora", "vae", "pe", "tokenizer", "text_encoder",
+                 "text_encoder_preset", "prompt")
 HELP = {
-    "--model": "Model preset",
-    "--model-config": "JSON file of a model configuration (a ModelConfig's fields, or a bundle.json whose "
-                      "model is used) instead of --model.",
-    "--precision": "Model precision.",
-    "--bundle": "Bundle directory (from dysink-export onnx).",
+    **{flag_of(name): spec_help(name) for name in _SPEC_OPTIONS},
     "--overwrite": "Replace what --out already holds (only this project's own outputs).",
-    "--blocks": "Blocks to generate, 3 latent frames each (block 0 gives 9 video frames, later ones 12).",
-    "--seed": "Noise seed of the stream.",
-    "--weights-seed": "Seed of the random weights used where no checkpoint is given.",
-    "--use-ema": "Use generator_ema instead of generator from the DiT checkpoint.",
-    "--threads": "CPU threads for torch and onnxruntime (pin it on a busy machine).",
     "--dedup-threshold": "Bank dedup: a block whose feature has cosine above this with a bank entry is not "
                          "stored.",
     "--bank-capacity": "Memory-bank entries kept on the device.",
@@ -153,7 +103,6 @@ HELP = {
     "--feature-mode": "Bank feature from a block-alone decode (the reference's way) or the streamed frames.",
     "--graph": "Only this graph (repeatable; default: all).",
     "--arch": "Compute capabilities x 10, comma-separated.",
-    "--ort-provider": "onnxruntime execution provider (cuda / tensorrt need onnxruntime-gpu).",
     "--tolerance": "Allowed peak-RSS growth between the measure block and the end.",
     "--measure-block": "Block at which peak RSS is first measured.",
     "--markdown": "Also write the table to this Markdown file.",
@@ -163,14 +112,6 @@ HELP = {
     "--gate-threshold": "Sink anomaly gate: a sink is dropped where more than this fraction of heads prefer it.",
     "--sink-kv-bf16": "Round retrieved sink K/V to bf16 like the reference.",
     "--quiet": "No progress bar.",
-    "--checkpoint": "DiT base: stage1_base.pt or .safetensors.",
-    "--lora": "stage2_lora.pt, merged into the DiT.",
-    "--vae": "Wan2.1_VAE.pth (its decoder is used).",
-    "--pe": "PE-Core-S16-384.pt.",
-    "--tokenizer": "The release's google/umt5-xxl folder (tokenizer.json).",
-    "--text-encoder": "models_t5_umt5-xxl-enc-bf16.pth.",
-    "--text-encoder-preset": "umT5 encoder architecture.",
-    "--prompt": "The text prompt (cleaned and tokenized as the reference does).",
 }
 
 
@@ -179,8 +120,6 @@ def shared(*decls: str, default_text: str | None = None, note: str | None = None
     name = decls[0].split("/")[0]
     text = HELP[name]
     if name == "--model":
-        from ..config import MODEL_PRESETS
-
         text = f"{text}: {', '.join(sorted(MODEL_PRESETS))}."
         kw.setdefault("type", click.Choice(sorted(MODEL_PRESETS)))
     if note:
@@ -192,9 +131,22 @@ def shared(*decls: str, default_text: str | None = None, note: str | None = None
     return click.option(*decls, help=text, **kw)
 
 
-def flag_names(message: str) -> str:
-    """Config messages name dataclass fields (StreamConfig.dedup_threshold); on the command line the
-    user typed flags: say --dedup-threshold."""
-    import re
+def spec_option(name: str, *decls: str, default_text: str | None = None, **kw):
+    """click.option for a RunSpec field: flag, default, help and choices read from the field."""
+    text = spec_help(name)
+    if default_text is not None:
+        text = f"{text} [default: {default_text}]"
+    kw.setdefault("default", spec_default(name))
+    try:
+        kw.setdefault("type", click.Choice(spec_choices(name)))
+    except KeyError:
+        pass
+    if kw["default"] is not None and not kw.get("is_flag") and default_text is None:
+        kw.setdefault("show_default", True)
+    return click.option(*(decls or (flag_of(name), name)), help=text, **kw)
 
-    return re.sub(r"StreamConfig\.([a-z_0-9]+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
+
+def flag_names(message: str) -> str:
+    """Config messages name dataclass fields (StreamConfig.dedup_threshold, RunSpec.seed); on the
+    command line the user typed flags: say --dedup-threshold, --seed."""
+    return re.sub(r"(?:StreamConfig|RunSpec)\.([a-z_0-9]+)", lambda m: flag_of(m.group(1)), message)

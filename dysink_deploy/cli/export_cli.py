@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import click
 
+from ..export.check_cmd import check_command
+from ..export.commands import COMMANDS
+from ..plugins.cli import kernels_command, plugins_command
+from ..serving.cli import triton_repo_command
 from .common import UserErrorGroup
+from .prompt_cmd import encode_prompt_command
+from .verify_cmd import verify_checkpoint
 
 
 @click.group(cls=UserErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,13 +24,6 @@ def main():
 
 
 def _register() -> None:
-    from .verify_cmd import verify_checkpoint
-    from ..export.check import check_command
-    from ..export.commands import COMMANDS
-    from ..plugins.cli import kernels_command, plugins_command
-    from .prompt_cmd import encode_prompt_command
-    from ..serving.cli import triton_repo_command
-
     main.add_command(verify_checkpoint)
     main.add_command(kernels_command)
     main.add_command(plugins_command)

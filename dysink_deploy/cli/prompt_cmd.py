@@ -10,7 +10,9 @@ import time
 
 import click
 
+from ..atomic import write_atomic
 from ..errors import DysinkError
+from ..runtime.prompts import encode_with_torch
 from .common import shared
 
 
@@ -27,26 +29,6 @@ def text_encoder_options(func):
     return func
 
 
-def encode_for(prompt: str, tokenizer: str | None, text_encoder: str | None, preset: str | None,
-               device: str = "cpu", text_dim: int | None = None):
-    """Embeddings of one prompt for a model whose text width is `text_dim` (one-line errors)."""
-    from ..models.umt5 import text_encoder_preset
-    from ..text import encode_prompt
-
-    if not tokenizer:
-        raise DysinkError("a text prompt needs --tokenizer DIR (the release's google/umt5-xxl folder)")
-    preset = preset or ("umt5-xxl" if text_encoder else "tiny")
-    if text_dim is not None and text_encoder_preset(preset).dim != text_dim:
-        raise DysinkError(f"the {preset} text encoder gives width {text_encoder_preset(preset).dim}, the model "
-                          f"reads {text_dim}; use the matching --text-encoder-preset")
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise DysinkError("encoding a prompt runs the umT5 encoder in PyTorch: pip install 'dysink-deploy[torch]' "
-                          "(or encode elsewhere with dysink-export encode-prompt and pass --prompt-embeds)") from None
-    return encode_prompt(prompt, tokenizer, text_encoder, preset=preset, device=device)
-
-
 @click.command("encode-prompt")
 @shared("--prompt", required=True)
 @text_encoder_options
@@ -61,10 +43,8 @@ def encode_prompt_command(prompt, tokenizer, text_encoder, text_encoder_preset, 
         raise DysinkError(f"--out {out!r} is a symbolic link; give a plain file path")
     if os.path.exists(out) and not overwrite:
         raise DysinkError(f"--out {out!r} exists; pass --overwrite or choose another file")
-    emb = encode_for(prompt, tokenizer, text_encoder, text_encoder_preset)
+    emb = encode_with_torch(prompt, tokenizer, text_encoder, text_encoder_preset)
     from safetensors.numpy import save
-
-    from ..runtime.report import write_atomic
 
     write_atomic(out, save({"prompt_embeds": emb}))
     click.echo(f"wrote {out} ({emb.shape[0]} x {emb.shape[1]}, float32)")

@@ -18,13 +18,17 @@ The reference runs the encoder in float32; rows past the prompt's tokens are zer
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 from torch import Tensor, nn
 
-from ..config import _positive_ints
 from ..errors import ConfigError
+from ..validation import positive_ints
+from ..text import PromptTokenizer
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,8 @@ class UMT5Config:
     text_len: int = 512            # the pipeline pads / truncates prompts to this many tokens
 
     def __post_init__(self):
-        _positive_ints(self, ["vocab_size", "dim", "dim_attn", "dim_ffn", "heads", "layers", "num_buckets",
-                              "max_distance", "text_len"])
+        positive_ints(self, ["vocab_size", "dim", "dim_attn", "dim_ffn", "heads", "layers", "num_buckets",
+                             "max_distance", "text_len"])
         if self.dim_attn % self.heads:
             raise ConfigError(f"UMT5Config.dim_attn ({self.dim_attn}) must be divisible by heads ({self.heads})")
         if self.num_buckets % 4:
@@ -208,3 +212,19 @@ def build_text_encoder(cfg: UMT5Config, checkpoint: str | None = None, seed: int
         return model.eval()
     torch.manual_seed(seed)
     return UMT5Encoder(cfg).eval()
+
+
+def encode_prompt(prompt: str, tokenizer: str | os.PathLike, text_encoder: str | None = None,
+                  preset: str = "umt5-xxl", device: str = "cpu", seed: int = 0) -> np.ndarray:
+    """The prompt's umT5 embeddings float32 [512, dim] (rows past its tokens zero), as the reference
+    computes them (encoder in float32). `text_encoder`: models_t5_umt5-xxl-enc-bf16.pth (random
+    weights of `preset` from `seed` without one: for tests and the tiny demo)."""
+    ids, mask = PromptTokenizer(tokenizer)(prompt)
+    cfg = text_encoder_preset(preset)
+    if int(ids.max()) >= cfg.vocab_size:
+        raise DysinkError(f"the tokenizer produces ids up to {int(ids.max())}, beyond the {preset} encoder's "
+                          f"vocabulary ({cfg.vocab_size}); give the tokenizer of the same release")
+    model = build_text_encoder(cfg, text_encoder, seed=seed).to(device)
+    with torch.inference_mode():
+        out = model(torch.from_numpy(ids)[None].to(device), torch.from_numpy(mask)[None].to(device))
+    return out[0].float().cpu().numpy()

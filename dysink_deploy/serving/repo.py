@@ -126,7 +126,7 @@ def planned_streams(bundle: Bundle, kind: str) -> int:
         free, _ = torch.cuda.mem_get_info()
     except Exception:  # noqa: BLE001 (no torch / no GPU here: the user gives --max-streams)
         raise DysinkError("--kind gpu: give --max-streams N (no GPU visible here to plan from)") from None
-    from ..export.plan import plan
+    from ..runtime.plan import plan
 
     p = plan(bundle.model, bundle.stream, bundle.precision, memory=int(free))
     weights = sum(v for k, v in p.items.items() if k.startswith("weights"))

@@ -34,6 +34,13 @@ if os.path.isfile(_PATHS):
 
 import numpy as np  # noqa: E402
 
+from dysink_deploy.bundle import Bundle  # noqa: E402  (after the paths above)
+from dysink_deploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+from dysink_deploy.runtime.builder import open_streamer, resolve_run  # noqa: E402
+from dysink_deploy.runtime.prompts import default_prompt_embeds  # noqa: E402
+from dysink_deploy.runtime.spec import RunSpec  # noqa: E402
+from dysink_deploy.text import PromptTokenizer  # noqa: E402
+
 try:                                    # inside Triton
     import triton_python_backend_utils as pb_utils
 except ImportError:                     # imported by tests / tools outside the server
@@ -66,9 +73,6 @@ def _param(config: dict, key: str, default=None):
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        from dysink_deploy.bundle import Bundle
-        from dysink_deploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-
         self.bundle = Bundle.load(_param(config, "bundle"))
         self.provider = _param(config, "provider", "cpu")
         self.threads = int(_param(config, "threads", "1"))
@@ -126,9 +130,7 @@ class TritonPythonModel:
         return int(_array(t).reshape(-1)[0])
 
     def _parse(self, request) -> dict:
-        from dysink_deploy.runtime.cli import bundle_stream_config
-        from dysink_deploy.runtime.run import default_prompt_embeds
-
+        """A request -> its RunSpec, resolved now (every check runs before the stream's thread starts)."""
         seed, blocks = self._scalar(request, "SEED"), self._scalar(request, "BLOCKS")
         if not 0 <= seed < 2 ** 63:
             raise ValueError(f"SEED must lie in 0..2**63-1, got {seed}")
@@ -138,10 +140,10 @@ class TritonPythonModel:
         wanted = json.loads(settings) if settings else {}
         if not isinstance(wanted, dict):
             raise ValueError("SETTINGS must be a JSON object of stream settings")
-        stream = bundle_stream_config(self.bundle, wanted)
         emb = pb_utils.get_input_tensor_by_name(request, "PROMPT_EMBEDS")
         text = self._string(request, "PROMPT")
         model = self.bundle.model
+        prompt = None
         if text is not None:
             if emb is not None:
                 raise ValueError("give PROMPT or PROMPT_EMBEDS, not both")
@@ -149,7 +151,6 @@ class TritonPythonModel:
         elif emb is None:
             if any(k != "random_seed" for k in self.bundle.manifest.get("checkpoints", {})):
                 raise ValueError("a real model needs PROMPT_EMBEDS (umT5-XXL output)")
-            prompt = default_prompt_embeds(model)
         else:
             prompt = _array(emb).astype(np.float32)
             if not np.isfinite(prompt).all():
@@ -173,29 +174,23 @@ class TritonPythonModel:
                 embeds = (self._encode(e["prompt"]) if "prompt" in e
                           else default_prompt_embeds(model, seed=int(e["prompt_seed"])))
                 switches.append((e["frame"], embeds))
-            if switches and not self.bundle.interactive:
-                raise ValueError("prompt switches need a bundle exported with --interactive")
-        return {"seed": seed, "blocks": blocks, "stream": stream, "prompt": prompt, "switches": switches}
+        spec = RunSpec(backend="onnxruntime", bundle=str(self.bundle.path), ort_provider=self.provider,
+                       threads=self.threads, seed=seed, blocks=blocks, prompt_embeds=prompt,
+                       prompts=switches or None, settings=wanted)
+        return {"seed": seed, "blocks": blocks, "spec": spec, "resolved": resolve_run(spec, bundle=self.bundle)}
 
     def _encode(self, text: str) -> np.ndarray:
         if not self.tokenizer:
             raise ValueError("text prompts need a repository made with --tokenizer DIR")
-        from dysink_deploy.text import PromptTokenizer
-
         ids, mask = PromptTokenizer(self.tokenizer)(text)
         return self.shared.encode_text(ids, mask)
 
     # -- one stream -----------------------------------------------------------------------------
     def _stream(self, stream_id: str, job: dict, sender):
-        from dysink_deploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-        from dysink_deploy.runtime.stream import Streamer
-
         backend = None
         try:
-            backend = OnnxRuntimeBackend(self.bundle, providers=self.provider, threads=self.threads,
-                                         sessions=self.shared.sessions)
-            streamer = Streamer(backend, self.bundle.model.dit, job["stream"], job["prompt"], seed=job["seed"],
-                                prompts=job["switches"])
+            streamer, _ = open_streamer(job["spec"], resolved=job["resolved"], sessions=self.shared.sessions)
+            backend = streamer.backend
             for _ in range(job["blocks"]):
                 if sender.is_cancelled():
                     with self.lock:

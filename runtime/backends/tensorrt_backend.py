@@ -16,169 +16,24 @@ A block's steps are enqueued on one stream with no synchronisation between them:
 latent -> z cast are tiny engines built at start from TensorRT network layers; page writes are
 device-to-device copies. The host waits only in `to_numpy` and `retrieve` (block boundaries).
 
-`cuda_graph=True` (`dysink-run --cuda-graph`) replays engine launches as CUDA graphs: the first
-launch of an engine with a given set of bound addresses runs normally (TensorRT's own warm-up),
-the second is captured (`cudaStreamBeginCapture` around `execute_async_v3`) and instantiated, and
-every later launch with the same addresses is one `cudaGraphLaunch`. A block's four denoising steps
-and three renoises bind a small, repeating set of addresses (timestep buffers, the latent ring), so
-after the first blocks every step is a graph replay. Host-to-device uploads (rope, page ids) stay
-outside the graphs and land in fixed buffers the graphs read. If a capture fails (a driver or a
-TensorRT build that cannot capture), the backend says so once and runs without graphs.
+`cuda_graph=True` (`dysink-run --cuda-graph`) replays engine launches as CUDA graphs
+(`cuda_graphs.GraphCache`). The pieces live beside this module: `cuda` (the cuda-python wrapper and
+`DeviceTensor`), `cuda_graphs`, `tensorrt_ops` (the helper engines), `engine_checks` (may an engine
+run here). tensorrt and cuda-python are imported when the backend is made, not with the module.
 """
 
 from __future__ import annotations
-
-import sys
-from dataclasses import dataclass
 
 import numpy as np
 
 from ...bundle import Bundle
 from ...errors import DysinkError
-from ...export.trt_build import NO_TENSORRT, check_engine_entry, compute_capability
 from ...rope import timestep_frequencies
 from .base import Backend
-
-_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "bool": np.bool_}
-
-
-def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            raise DysinkError("the tensorrt backend needs cuda-python: pip install cuda-python") from None
-    return cudart
-
-
-@dataclass
-class DeviceTensor:
-    """A device buffer the loop passes around: address, shape, dtype name."""
-    ptr: int
-    shape: tuple[int, ...]
-    dtype: str
-
-    @property
-    def nbytes(self) -> int:
-        itemsize = 2 if self.dtype == "bfloat16" else np.dtype(_NP[self.dtype]).itemsize
-        return int(np.prod(self.shape, dtype=np.int64)) * itemsize
-
-
-class _Cuda:
-    def __init__(self):
-        self.rt = _cudart()
-        self.allocations: list[int] = []
-        self.stream = self._ok(self.rt.cudaStreamCreate(), "cudaStreamCreate")
-
-    def _ok(self, result, what: str):
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if int(err) != 0:
-            raise DysinkError(f"{what} failed: {self.rt.cudaGetErrorString(err)[1]}")
-        return rest[0] if len(rest) == 1 else (rest or None)
-
-    def alloc(self, nbytes: int, zero: bool = True) -> int:
-        ptr = int(self._ok(self.rt.cudaMalloc(max(int(nbytes), 1)), f"cudaMalloc({nbytes} bytes)"))
-        self.allocations.append(ptr)
-        if zero:
-            self._ok(self.rt.cudaMemsetAsync(ptr, 0, max(int(nbytes), 1), self.stream), "cudaMemsetAsync")
-        return ptr
-
-    def upload(self, ptr: int, array: np.ndarray) -> None:
-        self._ok(self.rt.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes,
-                                         self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream), "upload")
-
-    def download(self, array: np.ndarray, ptr: int) -> np.ndarray:
-        self._ok(self.rt.cudaMemcpyAsync(array.ctypes.data, ptr, array.nbytes,
-                                         self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "download")
-        self.sync()
-        return array
-
-    def copy(self, dst: int, src: int, nbytes: int) -> None:
-        self._ok(self.rt.cudaMemcpyAsync(dst, src, nbytes, self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice,
-                                         self.stream), "device copy")
-
-    def sync(self) -> None:
-        self._ok(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-
-    def close(self) -> None:
-        for ptr in self.allocations:
-            self.rt.cudaFree(ptr)
-        self.allocations.clear()
-
-
-class GraphCache:
-    """CUDA graphs of engine launches keyed by (engine, bound addresses); see the module docstring.
-
-    `rt` is cuda-python's runtime module, `stream` the stream every launch goes to. `limit` caps
-    the number of instantiated graphs (launches beyond it run without a graph)."""
-
-    def __init__(self, rt, stream, limit: int = 256):
-        self.rt, self.stream, self.limit = rt, stream, limit
-        self.seen: dict[tuple, int] = {}
-        self.execs: dict[tuple, object] = {}
-        self.graphs: list[object] = []
-        self.replays = 0
-        self.disabled: str | None = None          # why capture was given up, once it was
-
-    def _err(self, result):
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        return int(err), (rest[0] if rest else None)
-
-    def launch(self, key: tuple, enqueue) -> None:
-        """Run `enqueue()` (which enqueues on self.stream and returns False on failure) or replay its graph."""
-        exe = self.execs.get(key)
-        if exe is not None:
-            err, _ = self._err(self.rt.cudaGraphLaunch(exe, self.stream))
-            if err:
-                raise DysinkError(f"cudaGraphLaunch failed: {self.rt.cudaGetErrorString(err)[1]}")
-            self.replays += 1
-            return
-        count = self.seen.get(key, 0)
-        self.seen[key] = count + 1
-        if self.disabled or count == 0 or len(self.execs) >= self.limit:
-            if not enqueue():
-                raise DysinkError(f"TensorRT failed to enqueue {key[0]} (see its messages above)")
-            return
-        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        err, _ = self._err(self.rt.cudaStreamBeginCapture(self.stream, mode))
-        if err:
-            return self._give_up(f"cudaStreamBeginCapture: {self.rt.cudaGetErrorString(err)[1]}", key, enqueue)
-        try:
-            enqueued = enqueue()
-        finally:
-            err, graph = self._err(self.rt.cudaStreamEndCapture(self.stream))
-        if not enqueued or err or graph is None:
-            why = ("TensorRT could not enqueue under capture" if not enqueued
-                   else f"cudaStreamEndCapture: {self.rt.cudaGetErrorString(err)[1]}")
-            if graph is not None:
-                self.rt.cudaGraphDestroy(graph)
-            return self._give_up(why, key, enqueue)
-        err, exe = self._err(self.rt.cudaGraphInstantiate(graph, 0))
-        if err:
-            self.rt.cudaGraphDestroy(graph)
-            return self._give_up(f"cudaGraphInstantiate: {self.rt.cudaGetErrorString(err)[1]}", key, enqueue)
-        self.graphs.append(graph)
-        self.execs[key] = exe
-        self.launch(key, enqueue)
-
-    def _give_up(self, why: str, key: tuple, enqueue) -> None:
-        self.disabled = why
-        print(f"warning: CUDA graphs disabled ({why}); running engines without them", file=sys.stderr)
-        if not enqueue():
-            raise DysinkError(f"TensorRT failed to enqueue {key[0]} (see its messages above)")
-
-    def summary(self) -> dict:
-        return {"graphs": len(self.execs), "replays": self.replays, "disabled": self.disabled}
-
-    def close(self) -> None:
-        for exe in self.execs.values():
-            self.rt.cudaGraphExecDestroy(exe)
-        for graph in self.graphs:
-            self.rt.cudaGraphDestroy(graph)
-        self.execs.clear()
-        self.graphs.clear()
+from .cuda import _NP, DeviceTensor, _Cuda
+from .cuda_graphs import GraphCache
+from .engine_checks import NO_TENSORRT, check_engine_entry, compute_capability
+from .tensorrt_ops import _Ops
 
 
 class TensorRTBackend(Backend):
@@ -494,69 +349,3 @@ class TensorRTBackend(Backend):
         if self.graphs is not None:
             self.graphs.close()
         self.cuda.close()
-
-
-class _Ops:
-    """renoise ((1 - sigma) x0 + sigma eps, float32) and latent -> z ([1, C, F, h, w] in the model dtype)
-    as two tiny engines built from TensorRT layers at start (no ONNX needed)."""
-
-    def __init__(self, trt, logger, runtime, model_dtype: str, latent_shape, launch):
-        self.trt, self._launch = trt, launch
-        self.shape = tuple(latent_shape)
-        builder = trt.Builder(logger)
-        flag = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        ones = (1,) * len(self.shape)
-
-        net = builder.create_network(flag)
-        x0 = net.add_input("x0", trt.DataType.FLOAT, self.shape)
-        eps = net.add_input("eps", trt.DataType.FLOAT, self.shape)
-        a = net.add_input("a", trt.DataType.FLOAT, ones)
-        b = net.add_input("b", trt.DataType.FLOAT, ones)
-        p = net.add_elementwise(x0, a, trt.ElementWiseOperation.PROD).get_output(0)
-        q = net.add_elementwise(eps, b, trt.ElementWiseOperation.PROD).get_output(0)
-        y = net.add_elementwise(p, q, trt.ElementWiseOperation.SUM).get_output(0)
-        y.name = "y"
-        net.mark_output(y)
-        self._renoise = self._engine(builder, net, runtime)
-
-        net = builder.create_network(flag)
-        x = net.add_input("x", trt.DataType.FLOAT, self.shape)
-        dtype = {"float32": trt.DataType.FLOAT, "float16": trt.DataType.HALF, "bfloat16": trt.DataType.BF16}
-        cast = net.add_cast(x, dtype[model_dtype]).get_output(0)
-        shuffle = net.add_shuffle(cast)
-        shuffle.reshape_dims = (1,) + self.shape
-        z = shuffle.get_output(0)
-        z.name = "z"
-        net.mark_output(z)
-        self._cast = self._engine(builder, net, runtime)
-        self._scalars: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-
-    def _engine(self, builder, net, runtime):
-        config = builder.create_builder_config()
-        blob = builder.build_serialized_network(net, config)
-        if blob is None:
-            raise DysinkError("TensorRT could not build the runtime's elementwise helper engines")
-        engine = runtime.deserialize_cuda_engine(blob)
-        return engine, engine.create_execution_context()
-
-    def renoise(self, cuda: _Cuda, x0: int, eps: int, out: int, sigma: float) -> None:
-        engine, ctx = self._renoise
-        if sigma not in self._scalars:
-            ones = (1,) * len(self.shape)
-            a = np.full(ones, 1.0 - sigma, np.float32)
-            b = np.full(ones, sigma, np.float32)
-            pa, pb = cuda.alloc(4, zero=False), cuda.alloc(4, zero=False)
-            cuda.upload(pa, a)
-            cuda.upload(pb, b)
-            self._scalars[sigma] = (pa, pb, a, b)
-        pa, pb, _, _ = self._scalars[sigma]
-        bound = {"x0": x0, "eps": eps, "a": pa, "b": pb, "y": out}
-        for name, ptr in bound.items():
-            ctx.set_tensor_address(name, ptr)
-        self._launch("renoise", ctx, bound)
-
-    def to_model(self, cuda: _Cuda, latent: int, z: int) -> None:
-        engine, ctx = self._cast
-        ctx.set_tensor_address("x", latent)
-        ctx.set_tensor_address("z", z)
-        self._launch("latent cast", ctx, {"x": latent, "z": z})

@@ -20,6 +20,8 @@ from ...models.factory import DySinkModels
 from ...models.dit import DiTStep, WindowRecache
 from ...errors import DysinkError
 from ...ops.retrieve_sinks import retrieve_sinks_ref
+from ...plugins.variants import check_head_dim, check_retrieval
+from ...rope import timestep_frequencies
 from .base import Backend
 
 KERNEL_CHOICES = ("auto", "triton", "reference")
@@ -32,7 +34,7 @@ def resolve_kernels(kernels: str, device: torch.device) -> str:
     if kernels == "reference" or (kernels == "auto" and device.type != "cuda"):
         return "reference"
     try:
-        from ...plugins import launch
+        from ...plugins import launch  # lazy: triton (optional)
     except ImportError:
         if kernels == "auto":
             return "reference"
@@ -55,8 +57,7 @@ class TorchBackend(Backend):
         self.stream = stream
         self.dtype = dtype
         if self.kernels == "triton":
-            from ...plugins import launch
-            from ...plugins.variants import check_head_dim, check_retrieval
+            from ...plugins import launch  # lazy: triton (optional)
 
             check_head_dim(models.dit.cfg.head_dim)
             check_retrieval(stream.bank_capacity, stream.top_k)
@@ -88,8 +89,6 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def recache_window(self, x, t, rope, key_valid, blocks):
-        from ...rope import timestep_frequencies
-
         t_freq = torch.from_numpy(timestep_frequencies(float(t), self.models.dit.cfg.freq_dim)).to(self.device)
         k, v = WindowRecache(self.models.dit)(
             self.upload(x), torch.tensor(float(t), device=self.device), t_freq, self.text_k, self.text_v,

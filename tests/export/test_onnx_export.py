@@ -20,9 +20,12 @@ import torch
 ort = pytest.importorskip("onnxruntime")
 
 from dysink_deploy.config import model_preset  # noqa: E402
-from dysink_deploy.export.onnx_export import (  # noqa: E402
-    TORCH_DTYPES, default_opset, fp32_twin, graph_module, io_specs_of, sample_inputs)
+from dysink_deploy.export.fp32_twin import fp32_twin  # noqa: E402
+from dysink_deploy.export.graph_modules import graph_module, sample_inputs  # noqa: E402
+from dysink_deploy.export.inspect_bundle import io_specs_of  # noqa: E402
+from dysink_deploy.export.onnx_export import default_opset  # noqa: E402
 from dysink_deploy.graphs import graph_specs  # noqa: E402
+from dysink_deploy.models.dtypes import TORCH_DTYPES  # noqa: E402
 from dysink_deploy.models.factory import build_models  # noqa: E402
 
 CFG = model_preset("tiny")

@@ -35,7 +35,8 @@ def bundle(tmp_path_factory):
 def test_graph_matches_the_torch_encoder(bundle, umt5_tokenizer):
     import onnxruntime as ort
 
-    from dysink_deploy.text import PromptTokenizer, encode_prompt
+    from dysink_deploy.models.umt5 import encode_prompt
+    from dysink_deploy.text import PromptTokenizer
 
     b = Bundle.load(bundle, require=("umt5_encoder",))
     assert b.text_encoder == {"preset": "tiny", "checkpoint": None, "random_seed": 0}

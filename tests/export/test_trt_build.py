@@ -17,7 +17,8 @@ from dysink_deploy.errors import DysinkError
 from dysink_deploy.export import trt_build as tb
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = [ROOT / "export" / "trt_build.py", ROOT / "runtime" / "backends" / "tensorrt_backend.py"]
+BACKENDS = ROOT / "runtime" / "backends"
+SOURCES = [ROOT / "export" / "trt_build.py", BACKENDS / "tensorrt_backend.py", BACKENDS / "tensorrt_ops.py"]
 
 try:
     import tensorrt  # noqa: F401

@@ -8,10 +8,10 @@ import pytest
 
 from dysink_deploy.plugins import gpu_check
 
-pytestmark = pytest.mark.gpu
 _reason = gpu_check.skip_reason()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(_reason is not None, reason=f"needs a CUDA GPU and compiled kernels: {_reason}")
 @pytest.mark.parametrize("case", gpu_check.CASES, ids=lambda c: c.name.replace(" ", "-"))
 def test_kernels_match_references_on_cuda(case):
@@ -21,6 +21,7 @@ def test_kernels_match_references_on_cuda(case):
     assert res["ok"], res["detail"]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(_reason is not None, reason=f"needs a CUDA GPU and compiled kernels: {_reason}")
 def test_retrieval_matches_reference_on_cuda():
     res = gpu_check.check_retrieval()

@@ -14,7 +14,7 @@ from dysink_deploy.config import model_preset
 from dysink_deploy.errors import DysinkError
 from dysink_deploy.models.factory import build_models
 from dysink_deploy.runtime.backends.torch_backend import TorchBackend, resolve_kernels
-from dysink_deploy.runtime.run import default_prompt_embeds
+from dysink_deploy.runtime.prompts import default_prompt_embeds
 from dysink_deploy.runtime.stream import Streamer
 
 BLOCKS = 12

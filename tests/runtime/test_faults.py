@@ -15,7 +15,8 @@ from dysink_deploy.errors import DysinkError
 from dysink_deploy.models.factory import build_models
 from dysink_deploy.runtime import run as run_mod
 from dysink_deploy.runtime.backends.torch_backend import TorchBackend
-from dysink_deploy.runtime.run import default_prompt_embeds, stream_to_dir
+from dysink_deploy.runtime.prompts import default_prompt_embeds
+from dysink_deploy.runtime.run import stream_to_dir
 from dysink_deploy.runtime.stream import Streamer
 from dysink_deploy.runtime.video import VideoWriter, read_frame_count
 

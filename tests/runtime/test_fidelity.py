@@ -20,7 +20,7 @@ import torch
 from dysink_deploy.config import model_preset
 from dysink_deploy.models.factory import build_models
 from dysink_deploy.runtime.backends.torch_backend import TorchBackend
-from dysink_deploy.runtime.run import default_prompt_embeds
+from dysink_deploy.runtime.prompts import default_prompt_embeds
 from dysink_deploy.runtime.stream import Streamer, frames_to_uint8
 from tests.naive_dysink import NaiveDySink
 

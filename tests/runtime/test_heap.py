@@ -12,7 +12,7 @@ from dysink_deploy.models.factory import build_models
 from dysink_deploy.runtime import heap
 from dysink_deploy.runtime import stream as stream_mod
 from dysink_deploy.runtime.backends.torch_backend import TorchBackend
-from dysink_deploy.runtime.run import default_prompt_embeds
+from dysink_deploy.runtime.prompts import default_prompt_embeds
 from dysink_deploy.runtime.stream import Streamer
 
 

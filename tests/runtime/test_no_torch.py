@@ -17,10 +17,12 @@ SCRIPT = BLOCK_TORCH + textwrap.dedent("""
     import dysink_deploy.runtime as rt
     from dysink_deploy.runtime import cli, run, report, video   # noqa: F401  (all import without torch)
     from dysink_deploy.runtime.backends import tensorrt_backend, onnxruntime_backend   # noqa: F401
+    from dysink_deploy.runtime.backends import cuda, cuda_graphs, engine_checks, tensorrt_ops   # noqa: F401
     from dysink_deploy.runtime import dump   # noqa: F401
     from dysink_deploy.config import model_preset
     from dysink_deploy.runtime.stream import Streamer
-    from dysink_deploy.runtime.run import stream_to_dir, default_prompt_embeds
+    from dysink_deploy.runtime.prompts import default_prompt_embeds
+    from dysink_deploy.runtime.run import stream_to_dir
     from tests.runtime.fake_backend import FakeBackend
 
     model = model_preset("tiny")

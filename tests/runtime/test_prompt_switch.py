@@ -14,7 +14,7 @@ from dysink_deploy.config import model_preset  # noqa: E402
 from dysink_deploy.errors import DysinkError  # noqa: E402
 from dysink_deploy.models.factory import build_models  # noqa: E402
 from dysink_deploy.runtime.backends.torch_backend import TorchBackend  # noqa: E402
-from dysink_deploy.runtime.run import default_prompt_embeds  # noqa: E402
+from dysink_deploy.runtime.prompts import default_prompt_embeds  # noqa: E402
 from dysink_deploy.runtime.stream import Streamer  # noqa: E402
 from tests.naive_dysink import NaiveDySink  # noqa: E402
 

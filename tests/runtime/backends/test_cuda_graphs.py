@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from dysink_deploy.errors import DysinkError
-from dysink_deploy.runtime.backends.tensorrt_backend import GraphCache
+from dysink_deploy.runtime.backends.cuda_graphs import GraphCache
 
 
 class RecordingRuntime:
@@ -168,10 +168,11 @@ def test_cuda_python_names_exist_in_12_and_13():
     import re
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     data = json.loads((root / "export" / "data" / "cudart_python_api.json").read_text())["present"]
     assert all(all(v.values()) for v in data.values()), {n: v for n, v in data.items() if not all(v.values())}
-    text = (root / "runtime" / "backends" / "tensorrt_backend.py").read_text()
+    text = "".join((root / "runtime" / "backends" / name).read_text()
+                   for name in ("cuda.py", "cuda_graphs.py", "tensorrt_backend.py", "tensorrt_ops.py"))
     used = set(re.findall(r"\brt\.([A-Za-z_][A-Za-z0-9_.]*[A-Za-z0-9_])", text))
     assert used, "the backend uses cuda-python through `rt.`"
     assert used <= set(data), f"add to export/data/cudart_python_api.json and check: {sorted(used - set(data))}"

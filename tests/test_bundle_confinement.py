@@ -9,11 +9,15 @@ import shutil
 
 import pytest
 
-from dysink_deploy.bundle import MANIFEST_NAME, Bundle, sha256_file
-from dysink_deploy.errors import DysinkError
+# The tiny bundle these tests load is exported with onnxscript and checked with onnxruntime.
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from dysink_deploy.bundle import MANIFEST_NAME, Bundle, sha256_file  # noqa: E402
+from dysink_deploy.errors import DysinkError  # noqa: E402
 
 
-from tests.export.conftest import edit_manifest as _edit
+from tests.conftest import edit_manifest as _edit  # noqa: E402
 
 
 @pytest.fixture

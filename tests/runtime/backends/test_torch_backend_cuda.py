@@ -17,7 +17,7 @@ def test_denoising_steps_do_not_sync():
     from dysink_deploy.models.factory import build_models
     from dysink_deploy.rope import rope_phases
     from dysink_deploy.runtime.backends.torch_backend import TorchBackend
-    from dysink_deploy.runtime.run import default_prompt_embeds
+    from dysink_deploy.runtime.prompts import default_prompt_embeds
 
     model = model_preset("tiny")
     stream = model.default_stream()

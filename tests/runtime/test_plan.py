@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from dysink_deploy.cli.export_cli import main as export_main
 from dysink_deploy.config import model_preset
 from dysink_deploy.errors import DysinkError
-from dysink_deploy.export.plan import page_bytes, parse_memory, plan
+from dysink_deploy.runtime.plan import page_bytes, parse_memory, plan
 
 
 def test_page_of_the_1_3b_model_at_480x832():

@@ -31,7 +31,7 @@ from dysink_deploy.runtime.report import decisions  # noqa: E402
 from tests.no_torch import BLOCK_TORCH  # noqa: E402
 
 BLOCKS = 12
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def _dysink_run(*args):
@@ -46,7 +46,7 @@ def parity(bundles, tmp_path_factory, request):
     from dysink_deploy.config import model_preset
     from dysink_deploy.models.factory import build_models
     from dysink_deploy.runtime.backends.torch_backend import TorchBackend
-    from dysink_deploy.runtime.run import default_prompt_embeds
+    from dysink_deploy.runtime.prompts import default_prompt_embeds
     from dysink_deploy.runtime.stream import Streamer
 
     mp = pytest.MonkeyPatch()
@@ -128,7 +128,7 @@ def test_frames_within_measured_tolerance(parity):
 
 def test_fp16_bundle_streams(bundles, tmp_path):
     from dysink_deploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from dysink_deploy.runtime.run import default_prompt_embeds
+    from dysink_deploy.runtime.prompts import default_prompt_embeds
     from dysink_deploy.runtime.stream import Streamer
 
     bundle = Bundle.load(bundles("fp16"), expect_precision="fp16")
@@ -142,7 +142,7 @@ def test_fp16_bundle_streams(bundles, tmp_path):
 def test_pools_allocated_once_and_written_in_place(bundles):
     """write_page changes the arrays bound to dit_step, never replaces them (no per-step pool copy)."""
     from dysink_deploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from dysink_deploy.runtime.run import default_prompt_embeds
+    from dysink_deploy.runtime.prompts import default_prompt_embeds
     from dysink_deploy.runtime.stream import Streamer
 
     bundle = Bundle.load(bundles("fp32"))

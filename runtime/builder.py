@@ -1,0 +1,234 @@
+"""The one stream builder: `RunSpec` -> (`Streamer`, run config).
+
+`resolve_run` does everything that needs no backend (bundle, model, stream settings, blocks,
+prompt and switches), so callers can refuse bad input before any weights load;
+`open_streamer` adds the memory check and the backend. `dysink-run`, `api.open_stream`, every
+`dysink-bench` command, the Triton Inference Server model and `dysink-export check` open their
+streams here and nowhere else. Torch is imported only on the torch backend's path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from ..bundle import GRAPH_STREAM_FIELDS, Bundle, rebuild_command
+from ..config import MODEL_PRESETS, ModelConfig, StreamConfig, model_config_from_file, model_preset, \
+    stream_config_from_dict
+from ..errors import DysinkError
+from ..jsonfile import read_json_object
+from .backends.onnxruntime_backend import OnnxRuntimeBackend
+from .backends.tensorrt_backend import TensorRTBackend
+from .plan import GB, plan
+from .prompts import PromptEncoder, default_prompt_embeds, embeds_of, load_prompt_schedule, needs_real_prompt
+from .run import blocks_for_seconds
+from .spec import DEFAULT_BLOCKS, RunSpec
+from .stream import Streamer
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+@dataclass
+class ResolvedRun:
+    """What a RunSpec means once its files are read: no backend yet."""
+
+    spec: RunSpec
+    model: ModelConfig
+    stream: StreamConfig
+    blocks: int
+    prompt: np.ndarray = field(repr=False)
+    switches: list = field(default_factory=list, repr=False)
+    bundle: Bundle | None = None
+    has_checkpoints: bool = False
+
+
+def load_model_config(source) -> ModelConfig:
+    """A ModelConfig from a preset name, a dict, a JSON file (a ModelConfig's `to_dict`, or a
+    bundle.json, whose model is used), or a ModelConfig; validated with the presets' messages."""
+    if isinstance(source, ModelConfig):
+        return source
+    if isinstance(source, Mapping):
+        return ModelConfig.from_dict(source)
+    text = os.fspath(source)
+    if text in MODEL_PRESETS:
+        return model_preset(text)
+    if not os.path.exists(text):
+        raise DysinkError(f"model {text!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a file")
+    return model_config_from_file(text, "model config")
+
+
+def bundle_stream_config(bundle: Bundle, wanted: dict) -> StreamConfig:
+    """The bundle's stream config with the host-side settings the caller may still change
+    (dedup threshold, eviction, schedule); graph settings in `wanted` must agree with the bundle."""
+    wanted_cfg = stream_config_from_dict(wanted, base=bundle.stream)   # validates names and values
+    conflicts = [f"{n}={wanted[n]!r} (bundle: {getattr(bundle.stream, n)!r})" for n in GRAPH_STREAM_FIELDS
+                 if n in wanted and getattr(wanted_cfg, n) != getattr(bundle.stream, n)]
+    if conflicts:
+        raise DysinkError(f"bundle {bundle.path} fixes the stream settings baked into its graphs, and "
+                          f"{'; '.join(conflicts)} differ; drop the setting(s) or export a bundle for them: "
+                          f"{rebuild_command(bundle.model, wanted_cfg, bundle.precision, 'NEW_BUNDLE', bundle.path / 'bundle.json', bundle.manifest.get('checkpoints'))}")
+    return wanted_cfg
+
+
+def _settings(spec: RunSpec) -> dict:
+    settings = spec.settings
+    if isinstance(settings, StreamConfig):
+        settings = settings.to_dict()
+    wanted = dict(read_json_object(spec.config_file, "--config", MAX_CONFIG_BYTES, "file of stream settings")
+                  if spec.config_file else {})
+    wanted.update(settings)
+    return wanted
+
+
+def _model_and_stream(spec: RunSpec, bundle: Bundle | None) -> tuple[ModelConfig, StreamConfig]:
+    if bundle is not None:
+        if spec.model is not None and spec.model != bundle.model.name:
+            raise DysinkError(f"RunSpec.model {spec.model} conflicts with bundle {bundle.path}, built for model "
+                              f"{bundle.model.name!r}; drop RunSpec.model or use a bundle exported for it")
+        return bundle.model, bundle_stream_config(bundle, _settings(spec))
+    if spec.model_config is not None:
+        source = spec.model_config
+        model = (model_config_from_file(os.fspath(source)) if isinstance(source, (str, os.PathLike))
+                 else load_model_config(source))
+    else:
+        model = load_model_config(spec.model or "tiny")
+    return model, stream_config_from_dict({"height": model.height, "width": model.width, **_settings(spec)})
+
+
+def _switch_pairs(prompts, model: ModelConfig) -> list:
+    out = []
+    for item in prompts:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise DysinkError(f"prompts entries must be (frame, embeddings) pairs, got {item!r:.80}")
+        out.append((item[0], embeds_of(item[1], model)))
+    return out
+
+
+def resolve_run(spec: RunSpec, bundle: Bundle | None = None) -> ResolvedRun:
+    """Bundle, model, stream settings, blocks and prompts of `spec`, every check done (no backend).
+    `bundle`: an already loaded Bundle of `spec.bundle` (the server loads it once)."""
+    if spec.backend != "torch" and bundle is None:
+        bundle = Bundle.load(spec.bundle)
+    model, stream = _model_and_stream(spec, bundle)
+    has_ckpt = (any(k != "random_seed" for k in bundle.manifest.get("checkpoints", {})) if bundle is not None
+                else spec.has_checkpoints)
+    blocks = (spec.blocks if spec.blocks is not None else
+              blocks_for_seconds(spec.seconds, stream.block_frames) if spec.seconds is not None else DEFAULT_BLOCKS)
+    encode = PromptEncoder(model, spec.tokenizer, spec.text_encoder, spec.text_encoder_preset, bundle)
+    if (spec.prompt is not None or isinstance(spec.prompts, (str, os.PathLike))) and has_ckpt and spec.tokenizer \
+            and not spec.text_encoder:
+        raise DysinkError("real weights need the real text encoder: pass RunSpec.text_encoder "
+                          "models_t5_umt5-xxl-enc-bf16.pth with RunSpec.tokenizer")
+    initial = encode(spec.prompt) if spec.prompt is not None else None
+    switches: list = []
+    if isinstance(spec.prompts, (str, os.PathLike)):          # a schedule file; its frame 0 is the first prompt
+        switches = load_prompt_schedule(os.fspath(spec.prompts), model, encode)
+        if switches[0][0] == 0:
+            if spec.prompt_embeds is not None:
+                raise DysinkError("RunSpec.prompts sets the prompt of frame 0 and RunSpec.prompt_embeds does too; "
+                                  "drop one")
+            initial = switches.pop(0)[1]
+    elif spec.prompts is not None:                            # (frame, embeddings) pairs: every one a switch
+        switches = _switch_pairs(spec.prompts, model)
+    if switches and bundle is not None:
+        bundle.require_interactive()
+    if initial is None:
+        if spec.prompt_embeds is not None:
+            initial = embeds_of(spec.prompt_embeds, model)
+        elif needs_real_prompt(model, has_ckpt):
+            raise DysinkError("a real model needs real text conditioning: pass RunSpec.prompt_embeds "
+                              f"FILE.safetensors (umT5-XXL output, [{model.dit.text_len}, {model.dit.text_dim}], an "
+                              "array in Python) or RunSpec.prompt TEXT")
+        else:
+            initial = default_prompt_embeds(model)
+    return ResolvedRun(spec, model, stream, blocks, initial, switches, bundle, has_ckpt)
+
+
+def check_memory(model: ModelConfig, stream: StreamConfig, precision: str, device: str) -> None:
+    """Refuse, before allocating anything, a stream the device cannot hold (planner estimate)."""
+    if device.startswith("cuda"):
+        import torch    # lazy: torch (a CUDA device is a torch-backend path)
+
+        available = torch.cuda.mem_get_info(torch.device(device))[0]
+    else:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    need = plan(model, stream, precision, available).total
+    if need > available:
+        raise DysinkError(f"this stream needs about {need / GB:.1f} GB ({model.name}, {stream.width}x{stream.height}, "
+                          f"{precision}, bank capacity {stream.bank_capacity}) but {device} has {available / GB:.1f} GB "
+                          "available; lower RunSpec.height/RunSpec.width or RunSpec.bank_capacity (dysink-export plan "
+                          "shows the figures)")
+
+
+def _torch_backend(run: ResolvedRun, models=None):
+    import torch    # lazy: torch (the torch backend only)
+
+    from ..models.dtypes import TORCH_DTYPES                        # lazy: torch
+    from ..models.factory import CheckpointPaths, build_models     # lazy: torch
+    from .backends.torch_backend import TorchBackend                # lazy: torch
+
+    spec = run.spec
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+        raise DysinkError("RunSpec.device cuda was asked for but torch sees no CUDA device; use RunSpec.device cpu")
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    check_memory(run.model, run.stream, spec.precision, spec.device)
+    if models is None:
+        paths = CheckpointPaths(dit=spec.checkpoint, lora=spec.lora, vae=spec.vae, pe=spec.pe, use_ema=spec.use_ema)
+        models = build_models(run.model, paths, seed=int(spec.weights_seed))
+    return TorchBackend(models, run.stream, device=spec.device, dtype=TORCH_DTYPES[spec.precision],
+                        kernels=spec.kernels)
+
+
+def _backend(run: ResolvedRun, sessions=None, models=None):
+    spec, bundle = run.spec, run.bundle
+    if spec.backend == "torch":
+        backend = _torch_backend(run, models)
+        return backend, {"precision": spec.precision, "device": spec.device, "kernels": backend.kernels,
+                         "checkpoints": spec.checkpoint_paths()}
+    common = {"bundle": str(bundle.path), "precision": bundle.precision}
+    if spec.backend == "onnxruntime":
+        backend = OnnxRuntimeBackend(bundle, providers=spec.ort_provider, threads=spec.threads, sessions=sessions)
+        return backend, {**common, "ort_provider": spec.ort_provider, "checkpoints": bundle.manifest.get("checkpoints", {})}
+    backend = TensorRTBackend(bundle, cuda_graph=spec.cuda_graph)
+    return backend, {**common, "cuda_graph": spec.cuda_graph,
+                     "engines": {g: {k: e.get(k) for k in ("tensorrt_version", "compute_capability")}
+                                 for g, e in bundle.manifest.get("engines", {}).items()},
+                     "checkpoints": bundle.manifest.get("checkpoints", {})}
+
+
+def open_streamer(spec: RunSpec, *, resolved: ResolvedRun | None = None, bundle: Bundle | None = None,
+                  sessions=None, models=None, noise=None, features=None, observer=None) -> tuple[Streamer, dict]:
+    """Open the stream `spec` describes -> (Streamer, run config: stats.json's `config`).
+
+    resolved: `resolve_run(spec)` done already (its checks ran before some earlier step);
+    bundle: the Bundle of `spec.bundle`, already loaded; sessions: ONNX Runtime sessions to share
+    (OnnxRuntimeBackend.sessions of another stream of the same bundle); models: the torch
+    backend's DySinkModels, already built (they are used as they are, not copied);
+    noise / features / observer: the Streamer's injection hooks (see runtime.stream)."""
+    run = resolved if resolved is not None else resolve_run(spec, bundle)
+    backend, details = _backend(run, sessions, models)
+    try:
+        streamer = Streamer(backend, run.model.dit, run.stream, run.prompt, seed=int(spec.seed),
+                            prompts=run.switches, noise=noise, features=features, observer=observer)
+    except BaseException:
+        backend.close()
+        raise
+    prompt_source = (os.fspath(spec.prompt_embeds) if isinstance(spec.prompt_embeds, (str, os.PathLike))
+                     else "array" if spec.prompt_embeds is not None else "embedded-default")
+    run_config = {"model": run.model.name, "backend": spec.backend, "seed": int(spec.seed), "blocks": run.blocks,
+                  **details, "prompt_embeds": prompt_source,
+                  "prompts": os.fspath(spec.prompts) if isinstance(spec.prompts, (str, os.PathLike)) else None,
+                  "stream": run.stream.to_dict(), "timesteps": run.stream.timesteps()}
+    return streamer, run_config
+
+
+def with_settings(spec: RunSpec, **settings) -> RunSpec:
+    """`spec` with more stream settings (StreamConfig fields) on top of its own."""
+    return dataclasses.replace(spec, settings={**spec.settings, **settings})
