@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .jsonfile import read_json_object
 from .model_parts import DIT_PRESETS, PE_PRESETS, VAE_PRESETS, DiTConfig, PEConfig, VAEConfig
 from .stream_config import StreamConfig, stream_config_from_dict
 from .validation import require, strict_from_dict, typed
@@ -104,10 +106,6 @@ def model_config_from_dict(data: dict) -> ModelConfig:
 
 def model_config_from_file(path: str, what: str = "--model-config") -> ModelConfig:
     """A ModelConfig from a JSON file: a ModelConfig's `to_dict`, or a bundle.json (its model)."""
-    import os
-
-    from .jsonfile import read_json_object
-
     if not os.path.isfile(path):
         raise ConfigError(f"{what} {path!r} does not exist or is not a file")
     data = read_json_object(path, what, 1 << 20, "model configuration")

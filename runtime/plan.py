@@ -53,9 +53,9 @@ def weight_counts(model: ModelConfig) -> dict[str, int]:
         import torch
     except ImportError:
         raise DysinkError("the planner counts weights with PyTorch (meta device): install dysink-deploy[torch]") from None
-    from ..models.dit import CausalWanDiT
-    from ..models.pe_core import PECoreVisionEncoder
-    from ..models.vae import WanVAEDecoder
+    from ..models.dit import CausalWanDiT              # lazy: torch
+    from ..models.pe_core import PECoreVisionEncoder   # lazy: torch
+    from ..models.vae import WanVAEDecoder             # lazy: torch
 
     with torch.device("meta"):
         nets = {"dit": CausalWanDiT(model.dit), "vae_decoder": WanVAEDecoder(model.vae),

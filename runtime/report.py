@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 
+from .. import __version__
 from ..atomic import umask_file_mode, write_atomic
 from ..errors import DysinkError
 
@@ -51,8 +52,6 @@ def summarize(blocks: list[dict], extra: dict | None = None) -> dict:
 
 def write_stats(path: str, config: dict, blocks: list[dict], extra: dict | None = None) -> None:
     import datetime
-
-    from .. import __version__
 
     stats = {"schema": STATS_SCHEMA, "dysink_deploy": __version__,
              "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
