@@ -19,7 +19,8 @@ import click
 from ..bundle import GRAPH_STREAM_FIELDS
 from ..config import FEATURE_MODES, StreamConfig, model_preset
 from ..graphs import PRECISIONS
-from ..cli.common import HELP, checkpoint_file_options, model_config_option, resolve_model, shared
+from ..cli.common import (HELP, checkpoint_file_options, model_config_option, preset_default_text, resolve_model,
+                          shared)
 from ..cli.prompt_cmd import text_encoder_options
 from ..errors import DysinkError
 from ..runtime.plan import check_fits, format_plan, parse_memory, plan
@@ -34,8 +35,7 @@ def _stream_options(fn):
     for name in reversed(GRAPH_STREAM_FIELDS):
         flag = "--" + name.replace("_", "-")
         default = getattr(StreamConfig(), name)
-        text = ("the preset's: 64 for tiny, 480 for wan2.1-t2v-1.3b" if name == "height" else
-                "the preset's: 96 for tiny, 832 for wan2.1-t2v-1.3b" if name == "width" else str(default))
+        text = preset_default_text(name) if name in ("height", "width") else str(default)
         if isinstance(default, bool):
             opt = shared(f"{flag}/--no-{flag[2:]}", name, default=None, default_text=str(default).lower())
         elif name == "feature_mode":
@@ -123,8 +123,8 @@ def inspect_command(bundle_path, quick):
 @click.command("plan")
 @shared("--model", "model_name", required=True)
 @shared("--precision", type=click.Choice(PRECISIONS), default="bf16")
-@shared("--height", type=int, default=None, default_text="the preset's: 64 for tiny, 480 for wan2.1-t2v-1.3b")
-@shared("--width", type=int, default=None, default_text="the preset's: 96 for tiny, 832 for wan2.1-t2v-1.3b")
+@shared("--height", type=int, default=None, default_text=preset_default_text("height"))
+@shared("--width", type=int, default=None, default_text=preset_default_text("width"))
 @click.option("--memory", required=True, help="Device memory to plan for, e.g. 64GB (Jetson AGX Orin), 24GB, 16GiB.")
 @shared("--bank-capacity", type=int, default=None, default_text="16, the release's")
 @click.option("--platform", type=click.Choice(["desktop", "jetson"]), default="desktop", show_default=True,

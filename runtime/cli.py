@@ -14,8 +14,8 @@ import time
 
 import click
 
-from ..cli.common import (OneLineCommand, checkpoint_file_options, flag_names, model_config_option, shared,
-                          spec_option)
+from ..cli.common import (OneLineCommand, checkpoint_file_options, flag_names, model_config_option,
+                          preset_default_text, shared, spec_option)
 from ..cli.prompt_cmd import text_encoder_options
 from ..config import EVICTION_RULES, FEATURE_MODES, StreamConfig
 from ..errors import DysinkError
@@ -73,8 +73,8 @@ def _n(count: int, word: str) -> str:
 @click.option("--eviction", type=click.Choice(EVICTION_RULES), default=None,
               help="Which entry leaves a full bank: least recently retrieved, or oldest. [default: lru]")
 @shared("--feature-mode", type=click.Choice(FEATURE_MODES), default=None, default_text=_DEFAULT.feature_mode)
-@shared("--height", type=int, default=None, default_text="the preset's: 64 for tiny, 480 for wan2.1-t2v-1.3b")
-@shared("--width", type=int, default=None, default_text="the preset's: 96 for tiny, 832 for wan2.1-t2v-1.3b")
+@shared("--height", type=int, default=None, default_text=preset_default_text("height"))
+@shared("--width", type=int, default=None, default_text=preset_default_text("width"))
 @spec_option("cuda_graph", is_flag=True)
 @shared("--quiet", is_flag=True)
 @click.option("--dump-block", type=(int, click.Path()), default=None, metavar="N DIR",

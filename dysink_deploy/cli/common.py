@@ -131,6 +131,11 @@ def shared(*decls: str, default_text: str | None = None, note: str | None = None
     return click.option(*decls, help=text, **kw)
 
 
+def preset_default_text(field: str) -> str:
+    """'the preset's: 64 for tiny, 480 for wan2.1-t2v-1.3b' for height / width, from the presets."""
+    return "the preset's: " + ", ".join(f"{getattr(m, field)} for {n}" for n, m in sorted(MODEL_PRESETS.items()))
+
+
 def spec_option(name: str, *decls: str, default_text: str | None = None, **kw):
     """click.option for a RunSpec field: flag, default, help and choices read from the field."""
     text = spec_help(name)

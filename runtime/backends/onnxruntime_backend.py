@@ -191,8 +191,8 @@ class OnnxRuntimeBackend(Backend):
 
     def recache_window(self, x, t, rope, key_valid, blocks):
         if "dit_recache" not in self.sessions:
-            raise DysinkError(f"bundle {self.bundle.path} has no dit_recache graph, which prompt switches need; "
-                              f"export it with --interactive: {self.bundle.rebuild_command()} --interactive")
+            self.bundle.require_interactive()           # a bundle made with --interactive has the graph
+            raise DysinkError(f"bundle {self.bundle.path} has no dit_recache session; reload the bundle")
         inputs = {"x": self._value(x.astype(np.float32)), "t": self._value(np.asarray(t, dtype=np.float32)),
                   "t_freq": self._value(timestep_frequencies(float(t), self.bundle.model.dit.freq_dim)),
                   "text_k": self._fixed["text_k"], "text_v": self._fixed["text_v"],

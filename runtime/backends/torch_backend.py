@@ -22,15 +22,15 @@ from ...errors import DysinkError
 from ...ops.retrieve_sinks import retrieve_sinks_ref
 from ...plugins.variants import check_head_dim, check_retrieval
 from ...rope import timestep_frequencies
+from ..spec import KERNELS
 from .base import Backend
 
-KERNEL_CHOICES = ("auto", "triton", "reference")
 
 
 def resolve_kernels(kernels: str, device: torch.device) -> str:
     """'auto' | 'triton' | 'reference' -> 'triton' | 'reference' for this device, or a clear error."""
-    if kernels not in KERNEL_CHOICES:
-        raise DysinkError(f"--kernels must be one of {', '.join(KERNEL_CHOICES)}, got {kernels!r}")
+    if kernels not in KERNELS:
+        raise DysinkError(f"--kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
     if kernels == "reference" or (kernels == "auto" and device.type != "cuda"):
         return "reference"
     try:
