@@ -1,45 +1,43 @@
-"""`dysink-bench`: speed and memory numbers, printed (never asserted by timed tests).
-
-  dysink-bench stream  --model tiny --blocks 20      blocks/s and per-phase medians
-  dysink-bench memory  --blocks 300 --bank-capacity 16   peak RSS at block 100 vs the end
-  dysink-bench graphs  --model tiny [--mid]        per-graph latency, onnxruntime CPU vs torch eager
-  dysink-bench kernels [--markdown FILE]           GPU check: Triton kernels vs references, vs SDPA
-  dysink-bench soak --bundle B --blocks 2000       long onnxruntime stream twice: RSS bounded, same decisions
-  dysink-bench compare RUN_A RUN_B                  two runs' decisions, block by block (exit 1 if they differ)
+"""Speed and memory measurements: stream_rate, measure_memory, time_graphs, soak, compare_runs and
+measure_serve each run one and return its numbers, reporting progress to an optional `log` callable
+(one line a call). `dysink-bench` (cli/bench_cli.py) checks the flags and prints the numbers; timed
+tests never assert them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
+import json
+import os
 import statistics
-import sys
+import tempfile
+import threading
 import time
-
-import click
+from dataclasses import dataclass
+from typing import Callable
 
 from .bundle import Bundle
-from .cli.common import UserErrorGroup, shared
+from .config import DIT_PRESETS, PE_PRESETS, VAE_PRESETS, ModelConfig, model_preset
 from .errors import DysinkError
+from .graphs import graph_specs
+from .jsonfile import read_json_object
 from .runtime.builder import open_streamer
+from .runtime.heap import current_rss_mb, release_free_heap
 from .runtime.report import decisions
 from .runtime.spec import RunSpec
+from .serving.client import StreamClient
+from .serving.repo import write_repo
+from .serving.server import TritonServer
+
+Log = Callable[[str], None]
 
 
 def _torch_streamer(model_name: str, seed: int, threads: int | None, **stream_overrides):
-    """A torch-backend stream of the preset's random weights (fp32, CPU)."""
+    """A torch-backend stream of the preset's random weights (fp32, CPU) -> (streamer, its name)."""
     streamer, config = open_streamer(RunSpec(model=model_name, seed=seed, threads=threads, settings=stream_overrides))
-    streamer.dit_name = config["model"]
-    return streamer, streamer.cfg
-
-
-def _ort_streamer(bundle_path: str, threads: int | None, feature_mode: str, **stream_overrides):
-    """An onnxruntime (CPU) stream of a bundle; graph-baked settings must be the bundle's."""
-    spec = RunSpec(backend="onnxruntime", bundle=bundle_path, threads=threads,
-                   settings={"feature_mode": feature_mode, **stream_overrides})
-    streamer, config = open_streamer(spec)
-    streamer.dit_name = f"{config['model']} ({config['bundle']}, {config['precision']})"
-    return streamer, streamer.cfg
+    return streamer, config["model"]
 
 
 def _peak_rss_mb() -> float:
@@ -49,32 +47,31 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-@click.group(cls=UserErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
-def main():
-    """Benchmarks that print numbers."""
+@dataclass(frozen=True)
+class StreamRate:
+    """`blocks` timed blocks (warm-up excluded) in `seconds` of wall clock; `phases`: phase -> median
+    ms (the loop's own timers); `description`: model, size, library, version, threads, feature mode."""
+
+    description: str
+    blocks: int
+    seconds: float
+    blocks_per_s: float
+    ms_per_block: float
+    frames_per_s: float         # video frames
+    phases: dict
 
 
-@main.command()
-@shared("--model", "model_name", default="tiny", note="torch backend.")
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
-              help="torch: the preset's PyTorch models; onnxruntime: --bundle's graphs on the CPU.")
-@shared("--bundle", "bundle_path", type=click.Path(), default=None, note="For --backend onnxruntime.")
-@shared("--blocks", type=int, default=20)
-@click.option("--warmup", type=int, default=2, show_default=True, help="Blocks excluded from the numbers.")
-@shared("--threads", type=int, default=None, default_text="all cores")
-@shared("--feature-mode", type=click.Choice(["block-alone", "streamed"]), default="block-alone")
-def stream(model_name, backend, bundle_path, blocks, warmup, threads, feature_mode):
-    """Blocks per second of the torch or onnxruntime backend on this machine's CPU."""
-    if blocks <= warmup:
-        raise DysinkError(f"--blocks ({blocks}) must exceed --warmup ({warmup})")
-    if backend == "onnxruntime":
-        if not bundle_path:
-            raise DysinkError("--backend onnxruntime needs --bundle DIR (dysink-export onnx)")
-        streamer, cfg = _ort_streamer(bundle_path, threads, feature_mode)
+def stream_rate(backend: str = "torch", model_name: str = "tiny", bundle_path: str | None = None, blocks: int = 20,
+                warmup: int = 2, threads: int | None = None, feature_mode: str = "block-alone") -> StreamRate:
+    """Blocks per second of the torch backend (the preset's random weights) or onnxruntime (`bundle_path`)
+    on this machine's CPU; `blocks` must exceed `warmup`."""
+    if backend == "onnxruntime":     # graph-baked settings must be the bundle's
+        streamer, config = open_streamer(RunSpec(backend="onnxruntime", bundle=bundle_path, threads=threads,
+                                                 settings={"feature_mode": feature_mode}))
+        name = f"{config['model']} ({config['bundle']}, {config['precision']})"
     else:
-        if bundle_path:
-            raise DysinkError("--bundle is for --backend onnxruntime")
-        streamer, cfg = _torch_streamer(model_name, 0, threads, feature_mode=feature_mode)
+        streamer, name = _torch_streamer(model_name, 0, threads, feature_mode=feature_mode)
+    cfg = streamer.cfg
     phases: dict[str, list[float]] = {}
     t_start = None
     for rec in streamer.blocks(blocks):
@@ -88,42 +85,55 @@ def stream(model_name, backend, bundle_path, blocks, warmup, threads, feature_mo
     elapsed = time.perf_counter() - t_start
     n = blocks - warmup
     if backend == "torch":
-        import torch
+        import torch    # lazy: torch
+
         where = f"torch {torch.__version__} CPU, {torch.get_num_threads()} threads"
     else:
-        import onnxruntime
+        import onnxruntime    # lazy: onnxruntime
+
         where = f"onnxruntime {onnxruntime.__version__} CPU, {threads or 'all'} threads"
-    click.echo(f"model {streamer.dit_name} | {cfg.height}x{cfg.width} | {where} | feature mode {feature_mode}")
-    click.echo(f"wall clock: {n / elapsed:.2f} blocks/s ({1000 * elapsed / n:.0f} ms per block over {n} blocks, "
-               f"{4 * cfg.block_frames * n / elapsed:.1f} video frames/s)")
-    click.echo("per-phase medians (the loop's own timers; the wall clock also counts what runs between "
-               "the timers, and a median ignores slow outliers):")
-    for k, v in phases.items():
-        click.echo(f"  {k:<11} median {statistics.median(v):8.1f} ms")
+    return StreamRate(f"model {name} | {cfg.height}x{cfg.width} | {where} | feature mode {feature_mode}", n, elapsed,
+                      n / elapsed, 1000 * elapsed / n, 4 * cfg.block_frames * n / elapsed,
+                      {k: statistics.median(v) for k, v in phases.items()})
 
 
-@main.command()
-@shared("--model", "model_name", default="tiny")
-@shared("--blocks", type=int, default=300)
-@shared("--measure-block", "checkpoint_block", type=int, default=100)
-@shared("--bank-capacity", type=int, default=16)
-@shared("--dedup-threshold", type=float, default=0.99,
-        note="Here above the release's 0.95 so that the random tiny model's blocks get stored, and the bank "
-             "fills and evicts.")
-@shared("--tolerance", type=float, default=0.05)
-def memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold, tolerance):
-    """Host memory stays bounded: RSS at --measure-block vs at the end.
+@dataclass(frozen=True)
+class RssPoint:
+    """Memory at one block: peak RSS, and the RSS right after malloc_trim (None where unavailable), in MB."""
 
-    The verdict is on the RSS right after freed heap is handed back to the OS (glibc
-    malloc_trim): what the process really holds. Peak RSS (the high-water mark, which
-    also counts one block's temporaries and the heap glibc kept between trims) is printed
-    beside it; where malloc_trim or /proc is missing the verdict falls back to it.
-    """
-    if not 0 < checkpoint_block < blocks:
-        raise DysinkError("--measure-block must lie between 0 and --blocks")
-    streamer, cfg = _torch_streamer(model_name, 0, None, bank_capacity=bank_capacity,
-                                    dedup_threshold=dedup_threshold)
-    mid = None
+    block: int
+    peak_mb: float
+    live_mb: float | None
+    bank_size: int
+    pages_in_use: int
+    num_pages: int
+
+
+@dataclass(frozen=True)
+class MemoryRun:
+    points: list            # [RssPoint at the measure block, RssPoint at the end]
+    stored: int
+    evicted: int
+    seconds: float
+
+
+def measure_memory(model_name: str = "tiny", blocks: int = 300, checkpoint_block: int = 100, bank_capacity: int = 16,
+                   dedup_threshold: float = 0.99, log: Log | None = None,
+                   on_point: Callable[[RssPoint], None] | None = None) -> MemoryRun:
+    """A torch stream of `blocks` blocks; RSS measured at `checkpoint_block` (0 < it < blocks) and at
+    the end. `on_point` sees each RssPoint when it is measured; `log` gets progress every 50 blocks."""
+    log = log or (lambda message: None)
+    streamer, _ = _torch_streamer(model_name, 0, None, bank_capacity=bank_capacity, dedup_threshold=dedup_threshold)
+    points = []
+
+    def measure(block):
+        gc.collect()
+        peak = _peak_rss_mb()
+        live = current_rss_mb() if release_free_heap() else None
+        points.append(RssPoint(block, peak, live, streamer.bank.size, streamer.pages.in_use, streamer.pages.num_pages))
+        if on_point is not None:
+            on_point(points[-1])
+
     stored = evicted = 0
     t0 = time.perf_counter()
     for rec in streamer.blocks(blocks):
@@ -131,40 +141,16 @@ def memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold,
         evicted += rec.evicted_start_frame is not None
         del rec
         if streamer.next_index % 50 == 0:
-            click.echo(f"  {streamer.next_index}/{blocks} blocks, {time.perf_counter() - t0:.0f} s", err=True)
+            log(f"  {streamer.next_index}/{blocks} blocks, {time.perf_counter() - t0:.0f} s")
         if streamer.next_index == checkpoint_block:
-            mid = _rss_now(streamer, checkpoint_block)
-    end = _rss_now(streamer, blocks)
-    click.echo(f"stored {stored} blocks, evicted {evicted}; {time.perf_counter() - t0:.0f} s")
-    peak_growth = (end[0] - mid[0]) / mid[0]
-    live = mid[1] is not None and end[1] is not None
-    growth = (end[1] - mid[1]) / mid[1] if live else peak_growth
-    what = "RSS after malloc_trim" if live else "peak RSS (malloc_trim or /proc unavailable)"
-    verdict = "PASSED" if growth <= tolerance else "FAILED"
-    click.echo(f"{verdict} | {what} growth from block {checkpoint_block} to {blocks}: {100 * growth:+.2f}% "
-               f"(limit {100 * tolerance:.0f}%); peak RSS {100 * peak_growth:+.2f}%")
-    if verdict == "FAILED":
-        sys.exit(1)
-
-
-def _rss_now(streamer, block: int) -> tuple[float, float | None]:
-    """(peak RSS, RSS after handing freed heap back to the OS) in MB, printed for `block`."""
-    from .runtime.heap import current_rss_mb, release_free_heap
-
-    gc.collect()
-    peak = _peak_rss_mb()
-    live = current_rss_mb() if release_free_heap() else None
-    click.echo(f"block {block}: peak RSS {peak:.1f} MB, RSS after malloc_trim "
-               + ("n/a" if live is None else f"{live:.1f} MB")
-               + f", bank {streamer.bank.size}, pool pages in use {streamer.pages.in_use}/{streamer.pages.num_pages}")
-    return peak, live
+            measure(checkpoint_block)
+    measure(blocks)
+    return MemoryRun(points, stored, evicted, time.perf_counter() - t0)
 
 
 def mid_model():
     """4 DiT layers at the 1.3B width (dim 1536, 12 heads, ffn 8960) with the real VAE decoder and
     PE-Core-S16-384 configs, at 128x128: the 1.3B's per-layer costs at a size a CPU runs in seconds."""
-    from .config import DIT_PRESETS, PE_PRESETS, VAE_PRESETS, ModelConfig
-
     dit = dataclasses.replace(DIT_PRESETS["wan2.1-t2v-1.3b"], layers=4)
     return ModelConfig("mid-1.3b-width-4-layers", dit, VAE_PRESETS["wan2.1"], PE_PRESETS["pe-core-s16-384"],
                        height=128, width=128)
@@ -180,10 +166,8 @@ def _median_ms(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def _top_ops(profile_file: str, n: int = 8) -> list[tuple[str, float, float]]:
+def top_ops(profile_file: str, n: int = 8) -> list[tuple[str, float, float]]:
     """ONNX Runtime profile JSON -> [(op type, total ms, share)] of node kernel time, largest first."""
-    import json
-
     with open(profile_file) as f:
         events = json.load(f)
     per_op: dict[str, float] = {}
@@ -195,33 +179,27 @@ def _top_ops(profile_file: str, n: int = 8) -> list[tuple[str, float, float]]:
     return [(op, ms, ms / total) for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:n]]
 
 
-@main.command()
-@shared("--model", "model_name", default="tiny")
-@click.option("--mid", is_flag=True, help="Instead of --model: 4 DiT layers at the 1.3B width, real VAE and "
-                                          "PE-Core configs, 128x128 (random weights).")
-@shared("--graph", "graph_names", multiple=True)
-@click.option("--runs", type=int, default=10, show_default=True, help="Timed runs per graph and backend.")
-@shared("--threads", type=int, default=None, default_text="all cores")
-@click.option("--profile", "profile_dir", type=click.Path(), default=None,
-              help="Also profile onnxruntime per node into this folder and print the top op types per graph.")
-def graphs(model_name, mid, graph_names, runs, threads, profile_dir):
-    """Median latency per graph: onnxruntime CPU vs the torch reference, same inputs, same process."""
-    import os
-    import tempfile
+@dataclass(frozen=True)
+class GraphTiming:
+    graph: str
+    torch_ms: float
+    ort_ms: float
+    profile: str | None = None      # onnxruntime's profile file, when profiled
 
-    import onnxruntime as ort
-    import torch
 
-    from .bundle import Bundle
-    from .config import model_preset
-    from .export.onnx_export import export_onnx, graph_module, sample_inputs
-    from .graphs import graph_specs
-    from .models.factory import build_models
+def time_graphs(model_name: str = "tiny", mid: bool = False, graph_names=(), runs: int = 10,
+                threads: int | None = None, profile_dir: str | None = None, log: Log | None = None,
+                on_row: Callable[[GraphTiming], None] | None = None) -> list:
+    """Median latency per graph (fp32): onnxruntime CPU vs the torch reference, same inputs, same process
+    -> [GraphTiming]. `mid`: `mid_model()` instead of the preset; `runs` >= 1, `threads` >= 1 or None
+    (all cores). `log` gets the setup line and the export time; `on_row` each GraphTiming when timed."""
+    import onnxruntime as ort    # lazy: onnxruntime
+    import torch    # lazy: torch
 
-    if runs < 1:
-        raise DysinkError(f"--runs must be >= 1, got {runs}")
-    if threads is not None and threads < 1:
-        raise DysinkError(f"--threads must be >= 1, got {threads}")
+    from .export.onnx_export import export_onnx, graph_module, sample_inputs    # lazy: torch, onnx
+    from .models.factory import build_models    # lazy: torch
+
+    log = log or (lambda message: None)
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
@@ -233,15 +211,14 @@ def graphs(model_name, mid, graph_names, runs, threads, profile_dir):
     if unknown:
         raise DysinkError(f"unknown graph(s) {', '.join(unknown)}; choose from {', '.join(specs)}")
     models = build_models(model, seed=0).eval()
-    click.echo(f"model {model.name} | {stream.height}x{stream.width} fp32 | torch {torch.__version__} eager vs "
-               f"onnxruntime {ort.__version__} CPUExecutionProvider | {threads} threads | median of {runs} runs")
+    log(f"model {model.name} | {stream.height}x{stream.width} fp32 | torch {torch.__version__} eager vs "
+        f"onnxruntime {ort.__version__} CPUExecutionProvider | {threads} threads | median of {runs} runs")
+    rows = []
     with tempfile.TemporaryDirectory(prefix="dysink-bench-") as tmp:
         t0 = time.perf_counter()
         path = export_onnx(model, precision="fp32", out=os.path.join(tmp, "bundle"), graphs=names)
-        click.echo(f"exported {len(names)} graph(s) in {time.perf_counter() - t0:.1f}s")
+        log(f"exported {len(names)} graph(s) in {time.perf_counter() - t0:.1f}s")
         bundle = Bundle.load(path, require=names)
-        click.echo(f"{'graph':<20}{'torch ms':>11}{'ort ms':>11}{'torch/ort':>11}")
-        profiles = {}
         for name in names:
             inputs = sample_inputs(name, model, stream, "fp32", seed=0)
             module = graph_module(name, models, stream).eval()
@@ -265,42 +242,26 @@ def graphs(model_name, mid, graph_names, runs, threads, profile_dir):
                                         providers=["CPUExecutionProvider"])
             feeds = {s.name: x.numpy() for s, x in zip(specs[name].inputs, inputs)}
             t_ort = _median_ms(lambda: sess.run(None, feeds), runs)
-            click.echo(f"{name:<20}{t_torch:>11.2f}{t_ort:>11.2f}{t_torch / t_ort:>10.2f}x")
-            if profile_dir:
-                profiles[name] = sess.end_profiling()
+            rows.append(GraphTiming(name, t_torch, t_ort, sess.end_profiling() if profile_dir else None))
             del sess
-        for name, file in profiles.items():
-            ops = ", ".join(f"{op} {ms:.0f} ms ({100 * share:.0f}%)" for op, ms, share in _top_ops(file))
-            click.echo(f"profile {name} ({file}): {ops}")
+            if on_row is not None:
+                on_row(rows[-1])
+    return rows
 
 
-@main.command()
-@shared("--markdown", type=click.Path(), default=None, note="Commit it under docs/ with the date and device.")
-def kernels(markdown):
-    """GPU check of the Triton kernels: correctness vs the references (PASSED/FAILED per case), then
-    timings against SDPA over the same keys and retrieval over 1,000 entries. Skips without a GPU."""
-    from .plugins.gpu_check import run
-
-    if not run(log=click.echo, markdown=markdown):
-        sys.exit(1)
+@dataclass(frozen=True)
+class SoakRun:
+    digests: list           # sha256 of each run's decisions, block by block
+    rss: dict               # block -> peak RSS in MB (first run): the measure block and the last
+    seconds: float
 
 
-
-@main.command()
-@shared("--bundle", "bundle_path", type=click.Path(), required=True)
-@shared("--blocks", type=int, default=2000)
-@shared("--measure-block", "checkpoint_block", type=int, default=200)
-@shared("--dedup-threshold", type=float, default=0.99,
-        note="Here above the release's 0.95 so that the bank fills and evicts.")
-@shared("--tolerance", type=float, default=0.05)
-def soak(bundle_path, blocks, checkpoint_block, dedup_threshold, tolerance):
-    """A long stream on onnxruntime CPU, twice: peak RSS bounded, every value finite (the stream stops
-    otherwise), and the two runs' decisions identical."""
-    import hashlib
-    import json
-
-    if not 0 < checkpoint_block < blocks:
-        raise DysinkError("--measure-block must lie between 0 and --blocks")
+def soak(bundle_path: str, blocks: int = 2000, checkpoint_block: int = 200, dedup_threshold: float = 0.99,
+         log: Log | None = None) -> SoakRun:
+    """A long stream on onnxruntime CPU, twice (every value finite, or the stream stops): peak RSS at
+    `checkpoint_block` (0 < it < blocks) and at the end, and the digests of both runs' decisions.
+    `log` gets one line per run."""
+    log = log or (lambda message: None)
     spec = RunSpec(backend="onnxruntime", bundle=bundle_path, settings={"dedup_threshold": dedup_threshold})
     bundle = Bundle.load(bundle_path)
     digests, rss = [], {}
@@ -317,33 +278,29 @@ def soak(bundle_path, blocks, checkpoint_block, dedup_threshold, tolerance):
                 gc.collect()
                 rss[streamer.next_index] = _peak_rss_mb()
         digests.append(digest.hexdigest())
-        click.echo(f"run {run}: {blocks} blocks, stored {stored}, evicted {evicted}, bank {streamer.bank.size}, "
-                   f"pool pages in use {streamer.pages.in_use}/{streamer.pages.num_pages}")
-    growth = (rss[blocks] - rss[checkpoint_block]) / rss[checkpoint_block]
-    same = digests[0] == digests[1]
-    click.echo(f"peak RSS: {rss[checkpoint_block]:.1f} MB at block {checkpoint_block}, {rss[blocks]:.1f} MB at "
-               f"block {blocks} ({100 * growth:+.2f}%, limit {100 * tolerance:.0f}%)")
-    click.echo(f"decisions of the two runs: {'identical' if same else 'DIFFERENT'}; "
-               f"{time.perf_counter() - t0:.0f} s in all")
-    ok = same and growth <= tolerance
-    click.echo(f"{'PASSED' if ok else 'FAILED'} | soak of {blocks} blocks x 2 on onnxruntime CPU")
-    if not ok:
-        sys.exit(1)
+        log(f"run {run}: {blocks} blocks, stored {stored}, evicted {evicted}, bank {streamer.bank.size}, "
+            f"pool pages in use {streamer.pages.in_use}/{streamer.pages.num_pages}")
+    return SoakRun(digests, rss, time.perf_counter() - t0)
 
 
-@main.command()
-@click.argument("run_a", type=click.Path())
-@click.argument("run_b", type=click.Path())
-@click.option("--score-digits", type=click.IntRange(0, 8), default=4, show_default=True,
-              help="Retrieval scores are compared rounded to this many digits.")
-def compare(run_a, run_b, score_digits):
-    """Compare the decisions of two runs (their --out directories or stats.json files), block by block:
-    windows, retrievals, gate drops, bank stores and evictions; exit 1 when they differ."""
-    import os
+@dataclass(frozen=True)
+class Comparison:
+    """Two runs' decisions per block (runtime.report.decisions); `differ`: the blocks whose decisions
+    differ, of the first `common` (the shorter run's count)."""
 
-    from .jsonfile import read_json_object
-    from .runtime.report import decisions
+    a: list
+    b: list
+    common: int
+    differ: list
 
+    def fields(self, i: int) -> list:
+        """The decision fields in which block `i` differs."""
+        return sorted(k for k in self.a[i] if self.a[i].get(k) != self.b[i].get(k))
+
+
+def compare_runs(run_a: str, run_b: str, score_digits: int = 4) -> Comparison:
+    """The decisions of two runs (their --out directories or stats.json files); retrieval scores
+    rounded to `score_digits` digits."""
     runs = []
     for path in (run_a, run_b):
         file = os.path.join(path, "stats.json") if os.path.isdir(path) else path
@@ -355,82 +312,62 @@ def compare(run_a, run_b, score_digits):
         except (KeyError, TypeError) as exc:
             raise DysinkError(f"{file!r} is not a stats.json of dysink-run (block field {exc} missing)") from None
     a, b = runs
-    differ = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
-    common = min(len(a), len(b))
-    if len(a) != len(b):
-        click.echo(f"block counts differ: {len(a)} vs {len(b)} (compared the first {common})")
-    if differ:
-        i = differ[0]
-        fields = sorted(k for k in a[i] if a[i].get(k) != b[i].get(k))
-        click.echo(f"DIFFERENT | {len(differ)} of {common} blocks; first: block {i} ({', '.join(fields)})")
-        for k in fields:
-            click.echo(f"  {k}: {a[i].get(k)!r} vs {b[i].get(k)!r}")
-        sys.exit(1)
-    if len(a) != len(b):
-        sys.exit(1)
-    click.echo(f"SAME | {common} blocks, identical decisions")
+    return Comparison(a, b, min(len(a), len(b)), [i for i, (x, y) in enumerate(zip(a, b)) if x != y])
 
 
-@main.command()
-@shared("--bundle", "bundle_path", type=click.Path(), required=True)
-@shared("--blocks", type=int, default=8, note="Per stream.")
-@click.option("--streams", default="1,2,4", show_default=True, help="Concurrent stream counts to measure.")
-@shared("--threads", type=int, default=1, note="Per stream on the server and in the local run.")
-def serve(bundle_path, blocks, streams, threads):
-    """Triton Inference Server (CPU) vs one local process: aggregate blocks/s and per-block latency for
-    1, 2, 4 concurrent streams (needs tritonserver: dysink-serve --fetch-server)."""
-    import statistics
-    import tempfile
-    import threading
+@dataclass(frozen=True)
+class ServeRow:
+    streams: int
+    served: float           # aggregate blocks/s through the server
+    median_ms: float        # per-block latency at the client (block 0, the set-up, left out)
+    local: float            # blocks/s of the same streams one after another in this process
 
-    from . import api
-    from .serving.client import StreamClient
-    from .serving.repo import write_repo
-    from .serving.server import TritonServer
 
-    counts = [int(c) for c in streams.split(",")]
-    if blocks < 2 or min(counts) < 1:
-        raise DysinkError("--blocks must be >= 2 and every --streams count >= 1")
+def _served_rate(url: str, n: int, blocks: int) -> tuple[float, float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(seed):
+        c = StreamClient(url)
+        last = time.perf_counter()
+        for i, _ in enumerate(c.stream(seed, blocks)):
+            now = time.perf_counter()
+            if i:                       # block 0 includes the stream's set-up
+                with lock:
+                    latencies.append((now - last) * 1000)
+            last = now
+        c.close()
+
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=one, args=(s,)) for s in range(n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return n * blocks / (time.perf_counter() - t0), statistics.median(latencies)
+
+
+def measure_serve(bundle_path: str, blocks: int = 8, counts=(1, 2, 4), threads: int = 1,
+                  log: Log | None = None) -> list:
+    """Triton Inference Server (CPU) vs one local process for each concurrent stream count in `counts`
+    -> [ServeRow]. Needs tritonserver (dysink-serve --fetch-server); `blocks` >= 2 per stream.
+    `log` gets a line per count done."""
+    log = log or (lambda message: None)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = write_repo(bundle_path, f"{tmp}/repo", max_streams=max(counts), threads=threads)
         with TritonServer(str(repo), log_file=f"{tmp}/server.log") as server:
             for n in counts:
-                latencies: list[float] = []
-                lock = threading.Lock()
-
-                def one(seed):
-                    c = StreamClient(server.grpc_url)
-                    last = time.perf_counter()
-                    for i, _ in enumerate(c.stream(seed, blocks)):
-                        now = time.perf_counter()
-                        if i:                       # block 0 includes the stream's set-up
-                            with lock:
-                                latencies.append((now - last) * 1000)
-                        last = now
-                    c.close()
-
+                served, latency = _served_rate(server.grpc_url, n, blocks)
                 t0 = time.perf_counter()
-                workers = [threading.Thread(target=one, args=(s,)) for s in range(n)]
-                for w in workers:
-                    w.start()
-                for w in workers:
-                    w.join()
-                served = n * blocks / (time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                for s in range(n):                  # the same work, one stream after another, in this process
-                    with api.open_stream(bundle_path, seed=s, threads=threads) as stream:
-                        for _ in stream.blocks(blocks):
+                for s in range(n):      # the same work, one stream after another, in this process
+                    streamer, _ = open_streamer(RunSpec(backend="onnxruntime", bundle=os.fspath(bundle_path),
+                                                        seed=s, threads=threads))
+                    try:
+                        for _ in streamer.blocks(blocks):
                             pass
-                local = n * blocks / (time.perf_counter() - t0)
-                rows.append((n, served, statistics.median(latencies), local))
-                click.echo(f"  {n} stream(s) done", err=True)
-    click.echo(f"bundle {bundle_path} | {blocks} blocks per stream | {threads} thread(s) per stream | "
-               "tritonserver (CPU, Python backend) vs one local process, streams in turn")
-    click.echo(f"{'streams':>8} {'server blocks/s':>16} {'median ms/block':>16} {'local blocks/s':>15} {'ratio':>7}")
-    for n, served, lat, local in rows:
-        click.echo(f"{n:>8} {served:>16.2f} {lat:>16.0f} {local:>15.2f} {served / local:>6.2f}x")
-
-
-if __name__ == "__main__":
-    main()
+                    finally:
+                        streamer.backend.close()
+                rows.append(ServeRow(n, served, latency, n * blocks / (time.perf_counter() - t0)))
+                log(f"  {n} stream(s) done")
+    return rows

@@ -24,7 +24,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .config import (ModelConfig, StreamConfig, model_config_from_dict, model_preset,
+from .config import (MODEL_PRESETS, ModelConfig, StreamConfig, model_config_from_dict, model_preset,
                      stream_config_from_dict)
 from .errors import DysinkError
 from .graphs import PRECISIONS, GraphSpec, TensorSpec, check_encoder_frames, graph_specs
@@ -34,7 +34,9 @@ from .graphs import PRECISIONS, GraphSpec, TensorSpec, check_encoder_frames, gra
 #   1: first release
 #   2: GatedSinkAttention gained `fixed_sinks`; vae_decode_first takes z only
 #   3: dit_step takes the timestep sinusoid `t_freq` (no float64 in graphs); default opset 20, IR 9
-BUNDLE_FORMAT_VERSION = 3
+#   4: retrieve's query_valid is int32 (TensorRT plugin I/O cannot be BOOL); GatedSinkAttention
+#      treats a page id outside [0, P) as an empty slot
+BUNDLE_FORMAT_VERSION = 4
 MANIFEST_NAME = "bundle.json"
 MAX_MANIFEST_BYTES = 16 << 20
 
@@ -61,8 +63,6 @@ def export_flags(model: ModelConfig, stream: StreamConfig, precision: str,
     A preset model is named with --model; any other with --model-config `model_source` (a JSON file
     holding it: the bundle's own bundle.json works). `checkpoints`: the manifest's record of the
     weights (files and EMA choice, or the random seed), repeated as flags."""
-    from .config import MODEL_PRESETS
-
     if MODEL_PRESETS.get(model.name) == model:
         flags = ["--model", model.name]
     else:
@@ -120,7 +120,6 @@ def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, ou
 
 
 def _preset_names() -> set[str]:
-    from .config import MODEL_PRESETS
     return set(MODEL_PRESETS)
 
 

@@ -31,6 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from .errors import DysinkError
+from .models.pe_core import vision_state_dict
+from .models.vae import decoder_state_dict_from_wan
 
 
 class CheckpointError(DysinkError):
@@ -322,14 +324,12 @@ def merge_lora(state: dict[str, Tensor], path: str, rank: int, alpha: float) -> 
 # VAE and PE-Core
 # ---------------------------------------------------------------------------
 def vae_state_dict(path: str) -> dict[str, Tensor]:
-    from .models.vae import decoder_state_dict_from_wan
     obj = load_tensor_file(path, "VAE")
     state = obj["state_dict"] if isinstance(obj.get("state_dict"), Mapping) else obj
     return decoder_state_dict_from_wan(_tensors_only(state, "VAE", path))
 
 
 def pe_state_dict(path: str) -> dict[str, Tensor]:
-    from .models.pe_core import vision_state_dict
     obj = load_tensor_file(path, "PE-Core")
     for key in ("state_dict", "weights"):
         if key in obj and isinstance(obj[key], Mapping):

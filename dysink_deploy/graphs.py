@@ -30,14 +30,14 @@ _MODEL_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 class TensorSpec:
     name: str
     shape: tuple[int, ...]
-    dtype: str  # float32 | float16 | bfloat16 | int64 | bool
+    dtype: str  # float32 | float16 | bfloat16 | int64 | int32 | bool
 
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
     @property
     def nbytes(self) -> int:
-        size = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "bool": 1}[self.dtype]
+        size = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}[self.dtype]
         n = 1
         for d in self.shape:
             n *= d
@@ -176,10 +176,12 @@ def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str,
             (TensorSpec("k", (layers, tokens, heads, hd), md), TensorSpec("v", (layers, tokens, heads, hd), md)))
 
     c, q = stream.bank_capacity, stream.queue_len
+    # query_valid is int32 (1 valid, 0 not): it feeds the RetrieveSinks plugin directly, and TensorRT
+    # plugins take no BOOL (or UINT8) inputs or outputs (NvInferRuntimePlugin.h).
     specs["retrieve"] = GraphSpec(
         "retrieve",
         (TensorSpec("bank_feats", (c, feat), "float32"), TensorSpec("bank_start", (c,), "int64"),
-         TensorSpec("queries", (q, feat), "float32"), TensorSpec("query_valid", (q,), "bool"),
+         TensorSpec("queries", (q, feat), "float32"), TensorSpec("query_valid", (q,), "int32"),
          TensorSpec("current_start", (), "int64"), TensorSpec("window_frames", (), "int64")),
         (TensorSpec("slots", (stream.top_k,), "int64"), TensorSpec("scores", (stream.top_k,), "float32")))
 

@@ -149,10 +149,16 @@ def plan_command(model_name, precision, height, width, memory, bank_capacity, pl
 @click.option("--opt-level", type=int, default=None,
               help="Builder optimization level 0..5. [default: TensorRT's, 3]")
 @click.option("--timing-cache", type=click.Path(), default=None, help="Timing cache file, read if present, then updated.")
-@click.option("--hardware-compat", is_flag=True, help="Engines that run on any Ampere-or-newer GPU (slower).")
+@click.option("--hardware-compat", is_flag=True,
+              help="Engines that run on any Ampere-or-newer GPU (slower); with --no-plugins only: the plugin "
+                   "library's kernels are compiled per architecture.")
 @click.option("--plugins", type=click.Path(), default=None,
-              help="Plugin library from dysink-export plugins. [default: BUNDLE/plugins/libdysink_plugins.so]")
-def build_command(bundle_path, out, graphs, workspace_gb, opt_level, timing_cache, hardware_compat, plugins):
+              help="Plugin library from dysink-export plugins, copied into BUNDLE/plugins/ and recorded relative to "
+                   "the bundle. [default: BUNDLE/plugins/libdysink_plugins.so]")
+@click.option("--no-plugins", "native", is_flag=True,
+              help="Build the custom ops from their ONNX function bodies (standard layers, no plugin library): "
+                   "slower engines for when the plugin library does not load.")
+def build_command(bundle_path, out, graphs, workspace_gb, opt_level, timing_cache, hardware_compat, plugins, native):
     """Build TensorRT engines from a bundle's ONNX graphs (on the GPU that will run them).
 
     Strongly typed networks: the precision is the ONNX graph's. Needs TensorRT's Python package and
@@ -160,7 +166,7 @@ def build_command(bundle_path, out, graphs, workspace_gb, opt_level, timing_cach
     """
     t0 = time.perf_counter()
     path = build_engines(bundle_path, out, list(graphs) or None, workspace_gb, opt_level, timing_cache,
-                         hardware_compat, plugins, log=lambda m: click.echo(m, err=True))
+                         hardware_compat, plugins, native=native, log=lambda m: click.echo(m, err=True))
     click.echo(f"wrote engines into {path}")
     click.echo(f"DONE | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
 
@@ -194,8 +200,8 @@ def trt_onnx_command(bundle_path, out, graphs, overwrite, plugins, copy_data):
         data = "".join(f"; external data {how}: {loc}" for loc, how in g.placed.items())
         click.echo(f"wrote {g.file} (functions removed: {removed}{data})")
     click.echo("build an engine per graph as dysink-export build does (add --memPoolSize=workspace:<MiB>, "
-               "--builderOptimizationLevel=N, --timingCacheFile=FILE, --hardwareCompatibilityLevel=ampere+ "
-               "for its --workspace, --opt-level, --timing-cache, --hardware-compat):")
+               "--builderOptimizationLevel=N, --timingCacheFile=FILE for its --workspace, --opt-level, "
+               "--timing-cache; no --hardwareCompatibilityLevel: the plugins' cubins are per architecture):")
     for g in written:
         click.echo(f"  {trtexec_command(g.file, lib)}")
     click.echo("see the TensorRT layers of a graph (plugin layers, not function bodies):")

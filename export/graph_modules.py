@@ -20,7 +20,7 @@ from ..ops.retrieve_sinks import retrieve_sinks_node
 from ..rope import rope_phases, timestep_frequencies
 
 _SPEC_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                "int64": torch.int64, "bool": torch.bool}
+                "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
 
 
 # ---------------------------------------------------------------------------
@@ -182,8 +182,8 @@ def sample_inputs(name: str, model: ModelConfig, stream: StreamConfig, precision
             x = torch.where(torch.rand(c, generator=g) < 1 / 3, torch.full_like(starts, -1), starts)
         elif t.name in ("bank_feats", "queries"):
             x = torch.nn.functional.normalize(torch.randn(t.shape, generator=g), dim=-1)
-        elif t.name == "query_valid":
-            x = torch.arange(t.shape[0]) < max(1, t.shape[0] - 1)
+        elif t.name == "query_valid":                 # int32: 1 valid, 0 not; the last slot empty
+            x = (torch.arange(t.shape[0]) < max(1, t.shape[0] - 1)).to(dtype)
         elif t.name == "current_start":
             x = torch.tensor(12 * stream.block_frames, dtype=dtype)
         elif t.name == "window_frames":

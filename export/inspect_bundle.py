@@ -17,7 +17,7 @@ from .trt_onnx import PLUGIN_DOMAIN as ONNX_DOMAIN   # = ops.gated_sink_attentio
 def _elem_dtype_name(elem_type: int) -> str:
     import onnx
     return {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-            onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64",
+            onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32",
             onnx.TensorProto.BOOL: "bool"}.get(elem_type, f"onnx:{elem_type}")
 
 

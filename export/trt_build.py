@@ -8,6 +8,14 @@ capability, plugin library file + sha256, engine sha256 and bytes, build options
 Each graph is parsed without its `dysink` model-local functions (`trt_onnx.function_free_bytes`):
 TensorRT's parser would otherwise import the custom nodes as those reference bodies (before
 10.7 always, later when a plugin is missing) and the engine would never call the plugins.
+`--no-plugins` (`native=True`) does the opposite on purpose: every dysink node is replaced by its
+function body (`trt_onnx.native_bytes`, standard layers that every TensorRT version parses), so a
+user whose plugin library fails still gets engines (slower: no paged attention kernel, the K/V
+pool is read through gathers), as TensorRT-LLM's plugin call sites fall back to native layers.
+
+The plugin library the engines use is kept inside the bundle (`plugins/libdysink_plugins.so`,
+copied there when `--plugins` names one elsewhere) and recorded relative to it, so the bundle
+works from any directory and after `--out`.
 
 Uses the TensorRT Python API directly (10.3 .. 11.x; every name it uses is checked
 against both versions' bindings, tests/export/test_trt_build.py). Not run on the
@@ -27,9 +35,9 @@ from typing import Callable
 from ..bundle import MANIFEST_NAME, Bundle, sha256_file
 from ..errors import DysinkError
 from ..runtime.backends.engine_checks import NO_TENSORRT, check_engine_entry, compute_capability  # noqa: F401
-from .trt_onnx import function_free_bytes
+from ..runtime.backends.plugin_library import BUNDLE_PLUGIN_PATH, PLUGIN_LIBRARY, load_plugin_library
+from .trt_onnx import function_free_bytes, native_bytes
 
-PLUGIN_LIBRARY = "libdysink_plugins.so"
 ENGINE_SUFFIX = ".engine"
 
 
@@ -41,7 +49,14 @@ def import_tensorrt():
     return trt
 
 
-def check_build_options(workspace_gb: float | None, opt_level: int | None) -> None:
+def check_build_options(workspace_gb: float | None, opt_level: int | None, hardware_compat: bool = False,
+                        native: bool = False, plugins: str | None = None) -> None:
+    if hardware_compat and not native:
+        raise DysinkError("--hardware-compat needs --no-plugins: the plugin library's kernels are compiled per GPU "
+                          "architecture (dysink-export plugins --arch), so an engine that calls them runs only where "
+                          "they were compiled for; native engines may use it")
+    if native and plugins:
+        raise DysinkError("--plugins and --no-plugins exclude each other: drop one")
     if workspace_gb is not None and not workspace_gb > 0:
         raise DysinkError(f"--workspace must be > 0 GB, got {workspace_gb}")
     if opt_level is not None and not 0 <= opt_level <= 5:
@@ -97,41 +112,56 @@ def _copy_bundle(src: Path, dst: Path, copy_names: set[str] = frozenset()) -> No
         raise
 
 
+def _bundle_plugin_library(src: Path, target: Path) -> tuple[str, str]:
+    """Put the plugin library at plugins/libdysink_plugins.so inside `target` (copied atomically unless
+    it is that file already) -> (its path relative to the bundle, sha256)."""
+    dest = target / BUNDLE_PLUGIN_PATH
+    if not (dest.exists() and os.path.samefile(src, dest)):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+        shutil.copy2(src, tmp)
+        tmp.replace(dest)
+    return BUNDLE_PLUGIN_PATH, sha256_file(dest)
+
+
 def build_engines(bundle_path: str, out: str | None = None, graphs: list[str] | None = None,
                   workspace_gb: float | None = None, opt_level: int | None = None,
                   timing_cache: str | None = None, hardware_compat: bool = False, plugins: str | None = None,
-                  log: Callable[[str], None] = lambda m: None) -> Path:
-    check_build_options(workspace_gb, opt_level)
+                  native: bool = False, log: Callable[[str], None] = lambda m: None) -> Path:
+    check_build_options(workspace_gb, opt_level, hardware_compat, native, plugins)
     bundle = Bundle.load(bundle_path)
     names = graphs or list(bundle.graphs)
     unknown = [g for g in names if g not in bundle.graphs]
     if unknown:
         raise DysinkError(f"--graph {', '.join(unknown)}: not in bundle {bundle.path} ({', '.join(bundle.graphs)})")
     trt = import_tensorrt()
-    plugin_lib = find_plugin_library(bundle, plugins)
+    plugin_lib = None if native else find_plugin_library(bundle, plugins)
     cc = compute_capability()
     target = Path(out) if out else bundle.path
     if out:
         _copy_bundle(bundle.path, target, {d["file"] for g in bundle.graphs.values() for d in g.external_data})
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    registry = builder.get_plugin_registry()
-    if registry.load_library(str(plugin_lib)) is None:
-        raise DysinkError(f"TensorRT could not load the plugin library {plugin_lib} (see the messages above); "
-                          f"rebuild it with dysink-export plugins against this TensorRT version")
+    library_record = None
+    if plugin_lib is not None:
+        rel, digest = _bundle_plugin_library(plugin_lib, target)
+        load_plugin_library(builder.get_plugin_registry(), target / rel)
+        library_record = {"file": rel, "sha256": digest}
     options = {"workspace_gb": workspace_gb, "opt_level": opt_level, "hardware_compat": bool(hardware_compat),
-               "strongly_typed": True, "timing_cache": bool(timing_cache)}
+               "strongly_typed": True, "timing_cache": bool(timing_cache), "plugins": not native}
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
     entries = {}
     for i, name in enumerate(names, 1):
         t0 = time.perf_counter()
         graph_path = bundle.graph_path(name)
-        log(f"[{i}/{len(names)}] {name}: parsing {graph_path.name} (without its dysink local functions)")
+        how = "its dysink nodes as their function bodies (--no-plugins)" if native else "without its dysink local functions"
+        log(f"[{i}/{len(names)}] {name}: parsing {graph_path.name} ({how})")
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, logger)
         # Not parse_from_file: the parser would import the custom nodes as their function bodies
         # (see trt_onnx). `path` resolves external weights relative to the original file.
-        if not parser.parse(function_free_bytes(graph_path), path=str(graph_path)):
+        blob = native_bytes(graph_path) if native else function_free_bytes(graph_path)
+        if not parser.parse(blob, path=str(graph_path)):
             first = parser.get_error(0).desc() if getattr(parser, "num_errors", 1) else "no error reported"
             raise DysinkError(f"TensorRT's parser refused graph {name}: {first}")
         config = builder.create_builder_config()
@@ -153,7 +183,7 @@ def build_engines(bundle_path: str, out: str | None = None, graphs: list[str] | 
         tmp.write_bytes(memoryview(serialized))
         tmp.replace(target / engine_file)
         entries[name] = {"file": engine_file, "tensorrt_version": trt.__version__, "compute_capability": cc,
-                         "plugin_library": {"file": str(plugin_lib), "sha256": sha256_file(plugin_lib)},
+                         "plugin_library": library_record,
                          "build_options": options}
         log(f"[{i}/{len(names)}] {name}: {engine_file} ({time.perf_counter() - t0:.0f}s)")
     if timing_cache:

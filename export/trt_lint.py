@@ -7,7 +7,8 @@ axes, Resize modes, TopK sorted with a constant K below 3840, 2-D / 3-D convolut
 model's opset and IR version are in the version's range; graph inputs and outputs have static
 shapes (bundles are exported static-shape) and every tensor stays under 2^31 elements; the
 custom nodes carry the plugin attributes TensorRT binds `libdysink_plugins.so` by, and the
-attributes the plugin creators require, with the creators' own rules (plugins/cpp/src/*_plugin.cpp).
+attributes the plugin creators require, with the creators' own rules (plugins/cpp/src/*_plugin.cpp),
+and none of their inputs or outputs is BOOL or UINT8 (TensorRT plugin I/O cannot be).
 
 The custom ops' model-local function bodies are not linted: `dysink-export build` and
 `dysink-export trt-onnx` remove them before TensorRT sees the graph. They matter: parsers
@@ -40,6 +41,8 @@ _RESIZE_COORDS = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "a
 _AXES_INPUT = {"ReduceMean": 1, "ReduceSum": 1, "ReduceL2": 1, "ReduceMax": 1, "ReduceMin": 1, "ReduceProd": 1,
                "Squeeze": 1, "Unsqueeze": 1, "Pad": 3}
 PLUGIN_OPS = {"GatedSinkAttention", "RetrieveSinks"}
+# Types no TensorRT plugin input or output may have (NvInferRuntimePlugin.h).
+PLUGIN_REFUSED_TYPES = ("BOOL", "UINT8")
 # What the plugin creators accept (createPlugin in plugins/cpp/src/gated_sink_attention_plugin.cpp and
 # retrieve_sinks_plugin.cpp; tests/export/test_trt_lint.py reads those files for these numbers):
 # attribute -> (field kind, lowest, highest). Every one is required; a float must be finite.
@@ -182,7 +185,7 @@ def _plugin_field(attr) -> tuple[str, object]:
     return "other", None
 
 
-def _plugin_problems(node) -> list[str]:
+def _plugin_problems(node, types: dict) -> list[str]:
     """What TensorRT or the plugin creator would refuse in a dysink custom node (one message each)."""
     attrs = {a.name: a for a in node.attribute}
 
@@ -210,6 +213,13 @@ def _plugin_problems(node) -> list[str]:
         elif kind == "int" and not lo <= value <= hi:
             allowed = f"{lo} or {hi}" if hi - lo == 1 else f"{lo}..{hi}"
             msgs.append(f"{name} must be {allowed}, got {value}")
+    for kind, names in (("input", node.input), ("output", node.output)):
+        for tensor in names:
+            elem = _ONNX_TYPES.get(types.get(tensor))
+            if elem in PLUGIN_REFUSED_TYPES:
+                msgs.append(f"{kind} {tensor} is {elem}: TensorRT plugins take no BOOL or UINT8 inputs or outputs "
+                            "(bundles before format 4 gave RetrieveSinks a bool query_valid); re-export the bundle "
+                            "with this version's dysink-export onnx")
     return msgs
 
 
@@ -297,7 +307,7 @@ def _node_problems(node, version: str, ops: dict, opset: int | None, types: dict
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if node.domain not in ("", "ai.onnx"):
         if node.domain == PLUGIN_DOMAIN and node.op_type in PLUGIN_OPS:
-            return _plugin_problems(node)
+            return _plugin_problems(node, types)
         return [f"op domain {node.domain!r} has no TensorRT importer or plugin"]
     entry = ops.get(node.op_type)
     if entry is None or not entry["supported"]:

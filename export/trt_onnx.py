@@ -72,6 +72,23 @@ def function_free_bytes(graph_path: str | os.PathLike) -> bytes:
     return strip_plugin_functions(model).SerializeToString()
 
 
+def native_bytes(graph_path: str | os.PathLike) -> bytes:
+    """The serialized graph at `graph_path` with every dysink node replaced by its function body
+    (standard ONNX ops only: no plugin is needed, and every TensorRT parser imports it alike), its
+    weights left where they are (pass `path=graph_path` to the parser). For `build --no-plugins`."""
+    import onnx
+    from onnx import inliner
+
+    model = onnx.load(str(graph_path), load_external_data=False)
+    names = [(f.domain, f.name) for f in model.functions if f.domain == PLUGIN_DOMAIN]
+    inlined = strip_plugin_functions(inliner.inline_selected_functions(model, names))
+    left = [n.op_type for n in inlined.graph.node if n.domain == PLUGIN_DOMAIN]
+    if left:
+        raise DysinkError(f"{graph_path}: dysink node(s) {', '.join(sorted(set(left)))} have no function body to "
+                          "inline; re-export the bundle (dysink-export onnx)")
+    return inlined.SerializeToString()
+
+
 def _graph_tensors(graph):
     yield from graph.initializer
     for sparse in graph.sparse_initializer:

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..atomic import staged_directory
-from ..config import ModelConfig, StreamConfig
+from ..bundle import confined_file
+from ..config import ModelConfig, StreamConfig, model_config_from_dict, stream_config_from_dict
 from ..errors import DysinkError
 from . import variants as V
 
@@ -46,14 +47,14 @@ _I32, _F32 = "i32", "fp32"
 ARG_TYPES: dict[str, dict[str, str]] = {
     "gate_partial_sums": {"q": "*DT", "k_cur": "*DT", "k_pool": "*DT", "local_ids": "*i64", "sink_ids": "*i64",
                           "partial": "*fp32", "L": _I32, "H": _I32, "n_local": _I32, "n_sink": _I32,
-                          "fixed_sinks": _I32, "tokens_per_split": _I32},
+                          "fixed_sinks": _I32, "tokens_per_split": _I32, "P": _I32},
     "gate_decide": {"partial": "*fp32", "local_ids": "*i64", "sink_ids": "*i64", "ratios": "*fp32",
-                    "L": _I32, "H": _I32, "n_local": _I32, "n_sink": _I32},
+                    "L": _I32, "H": _I32, "n_local": _I32, "n_sink": _I32, "P": _I32},
     "paged_attention": {"q": "*DT", "k_cur": "*DT", "v_cur": "*DT", "k_pool": "*DT", "v_pool": "*DT",
                         "local_ids": "*i64", "sink_ids": "*i64", "ratios": "*fp32", "out": "*DT",
                         "threshold": _F32, "sm_scale": _F32, "L": _I32, "H": _I32, "n_local": _I32,
-                        "n_sink": _I32, "fixed_sinks": _I32},
-    "retrieve_scores": {"bank_feats": "*fp32", "bank_start": "*i64", "queries": "*fp32", "query_valid": "*i1",
+                        "n_sink": _I32, "fixed_sinks": _I32, "P": _I32},
+    "retrieve_scores": {"bank_feats": "*fp32", "bank_start": "*i64", "queries": "*fp32", "query_valid": "*i32",
                         "current_start": "*i64", "window_frames": "*i64", "scores_ws": "*fp32",
                         "C": _I32, "F": _I32, "Q": _I32, "sink_size": _I32},
     "retrieve_topk": {"scores_ws": "*fp32", "slots": "*i64", "top_scores": "*fp32", "C": _I32, "k": _I32},
@@ -79,6 +80,7 @@ OPS = {
             "workspace_bytes": "4 * (n_sink + n_local + 2) * H * N_SPLIT * HEAD_DIM (gate partial sums)",
             "threshold": "the node's threshold attribute as float32",
             "sm_scale": "1 / sqrt(HEAD_DIM) as float32",
+            "P": "k_pool's first dimension (pages); a page id outside [0, P) is an empty slot",
         },
     },
     "RetrieveSinks": {
@@ -340,8 +342,6 @@ def _main(argv: list[str]) -> int:
     """Child-process entry of `compile_kernels` (see there)."""
     import sys
 
-    from ..config import model_config_from_dict, stream_config_from_dict
-
     spec = json.loads(argv[0])
     try:
         compile_kernels(model_config_from_dict(spec["model"]), stream_config_from_dict(spec["stream"]),
@@ -365,8 +365,6 @@ def load_manifest(path: str | Path) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DysinkError(f"{root / MANIFEST} has format version {manifest.get('format_version')!r}, "
                           f"this version reads {FORMAT_VERSION}; recreate it with dysink-export kernels")
-    from ..bundle import confined_file
-
     redo = f"recreate it with dysink-export kernels --out {root} --overwrite"
     for entry in manifest.get("kernels", []):
         file = confined_file(root, entry.get("file"), "a kernel", redo)

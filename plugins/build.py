@@ -1,4 +1,5 @@
-"""Build libdysink_plugins.so: kernels -> embedded source -> CMake. The API behind `dysink-export plugins`."""
+"""Build libdysink_plugins.so (+ libdysink_plugins_autoreg.so): kernels -> embedded source -> CMake. The API
+behind `dysink-export plugins`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DysinkError
+from .embed import embedded_source
 
 CPP_DIR = Path(__file__).parent / "cpp"
-LIBRARY = "libdysink_plugins.so"
+LIBRARY = "libdysink_plugins.so"                 # for loadLibrary / trtexec --dynamicPlugins: touches no registry
+AUTOREG_LIBRARY = "libdysink_plugins_autoreg.so"  # for ctypes.CDLL / polygraphy --plugins: registers when loaded
 _USUAL_INCLUDES = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/local/tensorrt/include",
                    "/opt/tensorrt/include", "/usr/include")
 HEADERS_HINT = ("set TensorRT_INCLUDE_DIR (or --tensorrt-include) to the folder holding NvInferRuntime.h: JetPack "
@@ -48,6 +51,13 @@ def tensorrt_header_version(include: Path) -> str:
     return ".".join(parts) or "unknown"
 
 
+def tensorrt_target(include: Path) -> str:
+    """Which TensorRT a library built against `include` runs with (it refuses another major at load time)."""
+    version = tensorrt_header_version(include)
+    major = version.split(".")[0]
+    return f"targets TensorRT {major} (headers {version}); load it only with a TensorRT {major}.x runtime"
+
+
 def _run(cmd: list[str], what: str) -> None:
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -58,11 +68,10 @@ def _run(cmd: list[str], what: str) -> None:
 
 def build_library(kernel_dir: Path, build_dir: Path, include: Path,
                   log: Callable[[str], None] = lambda m: None) -> Path:
-    """Generate the embedded-kernel source and build with CMake; returns the built library path.
+    """Generate the embedded-kernel source and build with CMake; returns the built library path
+    (AUTOREG_LIBRARY is built beside it).
 
     `build_dir` may hold an earlier build, also against other TensorRT headers: `include` is the one used."""
-    from .embed import embedded_source
-
     if not shutil.which("cmake"):
         raise DysinkError("cmake is not installed; install cmake >= 3.18 and a C++17 compiler")
     build_dir.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import click
 
+from ..atomic import staged_directory
+from ..bundle import Bundle
 from ..cli.common import shared
-
+from ..config import model_preset
 from ..errors import DysinkError
 from ..graphs import PRECISIONS
-from . import variants as V
+from . import aot, report as rep, variants as V
+from .build import (AUTOREG_LIBRARY, HEADERS_HINT, LIBRARY, build_library, find_tensorrt_include,
+                    tensorrt_header_version, tensorrt_target)
 
 
 def _target_options(fn):
@@ -53,8 +57,6 @@ def kernels_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
     /usr/local/cuda/bin/ptxas); kernels.json records which one built each
     architecture.
     """
-    from . import aot
-
     t0 = time.perf_counter()
     if out is None:
         if not (report or markdown):
@@ -82,8 +84,6 @@ def kernels_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
     click.echo(f"{len(manifest['kernels'])} cubins in {out_path} (triton {manifest['triton_version']})")
     ok = True
     if report or markdown:
-        from . import report as rep
-
         rows = rep.report_rows(manifest, out_path)
         for line in rep.format_report(rows):
             click.echo(line)
@@ -105,12 +105,8 @@ def _what_to_compile(bundle_path, model_name, precisions, sink_kv_bf16):
     if bundle_path:
         if precisions:
             raise DysinkError("--precision goes with --model; a bundle has its own precision")
-        from ..bundle import Bundle
-
         bundle = Bundle.load(bundle_path)
         return bundle.model, bundle.stream, [bundle.precision]
-    from ..config import model_preset
-
     model = model_preset(model_name)
     return model, model.default_stream(sink_kv_bf16=sink_kv_bf16), precisions or list(PRECISIONS)
 
@@ -121,23 +117,21 @@ def _what_to_compile(bundle_path, model_name, precisions, sink_kv_bf16):
               help="Folder holding NvInferRuntime.h. [default: $TensorRT_INCLUDE_DIR, $TensorRT_ROOT/include, "
                    "/usr/include/<arch>-linux-gnu]")
 @click.option("--out", type=click.Path(), required=True,
-              help="Directory to create: libdysink_plugins.so and kernels/ (the embedded cubins and kernels.json); "
-                   "the CMake build folder is not kept.")
+              help="Directory to create: libdysink_plugins.so, libdysink_plugins_autoreg.so and kernels/ (the "
+                   "embedded cubins and kernels.json); the CMake build folder is not kept.")
 @shared("--overwrite", is_flag=True)
 def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text, tensorrt_include, out, overwrite):
     """Build libdysink_plugins.so: compile the kernels, embed the cubins, build the IPluginV3 library.
 
     Needs cmake, a C++17 compiler, the CUDA toolkit's headers and TensorRT's headers (no TensorRT
-    or GPU at build time). Load the result with trtexec --dynamicPlugins, IPluginRegistry::loadLibrary,
-    polygraphy --plugins, ctypes.CDLL (after importing tensorrt) or ONNX Runtime's
-    trt_extra_plugin_lib_paths. Set TRITON_PTXAS_PATH (sm_80-90) or TRITON_PTXAS_BLACKWELL_PATH (sm_100
-    and newer) to compile with another ptxas (on a Jetson: the device toolkit's).
+    or GPU at build time); the library runs only with a TensorRT of the headers' major version.
+    Give libdysink_plugins.so to trtexec --dynamicPlugins, IPluginRegistry::loadLibrary or ONNX
+    Runtime's trt_extra_plugin_lib_paths; give libdysink_plugins_autoreg.so, which registers the
+    plugins when it is loaded, to polygraphy --plugins or ctypes.CDLL (after importing tensorrt).
+    Set TRITON_PTXAS_PATH (sm_80-90) or TRITON_PTXAS_BLACKWELL_PATH (sm_100 and newer) to compile
+    with another ptxas (on a Jetson: the device toolkit's).
     """
     import shutil
-
-    from ..atomic import staged_directory
-    from . import aot
-    from .build import HEADERS_HINT, LIBRARY, build_library, find_tensorrt_include, tensorrt_header_version
 
     t0 = time.perf_counter()
     out_path = Path(out)
@@ -158,8 +152,11 @@ def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
                    f"from {include}", err=True)
         click.echo("[3/3] cmake build", err=True)
         built = build_library(tmp / "kernels", tmp / "build", include)
-        shutil.copy2(built, tmp / LIBRARY)
+        for name in (LIBRARY, AUTOREG_LIBRARY):
+            shutil.copy2(built.parent / name, tmp / name)
         # The build directory names the temporary path; rebuild it in place on the next run.
         shutil.rmtree(tmp / "build", ignore_errors=True)
     click.echo(f"wrote {out_path / LIBRARY}")
+    click.echo(f"wrote {out_path / AUTOREG_LIBRARY}")
+    click.echo(f"{LIBRARY} {tensorrt_target(include)}")
     click.echo(f"DONE | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")

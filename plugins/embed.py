@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import DysinkError
 from . import variants as V
+from .aot import load_manifest
 
 _DTYPE_CODE = {None: -1, "float32": 0, "float16": 1, "bfloat16": 2}
 
@@ -19,8 +20,6 @@ def _c_string(text: str) -> str:
 
 
 def embedded_source(kernel_dir: str | Path) -> str:
-    from .aot import load_manifest
-
     root = Path(kernel_dir).resolve()
     manifest = load_manifest(root)
     asm, rows = [], []

@@ -16,6 +16,8 @@ import platform
 from dataclasses import dataclass
 from typing import Callable
 
+from . import variants as V
+
 TARGET_VS_SDPA = 1.3          # gated sink attention time / SDPA time at the 1.3B shape
 TARGET_GATE_SHARE = 0.05      # gate kernels / attention kernel
 TARGET_RETRIEVE_MS = 0.1      # retrieval over 1,000 bank entries
@@ -52,7 +54,7 @@ def skip_reason() -> str | None:
         return "Triton is not installed (pip install 'dysink-deploy[kernels]')"
     if not torch.cuda.is_available():
         return "no CUDA GPU visible to torch"
-    from . import launch
+    from . import launch    # lazy: torch, triton
     if launch.interpreted():
         return "TRITON_INTERPRET is set: unset it to run the compiled kernels"
     return None
@@ -91,8 +93,8 @@ def check_case(case: Case, threshold: float = 0.5, device: str = "cuda") -> dict
     """`device="cpu"` runs the same check under Triton's interpreter (how the CPU suite tests this code)."""
     import torch
 
-    from ..ops.gated_sink_attention import gated_sink_attention_ref
-    from . import launch
+    from ..ops.gated_sink_attention import gated_sink_attention_ref    # lazy: torch
+    from . import launch    # lazy: torch, triton
 
     q, k, v, kp, vp, local_ids, sink_ids = _inputs(case, device=device)
     out, ratios = launch.gated_sink_attention(q, k, v, kp, vp, local_ids, sink_ids, threshold, True)
@@ -120,14 +122,14 @@ def check_case(case: Case, threshold: float = 0.5, device: str = "cuda") -> dict
 def check_retrieval(capacity: int = 1000, k: int = 2, feat: int = 512, device: str = "cuda") -> dict:
     import torch
 
-    from ..ops.retrieve_sinks import retrieve_sinks_ref
-    from . import launch
+    from ..ops.retrieve_sinks import retrieve_sinks_ref    # lazy: torch
+    from . import launch    # lazy: torch, triton
 
     g = torch.Generator(device=device).manual_seed(1)
     feats = torch.nn.functional.normalize(torch.randn(capacity, feat, generator=g, device=device), dim=-1)
     start = torch.arange(capacity, device=device) * 3
     queries = torch.nn.functional.normalize(torch.randn(3, feat, generator=g, device=device), dim=-1)
-    valid = torch.ones(3, dtype=torch.bool, device=device)
+    valid = torch.ones(3, dtype=torch.int32, device=device)
     cur, win = torch.tensor(3 * capacity, device=device), torch.tensor(9, device=device)
     slots, scores = launch.retrieve_sinks(feats, start, queries, valid, cur, win, 0, k)
     ref_slots, ref_scores = retrieve_sinks_ref(feats, start, queries, valid, cur, win, 0, k)
@@ -142,7 +144,7 @@ def time_attention(case: Case, bench: Callable, device: str = "cuda") -> dict:
     import torch
     import torch.nn.functional as F
 
-    from . import launch, variants as V
+    from . import launch    # lazy: torch, triton
 
     q, k, v, kp, vp, local_ids, sink_ids = _inputs(case, device=device)
     keep_all = 1.1   # threshold above every ratio: all sinks attended, like SDPA's key count

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DysinkError
-from . import variants as V
+from . import interpreter_fixes, variants as V
 from .triton_kernels import gated_sink_attention as gsa_k
 from .triton_kernels import retrieve_sinks as rs_k
 
@@ -32,8 +32,6 @@ def interpreted() -> bool:
 
 
 if interpreted():
-    from . import interpreter_fixes
-
     interpreter_fixes.apply()
 
 
@@ -72,7 +70,8 @@ def gated_sink_attention(
 
     q, k_cur, v_cur [L, H, D]; k_pool, v_pool [P, L, H, D] (same dtype: fp32,
     fp16 or bf16, contiguous); local_ids int64 [S_loc]; sink_ids int64 [S_sink]
-    (-1 = empty). Returns out [L, H, D] in q's dtype and float32 ratios [S_sink].
+    (-1, or any id outside [0, P), = empty slot, as in the reference). Returns out [L, H, D] in q's
+    dtype and float32 ratios [S_sink].
     `tiles` and `gate_splits` override the per-architecture launch config (tests).
     """
     device = _check_device(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids)
@@ -95,14 +94,8 @@ def gated_sink_attention(
     _need(isinstance(fixed_sinks, numbers.Integral) and 0 <= fixed_sinks <= n_sink,
           f"fixed_sinks must be an integer in [0, {n_sink}], got {fixed_sinks!r}")
     fixed_sinks = int(fixed_sinks)
-    if device.type == "cpu":
-        # Page ids are read in place by the kernels. On CUDA they come from the runtime's page
-        # table and are not read back (no host sync); on the CPU the check is free.
-        pages = k_pool.shape[0]
-        for name, ids in (("local_ids", local_ids), ("sink_ids", sink_ids)):
-            bad = ids[(ids < -1) | (ids >= pages)]
-            _need(bad.numel() == 0, f"{name} holds page id {int(bad[0]) if bad.numel() else 0} outside "
-                                    f"[-1, {pages - 1}] (the pools have {pages} pages)")
+    # Page ids stay on the device (no host read): the kernels themselves treat an id outside
+    # [0, P) as an empty slot, as the reference does.
 
     q, k_cur, v_cur, k_pool, v_pool = (t.contiguous() for t in (q, k_cur, v_cur, k_pool, v_pool))
     local_ids, sink_ids = local_ids.contiguous(), sink_ids.contiguous()
@@ -121,7 +114,7 @@ def gated_sink_attention(
         launch_gate(q, k_cur, k_pool, local_ids, sink_ids, fixed_sinks, round_sinks, partial, ratios, arch)
     gsa_k.paged_attention[(V.cdiv(tokens, tiles.block_m), heads)](
         q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, ratios, out,
-        float(threshold), dim ** -0.5, tokens, heads, n_local, n_sink, fixed_sinks,
+        float(threshold), dim ** -0.5, tokens, heads, n_local, n_sink, fixed_sinks, k_pool.shape[0],
         HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
         SINK_BF16=round_sinks, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps, num_stages=tiles.num_stages)
@@ -139,11 +132,11 @@ def launch_gate(q: Tensor, k_cur: Tensor, k_pool: Tensor, local_ids: Tensor, sin
     block_d = max(16, V.next_pow2(dim))
     gsa_k.gate_partial_sums[(n_sink + n_local + 2, heads, splits)](
         q, k_cur, k_pool, local_ids, sink_ids, partial,
-        tokens, heads, n_local, n_sink, fixed_sinks, V.cdiv(tokens, splits),
+        tokens, heads, n_local, n_sink, fixed_sinks, V.cdiv(tokens, splits), k_pool.shape[0],
         HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_T=V.gate_block_t(arch), SINK_BF16=round_sinks,
         num_warps=V.GATE_WARPS)
     gsa_k.gate_decide[(n_sink,)](
-        partial, local_ids, sink_ids, ratios, tokens, heads, n_local, n_sink,
+        partial, local_ids, sink_ids, ratios, tokens, heads, n_local, n_sink, k_pool.shape[0],
         HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_H=V.next_pow2(heads), N_SPLIT=splits, num_warps=V.DECIDE_WARPS)
 
 
@@ -154,7 +147,7 @@ def retrieve_sinks(
     """RetrieveSinks with the Triton kernels.
 
     bank_feats float32 [C, F]; bank_start int64 [C] (-1 = empty); queries
-    float32 [Q, F]; query_valid bool [Q]; current_start, window_frames int64
+    float32 [Q, F]; query_valid int32 [Q] (1 valid, 0 not); current_start, window_frames int64
     [] (tensors stay on the device; ints are uploaded). Returns slots int64 [k]
     (-1 past the eligible entries) and float32 scores [k] (0 there).
     """
@@ -167,8 +160,9 @@ def retrieve_sinks(
           f"bank_feats and queries must be float32, got {bank_feats.dtype} and {queries.dtype}")
     _need(bank_start.dtype == torch.int64 and tuple(bank_start.shape) == (capacity,),
           f"bank_start must be int64 [{capacity}], got {bank_start.dtype} {tuple(bank_start.shape)}")
-    _need(query_valid.dtype == torch.bool and tuple(query_valid.shape) == (n_query,),
-          f"query_valid must be bool [{n_query}], got {query_valid.dtype} {tuple(query_valid.shape)}")
+    _need(query_valid.dtype == torch.int32 and tuple(query_valid.shape) == (n_query,),
+          f"query_valid must be int32 [{n_query}] (1 valid, 0 not), got {query_valid.dtype} "
+          f"{tuple(query_valid.shape)}")
     _need(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1,
           f"k must be an integer >= 1, got {k!r}")
     _need(isinstance(sink_size, numbers.Integral) and sink_size >= 0,

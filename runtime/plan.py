@@ -143,4 +143,6 @@ def format_plan(p: Plan) -> list[str]:
     lines.append(f"  {'total':<{width}}  {p.total / GB:9.3f} GB  (bank capacity {p.bank_capacity})")
     lines.append(f"largest bank capacity that fits: {p.max_bank_capacity} "
                  f"({p.fixed_pages} more pages hold the window and the block being made)")
+    lines.append("driver: plugin cubins for sm_100 and newer from Triton's bundled ptxas (CUDA 13.1) need an R580+ "
+                 "driver (or compile them with the machine's own ptxas: TRITON_PTXAS_BLACKWELL_PATH)")
     return lines

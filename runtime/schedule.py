@@ -109,9 +109,10 @@ class QueryQueue:
         return len(self._items)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """Fixed-shape (queries [length, F], valid [length]) for the retrieve op."""
+        """Fixed-shape (queries float32 [length, F], valid int32 [length]: 1 valid, 0 empty) for the
+        retrieve op (int32, not bool: the op's TensorRT plugin takes no BOOL input)."""
         q = np.zeros((self.length, self.feature_dim), dtype=np.float32)
-        valid = np.zeros(self.length, dtype=bool)
+        valid = np.zeros(self.length, dtype=np.int32)
         for i, f in enumerate(self._items):
-            q[i], valid[i] = f, True
+            q[i], valid[i] = f, 1
         return q, valid

@@ -74,7 +74,8 @@ class RunSpec:
     ort_provider: str = field(default="cpu", metadata=_doc(
         "onnxruntime execution provider (cuda / tensorrt need onnxruntime-gpu).", choices=ORT_PROVIDERS))
     cuda_graph: bool = field(default=False, metadata=_doc(
-        "tensorrt backend: replay engine launches as CUDA graphs (captured on their second launch)."))
+        "tensorrt backend: replay engine launches as CUDA graphs (captured right after their second, uncaptured "
+        "launch)."))
     threads: int | None = field(default=None, metadata=_doc(
         "CPU threads for torch and onnxruntime (pin it on a busy machine)."))
     # -- the stream ------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def test_stale_partials_of_dead_exports_are_removed(tmp_path):
 
 
 def test_bench_threads_must_be_positive():
-    from dysink_deploy.bench import main as bench_main
+    from dysink_deploy.cli.bench_cli import main as bench_main
 
     res = CliRunner().invoke(bench_main, ["stream", "--threads", "-3", "--blocks", "3"])
     _one_error_line(res, "--threads must be >= 1, got -3")
@@ -187,7 +187,7 @@ def test_a_stream_that_cannot_fit_is_refused_before_allocating(tmp_path):
 
 
 def test_soak_arguments(bundles):
-    from dysink_deploy.bench import main as bench_main
+    from dysink_deploy.cli.bench_cli import main as bench_main
 
     res = CliRunner().invoke(bench_main, ["soak", "--bundle", str(bundles("fp32")), "--blocks", "10",
                                           "--measure-block", "10"])
@@ -195,7 +195,7 @@ def test_soak_arguments(bundles):
 
 
 def test_bench_graphs_threads_must_be_positive():
-    from dysink_deploy.bench import main as bench_main
+    from dysink_deploy.cli.bench_cli import main as bench_main
 
     res = CliRunner().invoke(bench_main, ["graphs", "--threads", "-3", "--runs", "1"])
     _one_error_line(res, "--threads must be >= 1, got -3")

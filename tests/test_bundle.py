@@ -100,6 +100,30 @@ def test_manifest_specs_from_another_contract(bundle_copy):
         Bundle.load(bundle_copy, verify_hashes=False)
 
 
+def _bool_query_valid(m):
+    """What bundles before format 4 recorded: retrieve's query_valid as bool (TensorRT plugins take no bool)."""
+    spec = next(t for t in m["graphs"]["retrieve"]["inputs"] if t["name"] == "query_valid")
+    assert spec["dtype"] == "int32"
+    spec["dtype"] = "bool"
+
+
+def test_bundle_with_a_bool_query_valid_is_refused(bundle_copy):
+    """A pre-int32 bundle: its format version (3) is refused with the rebuild command; and a manifest
+    claiming the current version with a bool query_valid is refused by the contract check."""
+    _edit_manifest(bundle_copy, lambda m: (_bool_query_valid(m), m.update(format_version=3)))
+    with pytest.raises(DysinkError) as e:
+        Bundle.load(bundle_copy, verify_hashes=False)
+    msg = _one_line(e)
+    assert "format version 3" in msg and f"reads version {BUNDLE_FORMAT_VERSION}" in msg
+    assert "dysink-export onnx" in msg
+    _edit_manifest(bundle_copy, lambda m: m.update(format_version=BUNDLE_FORMAT_VERSION))
+    with pytest.raises(DysinkError) as e:
+        Bundle.load(bundle_copy, verify_hashes=False)
+    msg = _one_line(e)
+    assert "retrieve's inputs/outputs differ" in msg and "input query_valid [3] bool, expected query_valid [3] int32" \
+        in msg and "dysink-export onnx --model tiny" in msg
+
+
 def test_file_failing_the_checker(bundle_copy):
     """A file whose manifest entry is consistent but which is not a valid ONNX model."""
     import onnx

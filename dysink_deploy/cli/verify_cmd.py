@@ -22,6 +22,7 @@ import torch
 
 from .. import checkpoints as ck
 from ..errors import DysinkError
+from ..models.factory import DySinkModels
 from .common import checkpoint_file_options, model_config_option, resolve_model, shared
 
 
@@ -29,8 +30,6 @@ _MAX_LINES = 20   # problems and warnings listed per kind; the rest counted
 
 
 def _build_on_meta(cfg):
-    from ..models.factory import DySinkModels
-
     with torch.device("meta"):
         return DySinkModels(cfg)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import checkpoints as ck
 from ..config import ModelConfig
 from .dit import CausalWanDiT
 from .pe_core import PECoreVisionEncoder
@@ -50,8 +51,6 @@ def build_models(cfg: ModelConfig, checkpoints: CheckpointPaths | None = None, s
     A DiT-only checkpoint leaves the VAE and encoder random: that is allowed
     for experiments but makes frames meaningless, so the CLI warns about it.
     """
-    from .. import checkpoints as ck
-
     torch.manual_seed(seed)
     models = DySinkModels(cfg)
     _randomize_zero_inits(models, torch.Generator().manual_seed(seed + 1))

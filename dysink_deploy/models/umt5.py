@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import checkpoints as ck
 from ..errors import ConfigError
 from ..validation import positive_ints
 from ..text import PromptTokenizer
@@ -197,8 +198,6 @@ class UMT5Encoder(nn.Module):
 def build_text_encoder(cfg: UMT5Config, checkpoint: str | None = None, seed: int = 0) -> UMT5Encoder:
     """Random weights from `seed`, or the release's `models_t5_umt5-xxl-enc-bf16.pth` (any dtype in
     the file; the module stays float32 like the reference)."""
-    from .. import checkpoints as ck
-
     if checkpoint:
         # Keys and shapes are checked on the meta device first: a wrong file is refused before
         # 23 GB of float32 parameters exist; then the file's tensors become the parameters.

@@ -11,7 +11,10 @@ Shapes (one stream, batch 1; L tokens per block, H heads, D head dim):
     k_pool, v_pool    [P, L, H, D]   one page = one block's clean-pass K/V
     local_ids         int64 [S_loc]  pages of the local window's past blocks
     sink_ids          int64 [S_sink] fixed-sink and retrieved pages
-    -1 in an id list means "empty slot": it contributes nothing.
+    -1 in an id list means "empty slot": it contributes nothing. So does any id
+                      outside [0, P) (it names no page: read nothing, gate nothing, ratio 0);
+                      the runtime never passes one, the rule keeps every implementation
+                      (kernels included) defined on arbitrary id buffers.
     fixed_sinks       the first `fixed_sinks` sink slots hold the fixed (LongLive)
                       sink: gated like the others but never bf16-rounded
 Outputs:
@@ -27,9 +30,14 @@ import torch
 from torch import Tensor
 
 
-def _gather_pages(pool: Tensor, ids: Tensor) -> Tensor:
-    """[P, L, H, D] x int64 [S] -> [S, L, H, D]; empty ids read page 0 (masked later)."""
-    return pool.index_select(0, ids.clamp(min=0))
+def page_valid(ids: Tensor, pages: int) -> Tensor:
+    """bool [S]: the slot names a page of a P-page pool (0 <= id < P); -1 and any other id are empty."""
+    return (ids >= 0) & (ids < pages)
+
+
+def _gather_pages(pool: Tensor, ids: Tensor, valid: Tensor) -> Tensor:
+    """[P, L, H, D] x int64 [S] -> [S, L, H, D]; empty slots (not `valid`) read page 0 (masked later)."""
+    return pool.index_select(0, torch.where(valid, ids, torch.zeros_like(ids)))
 
 
 def gate_ratios(q: Tensor, k_cur: Tensor, k_local: Tensor, local_valid: Tensor,
@@ -94,10 +102,10 @@ def gated_sink_attention_ref(
 ) -> tuple[Tensor, Tensor]:
     """Reference math, softmax and accumulation in float32. See module docstring."""
     tokens, heads, dim = q.shape
-    local_valid = local_ids >= 0
-    sink_valid = sink_ids >= 0
-    k_local, v_local = _gather_pages(k_pool, local_ids), _gather_pages(v_pool, local_ids)
-    k_sink, v_sink = _gather_pages(k_pool, sink_ids), _gather_pages(v_pool, sink_ids)
+    local_valid = page_valid(local_ids, k_pool.shape[0])
+    sink_valid = page_valid(sink_ids, k_pool.shape[0])
+    k_local, v_local = _gather_pages(k_pool, local_ids, local_valid), _gather_pages(v_pool, local_ids, local_valid)
+    k_sink, v_sink = _gather_pages(k_pool, sink_ids, sink_valid), _gather_pages(v_pool, sink_ids, sink_valid)
     if sink_kv_bf16:
         # The reference casts retrieved K/V to bf16 before using them (gate and
         # attention alike); a no-op when the pool already is bf16. The first

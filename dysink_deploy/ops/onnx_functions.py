@@ -5,7 +5,7 @@ nodes (domain version 1). TensorRT binds its plugin to them (the nodes carry
 `plugin_namespace` / `plugin_version`); ONNX Runtime has no such op and
 inlines these bodies instead, on any provider. Each body mirrors its PyTorch
 reference (`gated_sink_attention_ref`, `retrieve_sinks_ref`) step by step:
-same clamping and masking of -1 ids, gate and softmax in float32, strict
+same masking of empty slots (-1 or any id outside [0, P)), gate and softmax in float32, strict
 `>` against the threshold, stable top-k (ONNX TopK puts the lower index first
 on ties, like the reference's stable sort).
 
@@ -40,12 +40,14 @@ dysink = onnxscript.values.Opset(ONNX_DOMAIN, ONNX_DOMAIN_VERSION)
 def GatedSinkAttention(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids,
                        threshold: float, sink_kv_bf16: int, fixed_sinks: int = 0):
     """q, k_cur, v_cur [L, H, D]; k_pool, v_pool [P, L, H, D]; local_ids [S_loc],
-    sink_ids [S_sink] int64 (-1 = empty) -> out [L, H, D] (q's dtype), ratios float32 [S_sink]."""
+    sink_ids [S_sink] int64 (-1, or any id outside [0, P), = empty) -> out [L, H, D] (q's dtype),
+    ratios float32 [S_sink]."""
     zero_id = op.Constant(value_int=0)
-    local_valid = op.GreaterOrEqual(local_ids, zero_id)
-    sink_valid = op.GreaterOrEqual(sink_ids, zero_id)
-    local_safe = op.Max(local_ids, zero_id)                        # clamp(min=0): empty slots read page 0
-    sink_safe = op.Max(sink_ids, zero_id)
+    pages = op.Shape(k_pool, start=0, end=1)                       # [1] = P
+    local_valid = op.And(op.GreaterOrEqual(local_ids, zero_id), op.Less(local_ids, pages))
+    sink_valid = op.And(op.GreaterOrEqual(sink_ids, zero_id), op.Less(sink_ids, pages))
+    local_safe = op.Where(local_valid, local_ids, zero_id)         # empty slots read page 0 (masked later)
+    sink_safe = op.Where(sink_valid, sink_ids, zero_id)
     k_local = op.Gather(k_pool, local_safe, axis=0)                # [S_loc, L, H, D]
     v_local = op.Gather(v_pool, local_safe, axis=0)
     k_sink_raw = op.Gather(k_pool, sink_safe, axis=0)              # [S_sink, L, H, D]
@@ -105,10 +107,10 @@ def GatedSinkAttention(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids,
 @onnxscript.script(dysink, default_opset=op)
 def RetrieveSinks(bank_feats, bank_start, queries, query_valid, current_start, window_frames,
                   sink_size: int, k: int):
-    """bank_feats [C, F], bank_start int64 [C], queries [Q, F], query_valid bool [Q],
+    """bank_feats [C, F], bank_start int64 [C], queries [Q, F], query_valid int32 [Q] (nonzero = valid),
     current_start / window_frames int64 [] -> slots int64 [k] (-1 past the eligible ones),
     scores float32 [k] (0 where the slot is -1)."""
-    qv = op.Cast(query_valid, to=_FLOAT)                           # [Q]
+    qv = op.Cast(op.Not(op.Equal(query_valid, op.CastLike(op.Constant(value_int=0), query_valid))), to=_FLOAT)  # [Q]
     n_valid = op.ReduceSum(qv, keepdims=0)                         # []
     one = op.Constant(value_float=1.0)
     query = op.Div(op.ReduceSum(op.Mul(op.Cast(queries, to=_FLOAT), op.Unsqueeze(qv, [1])), [0], keepdims=0),

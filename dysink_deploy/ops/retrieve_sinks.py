@@ -11,7 +11,8 @@ Shapes:
     bank_feats    float32 [C, F]   C = bank capacity
     bank_start    int64 [C]        start frame of each entry, -1 = empty slot
     queries       float32 [Q, F]   queue of recent block features
-    query_valid   bool [Q]
+    query_valid   int32 [Q]        1 = valid, 0 = empty queue slot (any nonzero counts as valid);
+                                   int32, not bool: TensorRT plugins take no BOOL inputs
     current_start int64 []         first latent frame of the block
     window_frames int64 []         this block's window (from its bank size)
 Outputs:
@@ -63,7 +64,7 @@ def retrieve_sinks_ref(
     current_start: Tensor, window_frames: Tensor, sink_size: int, k: int,
 ) -> tuple[Tensor, Tensor]:
     """Reference math in float32. See module docstring."""
-    qv = query_valid.float()
+    qv = (query_valid != 0).float()
     query = (queries.float() * qv[:, None]).sum(0) / qv.sum().clamp(min=1.0)
     score = bank_feats.float() @ query                                   # [C]
     lo = current_start - window_frames

@@ -10,6 +10,10 @@ import click
 
 from ..cli.common import OneLineCommand, flag_names, install_stop_signals, shared
 from ..errors import DysinkError
+from ..jsonfile import read_json_object
+from .client import stream_to_dir
+from .repo import write_repo
+from .server import TritonServer, fetch_server as fetch
 
 
 @click.command("triton-repo")
@@ -27,8 +31,6 @@ from ..errors import DysinkError
 @shared("--overwrite", is_flag=True)
 def triton_repo_command(bundle_path, out, instances, kind, gpus, max_streams, threads, tokenizer, overwrite):
     """A Triton Inference Server model repository that streams this bundle (decoupled Python backend)."""
-    from .repo import write_repo
-
     t0 = time.perf_counter()
     try:
         gpu_ids = [int(g) for g in gpus.split(",")] if gpus else None
@@ -52,8 +54,6 @@ def triton_repo_command(bundle_path, out, instances, kind, gpus, max_streams, th
 def serve_main(repo, binary, fetch_server, grpc_port, http_port, log_file):
     """Start Triton Inference Server on REPO, wait until it is ready, print the endpoints; Ctrl-C or
     SIGTERM stops it."""
-    from .server import TritonServer, fetch_server as fetch
-
     install_stop_signals()
     try:
         if fetch_server:
@@ -88,9 +88,6 @@ def serve_main(repo, binary, fetch_server, grpc_port, http_port, log_file):
               help="JSON file of host-side stream settings (dedup threshold, eviction, schedule).")
 def client_main(url, blocks, seed, out, overwrite, prompt_embeds, prompt, config_file):
     """Stream one video from a Triton server (dysink-serve) into --out, block by block."""
-    from ..jsonfile import read_json_object
-    from .client import stream_to_dir
-
     install_stop_signals()
     t0 = time.perf_counter()
     try:

@@ -11,6 +11,9 @@ import time
 import numpy as np
 
 from ..errors import DysinkError
+from ..runtime.report import write_stats
+from ..runtime.run import OUTPUT_FILES, check_out_dir, lock_out_dir, prepare_out_dir
+from ..runtime.video import VideoWriter
 
 MODEL_NAME = "dysink"
 
@@ -112,10 +115,6 @@ class StreamClient:
 def stream_to_dir(url: str, out: str, blocks: int, seed: int, overwrite: bool = False, **kw):
     """The client side of dysink-run: video.mp4 block by block, stats.json after every block. A dropped
     connection keeps the blocks received (playable) and raises one line."""
-    from ..runtime.report import write_stats
-    from ..runtime.run import OUTPUT_FILES, check_out_dir, lock_out_dir, prepare_out_dir
-    from ..runtime.video import VideoWriter
-
     check_out_dir(out, overwrite)
     client = StreamClient(url)
     prepare_out_dir(out, overwrite)

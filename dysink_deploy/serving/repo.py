@@ -26,6 +26,7 @@ from pathlib import Path
 from ..atomic import staged_directory
 from ..bundle import Bundle, sha256_file
 from ..errors import DysinkError
+from ..runtime.plan import plan
 
 MODEL_NAME = "dysink"
 
@@ -126,8 +127,6 @@ def planned_streams(bundle: Bundle, kind: str) -> int:
         free, _ = torch.cuda.mem_get_info()
     except Exception:  # noqa: BLE001 (no torch / no GPU here: the user gives --max-streams)
         raise DysinkError("--kind gpu: give --max-streams N (no GPU visible here to plan from)") from None
-    from ..runtime.plan import plan
-
     p = plan(bundle.model, bundle.stream, bundle.precision, memory=int(free))
     weights = sum(v for k, v in p.items.items() if k.startswith("weights"))
     per_stream = p.total - weights          # pools, caches, activations, context: counted per stream (safe side)

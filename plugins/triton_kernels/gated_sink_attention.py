@@ -21,9 +21,13 @@ Layouts are contiguous (the launch wrappers and the TensorRT plugin check it):
     k_pool, v_pool           [P, L, H, HEAD_DIM]     page stride L*H*HEAD_DIM (int64)
     local_ids                int64 [n_local]         -1 = empty slot
     sink_ids                 int64 [n_sink]          first `fixed_sinks` = fixed sink
+    P                        i32                     pages in the pools (k_pool's first dim)
     partial (workspace)      float32 [J, H, N_SPLIT, HEAD_DIM]
     ratios                   float32 [n_sink]
-Page offsets are computed in int64: a pool may exceed 2^31 elements.
+Page offsets are computed in int64: a pool may exceed 2^31 elements. A page id outside [0, P)
+is an empty slot, like -1, in every kernel that reads one (the reference's rule): the runtime
+never passes one, but TensorRT may time a plugin on arbitrary buffer contents, and a read outside
+the pools would poison the CUDA context.
 Every integer argument is `do_not_specialize`: Triton's JIT would otherwise compile an
 argument equal to 1 (one token, one head, one sink) as a constant, and `.to()` on it fails.
 """
@@ -33,13 +37,28 @@ import triton.language as tl
 
 
 @triton.jit
-def _slot_page(s, n_sink, n_local, local_ids, sink_ids):
-    """Slot s -> (page id or -1, is_sink, is_local). Loads are masked, so s may be past either list."""
+def _in_pool(page, P):
+    """The id names a page of the pool: 0 <= page < P (else an empty slot, like -1)."""
+    return (page >= 0) & (page < P)
+
+
+@triton.jit
+def _slot_id(s, n_sink, n_local, local_ids, sink_ids):
+    """Slot s -> (the id as stored, is_sink, is_local); -1 past both lists. Loads are masked, so s may
+    be past either list. The id may lie outside [0, P): callers bound it."""
     is_sink = s < n_sink
     is_local = (s >= n_sink) & (s < n_sink + n_local)
     sid = tl.load(sink_ids + s, mask=is_sink, other=-1)
     lid = tl.load(local_ids + (s - n_sink), mask=is_local, other=-1)
     page = tl.where(is_sink, sid, lid)
+    return page, is_sink, is_local
+
+
+@triton.jit
+def _slot_page(s, n_sink, n_local, local_ids, sink_ids, P):
+    """Slot s -> (page id, or -1 for an empty slot or an id outside [0, P), is_sink, is_local)."""
+    page, is_sink, is_local = _slot_id(s, n_sink, n_local, local_ids, sink_ids)
+    page = tl.where(_in_pool(page, P), page, -1)
     return page, is_sink, is_local
 
 
@@ -51,7 +70,7 @@ def _round_bf16(x):
     return x.to(tl.float32).to(tl.bfloat16).to(tl.float32).to(x.dtype)
 
 
-@triton.jit(do_not_specialize=["L", "H", "n_local", "n_sink", "fixed_sinks", "tokens_per_split"])
+@triton.jit(do_not_specialize=["L", "H", "n_local", "n_sink", "fixed_sinks", "tokens_per_split", "P"])
 def gate_partial_sums(
     q,              # [L, H, D]      current block queries (post-RoPE)
     k_cur,          # [L, H, D]      current block keys
@@ -59,14 +78,14 @@ def gate_partial_sums(
     local_ids,      # int64 [n_local]
     sink_ids,       # int64 [n_sink]
     partial,        # float32 [J, H, n_split, HEAD_DIM] (output)
-    L, H, n_local, n_sink, fixed_sinks, tokens_per_split,
+    L, H, n_local, n_sink, fixed_sinks, tokens_per_split, P,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, SINK_BF16: tl.constexpr,
 ):
     j = tl.program_id(0)
     h = tl.program_id(1)
     split = tl.program_id(2)
     n_split = tl.num_programs(2)
-    page, is_sink, is_local = _slot_page(j, n_sink, n_local, local_ids, sink_ids)
+    page, is_sink, is_local = _slot_page(j, n_sink, n_local, local_ids, sink_ids, P)
     is_cur = j == n_sink + n_local
     is_q = j == n_sink + n_local + 1
     valid = is_cur | is_q | (page >= 0)
@@ -107,13 +126,13 @@ def _slot_sum(partial, j, H, offs_h, offs_d, mask, HEAD_DIM: tl.constexpr, N_SPL
     return total
 
 
-@triton.jit(do_not_specialize=["L", "H", "n_local", "n_sink"])
+@triton.jit(do_not_specialize=["L", "H", "n_local", "n_sink", "P"])
 def gate_decide(
     partial,        # float32 [J, H, N_SPLIT, HEAD_DIM] from gate_partial_sums
     local_ids,      # int64 [n_local]
     sink_ids,       # int64 [n_sink]
     ratios,         # float32 [n_sink] (output)
-    L, H, n_local, n_sink,
+    L, H, n_local, n_sink, P,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, N_SPLIT: tl.constexpr,
 ):
     e = tl.program_id(0)
@@ -134,7 +153,7 @@ def gate_decide(
     pages = 1.0   # the current block
     for i in range(0, n_local + 1):   # the local slots, then the current block (i == n_local)
         loc += _slot_sum(partial, n_sink + i, H, offs_h, offs_d, mask, HEAD_DIM, N_SPLIT)
-        pages += tl.where(tl.load(local_ids + i, mask=i < n_local, other=-1) >= 0, 1.0, 0.0)
+        pages += tl.where(_in_pool(tl.load(local_ids + i, mask=i < n_local, other=-1), P), 1.0, 0.0)
     s_loc = tl.sum(qbar * tl.div_rn(loc, pages * tokens), axis=1)                     # [BLOCK_H]
 
     sink = tl.load(sink_ids + e)
@@ -142,10 +161,10 @@ def gate_decide(
     s_e = tl.sum(qbar * mean_e, axis=1)
     count = tl.sum(tl.where(h_ok & (s_e > s_loc), 1.0, 0.0), axis=0)
     ratio = tl.div_rn(count, H.to(tl.float32))   # the fraction of heads, as torch's mean over heads
-    tl.store(ratios + e, tl.where(sink >= 0, ratio, 0.0))
+    tl.store(ratios + e, tl.where(_in_pool(sink, P), ratio, 0.0))
 
 
-@triton.jit(do_not_specialize=["L", "H", "n_local", "n_sink", "fixed_sinks"])
+@triton.jit(do_not_specialize=["L", "H", "n_local", "n_sink", "fixed_sinks", "P"])
 def paged_attention(
     q,              # [L, H, D]      current block queries (post-RoPE)
     k_cur, v_cur,   # [L, H, D]      current block keys / values
@@ -156,7 +175,7 @@ def paged_attention(
     out,            # [L, H, D]      (output, q's dtype)
     threshold,      # float32: a sink is dropped when its ratio > threshold
     sm_scale,       # float32: 1 / sqrt(HEAD_DIM)
-    L, H, n_local, n_sink, fixed_sinks,
+    L, H, n_local, n_sink, fixed_sinks, P,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SINK_BF16: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -177,17 +196,24 @@ def paged_attention(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for s in range(0, n_sink + n_local + 1):
-        page, is_sink, is_local = _slot_page(s, n_sink, n_local, local_ids, sink_ids)
+        page, is_sink, is_local = _slot_id(s, n_sink, n_local, local_ids, sink_ids)
         ratio = tl.load(ratios + s, mask=is_sink, other=0.0)
         is_cur = s == n_sink + n_local
         keep = is_cur | (is_local & (page >= 0)) | (is_sink & (page >= 0) & ~(ratio > threshold))
         if keep:
             k_base = k_pool + page.to(tl.int64) * stride_page
             v_base = v_pool + page.to(tl.int64) * stride_page
+            n_end = L
             if is_cur:
                 k_base = k_cur
                 v_base = v_cur
-            for start_n in range(0, L, BLOCK_N):
+            elif page >= P:
+                # An id past the pool is an empty slot (gate_decide gave such a sink ratio 0): no key
+                # tile is read. A zero trip count here rather than `page < P` in `keep`: folded into
+                # `keep`, the 1.3B fp16 sm_120 variant spilled (32-64 B, Triton 3.7.1); this form
+                # spills in no variant (1.3B and tiny, the 8 architectures of docs/kernels-report.md).
+                n_end = 0
+            for start_n in range(0, n_end, BLOCK_N):
                 offs_n = start_n + tl.arange(0, BLOCK_N)
                 n_ok = offs_n < L
                 kv_off = offs_n[:, None] * stride_tok + head[None, :]

@@ -12,7 +12,7 @@ Two kernels, launched in this order on one stream:
     bank_feats     float32 [C, F]
     bank_start     int64 [C]           -1 = empty slot
     queries        float32 [Q, F]
-    query_valid    bool [Q]
+    query_valid    int32 [Q]           nonzero = valid (1 valid, 0 not; no bool: TensorRT plugin I/O)
     current_start  int64 []            read on the device (no host sync)
     window_frames  int64 []
     scores_ws      float32 [C]         workspace between the two kernels
@@ -38,7 +38,7 @@ def retrieve_scores(
     n_valid = 0.0
     for q0 in range(0, Q, BLOCK_Q):
         offs_q = q0 + tl.arange(0, BLOCK_Q)
-        valid = tl.load(query_valid + offs_q, mask=offs_q < Q, other=0).to(tl.float32)
+        valid = (tl.load(query_valid + offs_q, mask=offs_q < Q, other=0) != 0).to(tl.float32)
         n_valid += tl.sum(valid, axis=0)
     denom = tl.maximum(n_valid, 1.0)
 
@@ -50,7 +50,7 @@ def retrieve_scores(
         for q0 in range(0, Q, BLOCK_Q):
             offs_q = q0 + tl.arange(0, BLOCK_Q)
             q_ok = offs_q < Q
-            valid = tl.load(query_valid + offs_q, mask=q_ok, other=0).to(tl.float32)
+            valid = (tl.load(query_valid + offs_q, mask=q_ok, other=0) != 0).to(tl.float32)
             rows = tl.load(queries + offs_q[:, None].to(tl.int64) * F + offs_f[None, :],
                            mask=q_ok[:, None] & f_ok[None, :], other=0.0)
             qsum += tl.sum(rows * valid[:, None], axis=0)

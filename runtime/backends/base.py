@@ -59,7 +59,7 @@ class Backend(abc.ABC):
     def retrieve(self, bank_feats: np.ndarray, bank_start: np.ndarray, queries: np.ndarray,
                  query_valid: np.ndarray, current_start: int, window_frames: int,
                  sink_size: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> (bank slots int64 [k], scores float32 [k]) on the host."""
+        """query_valid int32 [Q] (1 valid, 0 not) -> (bank slots int64 [k], scores float32 [k]) on the host."""
 
     @abc.abstractmethod
     def to_numpy(self, handle: Any) -> np.ndarray:

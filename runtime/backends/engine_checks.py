@@ -9,10 +9,9 @@ No TensorRT here (the caller passes its version) and no torch; cuda-python is im
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ...bundle import MANIFEST_NAME, Bundle, confined_file, sha256_file
 from ...errors import DysinkError
+from .plugin_library import bundle_plugin_library
 
 NO_TENSORRT = ("TensorRT's Python package is not installed: on a Jetson it comes with JetPack "
                "(sudo apt install python3-libnvinfer); on a desktop: pip install tensorrt "
@@ -54,8 +53,38 @@ def check_engine_entry(bundle: Bundle, graph: str, trt_version: str, cc: str) ->
     if path is None or sha256_file(path) != entry.get("sha256"):
         raise DysinkError(f"engine {entry.get('file')} is missing or does not match its sha256 in {MANIFEST_NAME}: "
                           f"{rebuild}")
-    lib = Path(entry.get("plugin_library", {}).get("file", ""))
-    if not lib.is_file() or sha256_file(lib) != entry["plugin_library"].get("sha256"):
-        raise DysinkError(f"the plugin library the engine {entry['file']} was built with ({lib}) is missing or "
-                          f"changed; rebuild the engines with the library you have: {rebuild}")
+    bundle_plugin_library(bundle, entry, rebuild)      # inside the bundle, unchanged (None: native engine)
     return entry
+
+
+# TensorRT DataType names of the graph contract's dtype names.
+TRT_DTYPES = {"float32": "FLOAT", "float16": "HALF", "bfloat16": "BF16", "int64": "INT64", "int32": "INT32",
+              "bool": "BOOL"}
+
+
+def check_engine_io(trt, engine, spec, graph: str, rebuild: str) -> None:
+    """The engine's I/O tensors against the bundle's contract for `graph` (names, direction, dtype,
+    shape): one line naming the first mismatch, before any buffer is bound."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    want = {t.name: (t, True) for t in spec.inputs} | {t.name: (t, False) for t in spec.outputs}
+    missing = [n for n in want if n not in names]
+    extra = [n for n in names if n not in want]
+    problem = None
+    if missing or extra:
+        problem = (f"tensors {', '.join(missing)} are missing" if missing else
+                   f"it has tensors {', '.join(extra)} the contract does not")
+    for name in names:
+        if problem or name not in want:
+            break
+        t, is_input = want[name]
+        mode = engine.get_tensor_mode(name)
+        dtype = engine.get_tensor_dtype(name)
+        shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+        if (mode == trt.TensorIOMode.INPUT) != is_input:
+            problem = f"{name} is an {'output' if is_input else 'input'}, the contract has an {'input' if is_input else 'output'}"
+        elif dtype != getattr(trt.DataType, TRT_DTYPES[t.dtype]):
+            problem = f"{name} is {dtype}, the contract has {t.dtype}"
+        elif shape != tuple(t.shape):
+            problem = f"{name} has shape {list(shape)}, the contract has {list(t.shape)}"
+    if problem:
+        raise DysinkError(f"engine {graph} does not match the bundle's contract: {problem}; rebuild it: {rebuild}")

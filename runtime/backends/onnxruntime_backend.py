@@ -271,7 +271,7 @@ class OnnxRuntimeBackend(Backend):
                               f"top_k={self.stream.top_k}, not {sink_size}, {k}; rebuild it: "
                               f"{self.bundle.rebuild_command()}")
         feeds = {"bank_feats": bank_feats.astype(np.float32), "bank_start": bank_start.astype(np.int64),
-                 "queries": queries.astype(np.float32), "query_valid": query_valid.astype(np.bool_),
+                 "queries": queries.astype(np.float32), "query_valid": query_valid.astype(np.int32),
                  "current_start": np.asarray(current_start, dtype=np.int64),
                  "window_frames": np.asarray(window_frames, dtype=np.int64)}
         slots, scores = self.sessions["retrieve"].run(["slots", "scores"], feeds)

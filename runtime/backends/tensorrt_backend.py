@@ -32,7 +32,8 @@ from ...rope import timestep_frequencies
 from .base import Backend
 from .cuda import _NP, DeviceTensor, _Cuda
 from .cuda_graphs import GraphCache
-from .engine_checks import NO_TENSORRT, check_engine_entry, compute_capability
+from .engine_checks import NO_TENSORRT, check_engine_entry, check_engine_io, compute_capability
+from .plugin_library import bundle_plugin_library, load_plugin_library
 from .tensorrt_ops import _Ops
 
 
@@ -54,17 +55,26 @@ class TensorRTBackend(Backend):
         self._bound: dict[str, dict[str, int]] = {}
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        library = plugins or entries["dit_step"]["plugin_library"]["file"]
-        if self.runtime.get_plugin_registry().load_library(str(library)) is None:
-            raise DysinkError(f"TensorRT could not load the plugin library {library}")
+        # The library the engines were built with, resolved inside the bundle (not the caller's working
+        # directory), loaded once per process; native engines (build --no-plugins) need none.
+        libraries = {lib for g, e in entries.items()
+                     if (lib := bundle_plugin_library(bundle, e, f"dysink-export build --bundle {bundle.path}"))}
+        for library in sorted({plugins} if plugins else libraries):
+            load_plugin_library(self.runtime.get_plugin_registry(), library)
         self.engines, self.contexts = {}, {}
         for graph, entry in entries.items():
+            rebuild = f"dysink-export build --bundle {bundle.path} --graph {graph}"
             engine = self.runtime.deserialize_cuda_engine((bundle.path / entry["file"]).read_bytes())
             if engine is None:
                 raise DysinkError(f"engine {entry['file']} does not deserialize (see TensorRT's messages); "
-                                  f"rebuild it: dysink-export build --bundle {bundle.path} --graph {graph}")
+                                  f"rebuild it: {rebuild}")
+            check_engine_io(trt, engine, self.specs[graph], graph, rebuild)
+            context = engine.create_execution_context()
+            if context is None:
+                raise DysinkError(f"engine {entry['file']}: TensorRT could not create an execution context (device "
+                                  f"memory?; see its messages above); free device memory or rebuild it: {rebuild}")
             self.engines[graph] = engine
-            self.contexts[graph] = engine.create_execution_context()
+            self.contexts[graph] = context
         self._ops = _Ops(trt, self.logger, self.runtime, self.md, self.specs["dit_step"].input("x_t").shape,
                          self._launch)
         self.buffers: dict[tuple[str, str], DeviceTensor] = {}
@@ -236,7 +246,7 @@ class TensorRTBackend(Backend):
             raise DysinkError(f"the retrieve engine is built for sink_size={self.stream.sink_size}, "
                               f"top_k={self.stream.top_k}; rebuild the bundle: {self.bundle.rebuild_command()}")
         feeds = {"bank_feats": bank_feats.astype(np.float32), "bank_start": bank_start.astype(np.int64),
-                 "queries": queries.astype(np.float32), "query_valid": query_valid.astype(np.bool_),
+                 "queries": queries.astype(np.float32), "query_valid": query_valid.astype(np.int32),
                  "current_start": np.asarray(current_start, dtype=np.int64),
                  "window_frames": np.asarray(window_frames, dtype=np.int64)}
         keep = []

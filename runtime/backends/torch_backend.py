@@ -135,7 +135,7 @@ class TorchBackend(Backend):
     def retrieve(self, bank_feats, bank_start, queries, query_valid, current_start, window_frames, sink_size, k):
         as_t = self.upload
         slots, scores = self._retrieve(
-            as_t(bank_feats), as_t(bank_start), as_t(queries), as_t(query_valid),
+            as_t(bank_feats), as_t(bank_start), as_t(queries), as_t(np.asarray(query_valid, dtype=np.int32)),
             torch.tensor(current_start, device=self.device), torch.tensor(window_frames, device=self.device),
             sink_size, k)
         return slots.cpu().numpy(), scores.float().cpu().numpy()

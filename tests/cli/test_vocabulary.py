@@ -10,7 +10,7 @@ from collections import defaultdict
 import click
 import pytest
 
-from dysink_deploy.bench import main as bench_main
+from dysink_deploy.cli.bench_cli import main as bench_main
 from dysink_deploy.cli.common import HELP
 from dysink_deploy.cli.export_cli import main as export_main
 from dysink_deploy.runtime.cli import main as run_main

@@ -18,7 +18,8 @@ from dysink_deploy.export import trt_build as tb
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ROOT / "runtime" / "backends"
-SOURCES = [ROOT / "export" / "trt_build.py", BACKENDS / "tensorrt_backend.py", BACKENDS / "tensorrt_ops.py"]
+SOURCES = [ROOT / "export" / "trt_build.py", BACKENDS / "tensorrt_backend.py", BACKENDS / "tensorrt_ops.py",
+           BACKENDS / "engine_checks.py", BACKENDS / "plugin_library.py"]
 
 try:
     import tensorrt  # noqa: F401
@@ -58,11 +59,13 @@ def bundle_with_engine(bundles, tmp_path):
     path = tmp_path / "b"
     shutil.copytree(bundles("fp32"), path)
     (path / "retrieve.engine").write_bytes(b"serialized engine bytes")
-    lib = tmp_path / "libdysink_plugins.so"
+    lib = path / "plugins" / "libdysink_plugins.so"      # kept inside the bundle, recorded relative to it
+    lib.parent.mkdir()
     lib.write_bytes(b"library bytes")
     tb.record_engines(path, {"retrieve": {"file": "retrieve.engine", "tensorrt_version": "10.3.0",
                                           "compute_capability": "sm_87",
-                                          "plugin_library": {"file": str(lib), "sha256": tb.sha256_file(lib)},
+                                          "plugin_library": {"file": "plugins/libdysink_plugins.so",
+                                                             "sha256": tb.sha256_file(lib)},
                                           "build_options": {"strongly_typed": True}}})
     return path, lib
 
@@ -88,6 +91,18 @@ def test_engine_records_and_refusals(bundle_with_engine):
         tb.check_engine_entry(bundle, "retrieve", "10.3.0", "sm_87")
 
 
+def test_an_outside_plugin_path_in_the_manifest_is_refused(bundle_with_engine):
+    """Manifests of earlier builds named the library by a path relative to the build's working
+    directory (or absolute): refused in one line with the rebuild command."""
+    from tests.conftest import edit_manifest
+
+    path, lib = bundle_with_engine
+    for where in (str(lib), "../libdysink_plugins.so"):
+        edit_manifest(path, lambda m: m["engines"]["retrieve"]["plugin_library"].update(file=where))
+        with pytest.raises(DysinkError, match="not a plain path inside the bundle; rebuild it: dysink-export build"):
+            tb.check_engine_entry(Bundle.load(path), "retrieve", "10.3.0", "sm_87")
+
+
 def test_tensorrt_names_exist_in_10_3_and_11():
     data = json.loads((ROOT / "export" / "data" / "trt_python_api.json").read_text())["present"]
     assert all(all(v.values()) for v in data.values()), {n: v for n, v in data.items() if not all(v.values())}
@@ -98,6 +113,8 @@ def test_tensorrt_names_exist_in_10_3_and_11():
             used |= set(re.findall(r"\btrt\.([A-Za-z_][A-Za-z0-9_]*)", text))
             used |= set(re.findall(r"\btrt\.[A-Za-z_][A-Za-z0-9_]*\.([A-Za-z_][A-Za-z0-9_]*)", text))
             used |= set(re.findall(r"\bparser\.([A-Za-z_][A-Za-z0-9_]*)", text))     # OnnxParser methods
+            used |= set(re.findall(r"\bengine\.([A-Za-z_][A-Za-z0-9_]*)", text))     # ICudaEngine methods
+            used |= set(re.findall(r"\bregistry\.([A-Za-z_][A-Za-z0-9_]*)", text))   # IPluginRegistry methods
             assert "BuilderFlag" not in text, "strongly typed networks: no precision builder flags (gone in 11)"
             assert not re.search(r"\bdevice_memory_size\b", text), "device_memory_size is gone in 11; use _v2"
     used -= {"__version__"}           # defined by the Python package, not the bindings

@@ -198,6 +198,44 @@ def test_plugin_attributes_the_creators_accept(op, attrs):
     assert _messages(_custom(op, attrs)) == []
 
 
+def _retrieve_node_model(query_valid_type, slots_type=TensorProto.INT64):
+    names = ["bank_feats", "bank_start", "queries", "query_valid", "current_start", "window_frames"]
+    types = [TensorProto.FLOAT, TensorProto.INT64, TensorProto.FLOAT, query_valid_type, TensorProto.INT64,
+             TensorProto.INT64]
+    shapes = [[6, 8], [6], [3, 8], [3], [], []]
+    node = helper.make_node("RetrieveSinks", names, ["slots", "scores"], domain="dysink", **RETRIEVE)
+    return _model([node], [_vi(n, t, s) for n, t, s in zip(names, types, shapes)],
+                  [_vi("slots", slots_type, [2]), _vi("scores", TensorProto.FLOAT, [2])], domains=("dysink",))
+
+
+def test_plugin_inputs_and_outputs_are_never_bool_or_uint8():
+    """TensorRT plugin I/O cannot be BOOL or UINT8 (NvInferRuntimePlugin.h): a bundle from before the int32
+    query_valid gets one line saying so; the current contract (int32) is clean."""
+    assert _messages(_retrieve_node_model(TensorProto.INT32)) == []
+    msgs = _messages(_retrieve_node_model(TensorProto.BOOL))
+    assert len(msgs) == 1, msgs
+    assert "node 0 (RetrieveSinks): input query_valid is BOOL: TensorRT plugins take no BOOL or UINT8" in msgs[0]
+    assert "re-export the bundle with this version's dysink-export onnx" in msgs[0]
+    msgs = _messages(_retrieve_node_model(TensorProto.UINT8, slots_type=TensorProto.UINT8), "11")
+    assert len(msgs) == 2 and "input query_valid is UINT8" in msgs[0] and "output slots is UINT8" in msgs[1], msgs
+
+
+def test_old_bundle_with_a_bool_query_valid_fails_the_lint(bundles):
+    """The exported retrieve graph, its query_valid turned back into the old bool: one line per TensorRT version."""
+    import onnx
+
+    from dysink_deploy.bundle import Bundle
+
+    proto = onnx.load(str(Bundle.load(bundles("fp32")).graph_path("retrieve")))
+    assert _messages(proto) == []
+    (vi,) = [i for i in proto.graph.input if i.name == "query_valid"]
+    assert vi.type.tensor_type.elem_type == TensorProto.INT32
+    vi.type.tensor_type.elem_type = TensorProto.BOOL
+    for version in ("10.3", "11"):
+        msgs = _messages(proto, version)
+        assert len(msgs) == 1 and "(RetrieveSinks): input query_valid is BOOL" in msgs[0], msgs
+
+
 def test_plugin_limits_match_the_cpp_creators():
     """The linter's numbers are the C++ creators' (read from the sources, so a change there fails here)."""
     import re

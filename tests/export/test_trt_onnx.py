@@ -224,3 +224,29 @@ def test_missing_external_data_is_refused(bundle_copy, tmp_path):
     with pytest.raises(DysinkError, match="references external data 'elsewhere.bin', which is not in bundle"):
         trt_onnx.write_trt_onnx(bundle_copy, tmp_path / "trt", ["dit_step"])
     assert not (tmp_path / "trt").exists()
+
+
+@pytest.mark.parametrize("graph", ["dit_step", "retrieve"])
+def test_native_graphs_are_the_function_bodies_inlined(bundles, graph):
+    """build --no-plugins hands TensorRT the graph with every dysink node replaced by its function
+    body: standard ops only, and ONNX Runtime computes the same outputs from it as from the bundle's
+    graph (which it runs through the same bodies)."""
+    import onnxruntime as ort
+
+    from dysink_deploy.bundle import Bundle
+    from dysink_deploy.export.graph_modules import sample_inputs
+
+    bundle = Bundle.load(bundles("fp32"))
+    path = bundle.graph_path(graph)
+    native = onnx.load_from_string(trt_onnx.native_bytes(path))
+    assert not native.functions and not _custom_nodes(native)
+    onnx.checker.check_model(native, full_check=True)
+    spec = bundle.specs[graph]
+    feeds = {s.name: x.numpy() for s, x in zip(spec.inputs, sample_inputs(graph, bundle.model, bundle.stream,
+                                                                        "fp32", seed=0))}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    want = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = ort.InferenceSession(native.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(w, g)

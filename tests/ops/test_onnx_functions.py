@@ -67,7 +67,25 @@ ID_CASES = [
     ([-1, -1], [-1, -1, -1]),  # everything empty: attention over the current block only
     ([2, 2], [1, 1, 3]),       # duplicated pages
     ([0, 3], [3, 0, 2]),       # a page both local and sink
+    ([4, 1], [-2, 2, 9]),      # ids outside [0, P) (P = 4): empty slots, like -1
 ]
+
+
+def test_page_ids_outside_the_pool_are_empty_slots():
+    """ORT (the function body) and the reference treat an id >= P or < -1 exactly as -1."""
+    sess = gsa_session(threshold=0.5)
+    args = random_gsa_args(5, [P, 2], [1, -7, P + 3])
+    same = args[:5] + [torch.tensor([-1, 2]), torch.tensor([1, -1, -1])]
+    out, ratios = run_gsa(sess, args)
+    out_empty, ratios_empty = run_gsa(sess, same)
+    np.testing.assert_array_equal(out, out_empty)
+    np.testing.assert_array_equal(ratios, ratios_empty)
+    assert ratios[1:].tolist() == [0.0, 0.0]
+    ref = gated_sink_attention_ref(*args, 0.5, False)
+    ref_empty = gated_sink_attention_ref(*same, 0.5, False)
+    torch.testing.assert_close(ref[0], ref_empty[0], rtol=0, atol=0)
+    assert ref[1].tolist() == ref_empty[1].tolist() == ratios.tolist()
+    np.testing.assert_allclose(out, ref[0].numpy(), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("fixed_sinks", [None, 1, 2])
@@ -149,7 +167,7 @@ C, F, Q = 7, 5, 3
 
 def rs_session(k, sink_size=0, capacity=C):
     inputs = [("bank_feats", TP.FLOAT, [capacity, F]), ("bank_start", TP.INT64, [capacity]),
-              ("queries", TP.FLOAT, [Q, F]), ("query_valid", TP.BOOL, [Q]),
+              ("queries", TP.FLOAT, [Q, F]), ("query_valid", TP.INT32, [Q]),
               ("current_start", TP.INT64, []), ("window_frames", TP.INT64, [])]
     outputs = [("slots", TP.INT64, [k]), ("scores", TP.FLOAT, [k])]
     return _session("RetrieveSinks", inputs, outputs, sink_size=sink_size, k=k)
@@ -162,7 +180,7 @@ def run_rs(sess, args):
 
 def rs_args(feats, starts, queries, valid, current_start, window):
     return [torch.as_tensor(feats, dtype=torch.float32), torch.as_tensor(starts, dtype=torch.int64),
-            torch.as_tensor(queries, dtype=torch.float32), torch.as_tensor(valid, dtype=torch.bool),
+            torch.as_tensor(queries, dtype=torch.float32), torch.as_tensor(valid, dtype=torch.int32),
             torch.tensor(current_start), torch.tensor(window)]
 
 
@@ -226,6 +244,22 @@ def test_retrieve_fewer_than_k_and_empty():
               slots=[-1, -1], scores=[0.0, 0.0])
 
 
+def test_retrieve_query_valid_is_int32_and_nonzero_counts():
+    """query_valid is int32 (TensorRT plugin I/O cannot be bool): 1 valid, 0 not; ORT, the reference and
+    the hand-worked answer agree, and any nonzero value counts as valid (weight 1, not its value)."""
+    feats = np.zeros((C, F), np.float32)
+    feats[:, 0], feats[:, 1] = [0.9, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6], [0.0, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0]
+    queries = np.zeros((Q, F), np.float32)
+    queries[0, 0], queries[1, 1] = 1.0, 1.0
+    starts = [0, 3, 6, 9, 12, 15, 18]
+    args = rs_args(feats, starts, queries, [1, 0, 0], 30, 9)
+    assert args[3].dtype == torch.int32
+    _check_rs(rs_session(2), args, 0, 2, slots=[0, 6], scores=[0.9, 0.6])
+    # Two valid queries, one marked 2: the mean of e0 and e1 (not 2 * e1).
+    _check_rs(rs_session(2), rs_args(feats, starts, queries, [1, 2, 0], 30, 9), 0, 2,
+              slots=[0, 1], scores=[0.45, 0.45])
+
+
 def test_retrieve_ties_keep_lower_slot_first():
     feats = np.tile(np.eye(1, F, dtype=np.float32), (C, 1))           # every entry identical
     queries = np.tile(np.eye(1, F, dtype=np.float32), (Q, 1))
@@ -252,11 +286,11 @@ def test_bodies_hold_at_older_opsets(opset):
     g = torch.Generator().manual_seed(opset)
     feats = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
     queries = torch.nn.functional.normalize(torch.randn(2, 8, generator=g), dim=-1)
-    start, valid = torch.tensor([0, 3, 6, -1, 12, 15]), torch.tensor([True, True])
+    start, valid = torch.tensor([0, 3, 6, -1, 12, 15]), torch.tensor([1, 1], dtype=torch.int32)
     ins = [helper.make_tensor_value_info("bank_feats", TP.FLOAT, [6, 8]),
            helper.make_tensor_value_info("bank_start", TP.INT64, [6]),
            helper.make_tensor_value_info("queries", TP.FLOAT, [2, 8]),
-           helper.make_tensor_value_info("query_valid", TP.BOOL, [2]),
+           helper.make_tensor_value_info("query_valid", TP.INT32, [2]),
            helper.make_tensor_value_info("current_start", TP.INT64, []),
            helper.make_tensor_value_info("window_frames", TP.INT64, [])]
     outs = [helper.make_tensor_value_info("slots", TP.INT64, [2]), helper.make_tensor_value_info("scores", TP.FLOAT, [2])]

@@ -21,7 +21,7 @@ def _bank():
 
 
 def call(feats, starts, queries, valid, current, window, sink_size=0, k=2):
-    return retrieve_sinks_ref(feats, starts, queries, torch.tensor(valid), torch.tensor(current),
+    return retrieve_sinks_ref(feats, starts, queries, torch.tensor(valid, dtype=torch.int32), torch.tensor(current),
                               torch.tensor(window), sink_size, k)
 
 
@@ -68,5 +68,5 @@ def test_k_larger_than_bank_and_custom_op():
     q = torch.stack([_unit(1, 0, 0)])
     slots, _ = call(feats, starts, q, [True], 100, 9, k=8)
     assert slots.tolist() == [0, 2, 1, 4, 3, -1, -1, -1]
-    a = retrieve_sinks(feats, starts, q, torch.tensor([True]), torch.tensor(100), torch.tensor(9), 0, 8)
+    a = retrieve_sinks(feats, starts, q, torch.tensor([1], dtype=torch.int32), torch.tensor(100), torch.tensor(9), 0, 8)
     assert a[0].tolist() == slots.tolist()

@@ -141,3 +141,31 @@ def test_integer_arguments_are_never_specialized():
             fn = getattr(modules[aot.KERNEL_MODULE[kernel]], kernel)
             ints = sorted(name for name, ty in args.items() if ty == "i32")
             assert sorted(p.name for p in fn.params if p.do_not_specialize) == ints, kernel
+
+
+def test_plugin_launches_pass_each_kernel_its_arguments_in_order():
+    """The C++ plugins' ArgLists (plugins/cpp/src/*_plugin.cpp) name, in order, the arguments of each kernel
+    as ARG_TYPES lists them (P included): a mismatch would only show on a GPU, as a refused launch."""
+    import re
+
+    src = Path(__file__).resolve().parents[2] / "plugins" / "cpp" / "src"
+    names = {"q": "q", "kCur": "k_cur", "vCur": "v_cur", "kPool": "k_pool", "vPool": "v_pool",
+             "localIds": "local_ids", "sinkIds": "sink_ids", "partial": "partial", "ratios": "ratios", "out": "out",
+             "mThreshold": "threshold", "smScale": "sm_scale", "mTokens": "L", "mHeads": "H", "mLocal": "n_local",
+             "mSink": "n_sink", "mFixedSinks": "fixed_sinks", "perSplit": "tokens_per_split", "mPages": "P",
+             "scoresWs": "scores_ws", "slots": "slots", "top": "top_scores", "mCapacity": "C", "mFeat": "F",
+             "mQueries": "Q", "mSinkSize": "sink_size", "mK": "k"}
+    inputs = {"retrieve_sinks_plugin.cpp": ["bank_feats", "bank_start", "queries", "query_valid", "current_start",
+                                            "window_frames"]}
+    launches = {}
+    for file, kernels in (("gated_sink_attention_plugin.cpp", {"mPartial": "gate_partial_sums",
+                                                                "mDecide": "gate_decide",
+                                                                "mAttention": "paged_attention"}),
+                          ("retrieve_sinks_plugin.cpp", {"mScores": "retrieve_scores", "mTopk": "retrieve_topk"})):
+        text = (src / file).read_text()
+        for var, body, loaded in re.findall(r"ArgList (\w+);(.*?)launchKernel\((\w+),", text, re.S):
+            args = []
+            for name in re.findall(rf"(?:\b{var}\s*)?\.add\(&(\w+)(?:\[i\])?\)", body):
+                args += inputs[file] if name == "ptr" else [names[name]]
+            launches[kernels[loaded]] = args
+    assert launches == {kernel: list(args) for kernel, args in aot.ARG_TYPES.items()}

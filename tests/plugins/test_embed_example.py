@@ -64,3 +64,14 @@ def test_example_compiles(include):
     res = subprocess.run(["g++", "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-isystem", str(include),
                           "-isystem", str(cuda), str(EXAMPLE)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_example_checks_every_tensorrt_object_it_creates():
+    """createInferRuntime, deserializeCudaEngine and createExecutionContext return null on failure: the
+    example checks each and exits with one line naming the call (it cannot run here: TensorRT + GPU)."""
+    text = EXAMPLE.read_text()
+    for call, var in (("createInferRuntime", "runtime"), ("deserializeCudaEngine", "engine"),
+                      ("createExecutionContext", "context")):
+        after = text.split(f"{call}(", 1)[1]
+        assert f"if (!{var})" in after.split(";", 2)[1], call            # checked right after the call
+        assert f'"{call} failed' in after, call                           # ... with a line naming it

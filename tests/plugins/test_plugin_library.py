@@ -1,8 +1,10 @@
 """libdysink_plugins.so, host side: built against each TensorRT header version found, then the C++
 harness (tests/plugins/cpp/plugin_harness.cpp) dlopens it on this CPU-only machine and creates each
-plugin from the attributes of the custom nodes of a real exported tiny bundle; its self-registration
-is checked against a registry test double standing in for libnvinfer (tests/plugins/cpp/
-registry_double.cpp, registration_harness.cpp), its cubin choice per GPU architecture through
+plugin from the attributes of the custom nodes of a real exported tiny bundle; how it and
+libdysink_plugins_autoreg.so register the plugins is checked against a registry test double standing
+in for libnvinfer (tests/plugins/cpp/registry_double.cpp, registration_harness.cpp), including the
+refusal of another TensorRT major; the lazy driver's current-context rule against a CUDA driver test
+double (driver_double.cpp, context_harness.cpp); its cubin choice per GPU architecture through
 dysinkFindKernel, and the CMake project's handling of a changed TensorRT include folder.
 
 Headers are never committed. Point the tests at them with
@@ -80,9 +82,13 @@ def _run(cmd: list, **kwargs) -> str:
 class Built:
     include: Path
     lib: Path                       # libdysink_plugins.so, built by dysink-export plugins' build_library
+    autoreg: Path                   # libdysink_plugins_autoreg.so, built beside it
     harness: Path                   # plugin_harness
     registration: Path              # registration_harness
     standin: Path                   # the registry test double, libnvinfer.so.<version> (soname libnvinfer.so.<major>)
+    context: Path                   # context_harness
+    cuda_standin: Path              # folder of the CUDA driver test double, libcuda.so.1
+    cudart_standin: Path            # the CUDA runtime test double, libcudart.so.13
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +101,18 @@ def built(kernel_dir, tmp_path_factory):
             version = B.tensorrt_header_version(include)
             root = tmp_path_factory.mktemp(f"plugins-{version}")
             lib = B.build_library(kernel_dir, root / "build", include)
+            # Both libraries build without warnings (-Wall -Wextra): rebuilt here to see the compiler's output.
+            out = _run(["cmake", "--build", root / "build", "--clean-first", "-j", str(os.cpu_count() or 2)])
+            assert "warning:" not in out and (lib.parent / B.AUTOREG_LIBRARY).is_file(), out
             tests = root / "tests"
             _run(["cmake", "-S", TEST_CPP, "-B", tests, f"-DTensorRT_INCLUDE_DIR={include}",
                   f"-DDYSINK_TRT_VERSION={version}"])
             out = _run(["cmake", "--build", tests, "-j", str(os.cpu_count() or 2)])
             assert "warning:" not in out, out          # the test programs build with -Wall -Wextra
-            cache[str(include)] = Built(include, lib, tests / "plugin_harness", tests / "registration_harness",
-                                        tests / "standin" / f"libnvinfer.so.{version}")
+            cache[str(include)] = Built(include, lib, lib.parent / B.AUTOREG_LIBRARY, tests / "plugin_harness",
+                                        tests / "registration_harness", tests / "standin" / f"libnvinfer.so.{version}",
+                                        tests / "context_harness", tests / "standin-cuda",
+                                        tests / "standin-cudart" / "libcudart.so.13")
         return cache[str(include)]
 
     return get
@@ -127,9 +138,16 @@ def test_harness_against_headers(include, built, node_attributes):
     assert gsa["plugin_namespace"] == b"dysink" and gsa["plugin_version"] == b"1"
     # Symbols: only the entry points are exported, and nothing from TensorRT or CUDA is needed.
     nm = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True).stdout
-    assert {"getCreators", "setLoggerFinder"} <= {line.split()[-1] for line in nm.splitlines()}
+    assert {"getCreators", "setLoggerFinder", "dysinkRegisterPlugins", "dysinkPluginsTensorRTVersion",
+            "dysinkLoadedTensorRTVersion", "dysinkDeviceArch"} <= {line.split()[-1] for line in nm.splitlines()}
     needed = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True).stdout
     assert "nvinfer" not in needed and "libcuda" not in needed and "cudart" not in needed, needed
+    # The autoreg library needs only the main one, found beside it ($ORIGIN), and exports nothing of its own.
+    autoreg = subprocess.run(["readelf", "-d", str(b.autoreg)], capture_output=True, text=True).stdout
+    assert f"[{B.LIBRARY}]" in autoreg and "Library runpath: [$ORIGIN]" in autoreg, autoreg
+    assert "nvinfer" not in autoreg and "libcuda" not in autoreg and "cudart" not in autoreg, autoreg
+    autoreg_nm = subprocess.run(["nm", "-D", "--defined-only", str(b.autoreg)], capture_output=True, text=True).stdout
+    assert not any(w in autoreg_nm for w in ("getCreators", "dysink")), autoreg_nm
     # No test double in the library: it defines no registry of its own.
     assert "getPluginRegistry" not in nm and "registryDouble" not in nm
     res = subprocess.run([str(b.harness), str(lib), repr(gsa["threshold"]),
@@ -138,44 +156,122 @@ def test_harness_against_headers(include, built, node_attributes):
     _checks(res)
 
 
-# ---------------- self-registration, against the registry test double ----------------
+# ---------------- registration, against the registry test double ----------------
+
+SCENARIOS = ["load-library", "local-nvinfer", "no-nvinfer", "other-major", "flags-load-time-calls"]
+
+
+def _said(stderr: str, text: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("[dysink plugins]") and text in line]
+
 
 @pytest.mark.skipif(not HEADERS, reason=NO_HEADERS)
 @pytest.mark.skipif(not TOOLS, reason="cmake and a C++ compiler are needed to build the plugin library")
-@pytest.mark.parametrize("scenario", ["local-nvinfer", "load-library", "no-nvinfer"])
+@pytest.mark.parametrize("scenario", SCENARIOS)
 @pytest.mark.parametrize("include", HEADERS, ids=[B.tensorrt_header_version(h) for h in HEADERS])
-def test_self_registration_with_the_registry_double(include, scenario, built):
-    """local-nvinfer: the stand-in libnvinfer loaded RTLD_LOCAL, then the plugin: both creators registered
-    once under "dysink", getCreators() takes them out again so that a loader's registration does not
-    collide. load-library: the same through the double's loadLibrary. no-nvinfer: nothing registered, no
-    crash; dysinkRegisterPlugins() registers once a libnvinfer is there. (registration_harness.cpp)"""
+def test_registration_with_the_registry_double(include, scenario, built):
+    """The double's loadLibrary flags any registry call made while it loads a library and calls its
+    getCreators. load-library: libdysink_plugins.so through it makes none, both creators registered once.
+    local-nvinfer: a libnvinfer loaded RTLD_LOCAL; the main library registers nothing when loaded, the
+    autoreg library registers both once, dysinkRegisterPlugins() again adds nothing. no-nvinfer: nothing
+    registered, no crash, one line from the autoreg library; dysinkRegisterPlugins() registers once a
+    libnvinfer is there. other-major: no creators and one refusal line each time; the same major with
+    another minor gets both. flags-load-time-calls: the double does catch load-time calls (the autoreg
+    library given to loadLibrary, which users must not do). (registration_harness.cpp)"""
     b = built(include)
-    res = subprocess.run([str(b.registration), scenario, str(b.lib), str(b.standin)], capture_output=True,
-                         text=True, env=_no_gpu_env())
+    res = subprocess.run([str(b.registration), scenario, str(b.lib), str(b.autoreg), str(b.standin)],
+                         capture_output=True, text=True, env=_no_gpu_env())
     _checks(res)
+    said = _said(res.stderr, "")
+    if scenario == "no-nvinfer":
+        assert len(said) == 1 and "no TensorRT is loaded in this process" in said[0], res.stderr
+    elif scenario == "other-major":
+        # The refusals while a logger was set went to it; the autoreg library's, without one, to stderr.
+        major = B.tensorrt_header_version(include).split(".")[0]
+        assert len(said) == 1 and f"targets TensorRT {major} (headers {B.tensorrt_header_version(include)})" \
+            in said[0] and "no plugins registered" in said[0], res.stderr
+    elif scenario != "flags-load-time-calls":
+        assert not said, res.stderr
 
 
 CTYPES_SCRIPT = """
 import ctypes, json, sys
 standin = ctypes.CDLL(sys.argv[1])        # ctypes' default mode: RTLD_LOCAL, as the tensorrt package loads libnvinfer
-plugin = ctypes.CDLL(sys.argv[2])
+ctypes.CDLL(sys.argv[2])                  # libdysink_plugins_autoreg.so: registers when loaded
 count = lambda what: standin.registryDoubleCount(what.encode())
+after_load = count("register")
+plugin = ctypes.CDLL(sys.argv[3])         # libdysink_plugins.so (loaded already, as the autoreg library's dependency)
+plugin.dysinkRegisterPlugins.restype = ctypes.c_bool
+again = [plugin.dysinkRegisterPlugins(), plugin.dysinkRegisterPlugins()]
 active = {n: standin.registryDoubleActive(n.encode(), b"dysink") for n in ("GatedSinkAttention", "RetrieveSinks")}
-print(json.dumps({"register": count("register"), "refused": count("refused"), "active": count("active"),
-                  "by_name": active}))
+print(json.dumps({"after_load": after_load, "again": again, "register": count("register"), "refused": count("refused"),
+                  "active": count("active"), "errors": count("errors"), "by_name": active,
+                  "built": plugin.dysinkPluginsTensorRTVersion(), "loaded": plugin.dysinkLoadedTensorRTVersion()}))
 """
 
 
 @pytest.mark.skipif(not HEADERS, reason=NO_HEADERS)
 @pytest.mark.skipif(not TOOLS, reason="cmake and a C++ compiler are needed to build the plugin library")
-def test_ctypes_cdll_registers_with_an_rtld_local_libnvinfer(built):
-    """The documented Python path: a libnvinfer loaded RTLD_LOCAL (here the test double), then ctypes.CDLL."""
+def test_ctypes_cdll_of_the_autoreg_library_registers_with_an_rtld_local_libnvinfer(built):
+    """The documented Python path: a libnvinfer loaded RTLD_LOCAL (here the test double), then
+    ctypes.CDLL(libdysink_plugins_autoreg.so); dysinkRegisterPlugins() twice more registers nothing."""
     b = built(HEADERS[0])
-    res = subprocess.run([sys.executable, "-c", CTYPES_SCRIPT, str(b.standin), str(b.lib)], capture_output=True,
-                         text=True, env=_no_gpu_env())
+    res = subprocess.run([sys.executable, "-c", CTYPES_SCRIPT, str(b.standin), str(b.autoreg), str(b.lib)],
+                         capture_output=True, text=True, env=_no_gpu_env())
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.splitlines()[-1])
-    assert got == {"register": 2, "refused": 0, "active": 2, "by_name": {"GatedSinkAttention": 1, "RetrieveSinks": 1}}
+    major, minor, patch = (int(x) for x in B.tensorrt_header_version(HEADERS[0]).split("."))
+    version = (major * 100 + minor) * 100 + patch
+    assert got == {"after_load": 2, "again": [True, True], "register": 2, "refused": 0, "active": 2, "errors": 0,
+                   "by_name": {"GatedSinkAttention": 1, "RetrieveSinks": 1}, "built": version, "loaded": version}
+    assert "[dysink plugins]" not in res.stderr, res.stderr
+
+
+# ---------------- a current CUDA context, against a CUDA driver test double ----------------
+
+def _real_cuda_driver() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+DEVICE_ARCH_SCRIPT = """
+import ctypes, json, sys
+lib = ctypes.CDLL(sys.argv[1])
+msg = ctypes.create_string_buffer(1024)
+arch = lib.dysinkDeviceArch(msg, len(msg))
+print(json.dumps([arch, msg.value.decode()]))
+"""
+
+
+@pytest.mark.skipif(not HEADERS, reason=NO_HEADERS)
+@pytest.mark.skipif(not TOOLS, reason="cmake and a C++ compiler are needed to build the plugin library")
+def test_current_context_rule_with_the_driver_double(built):
+    """A thread without a current context: the stream's context for a launch, else the primary context of
+    the CUDA runtime's current device (device 0 without a runtime), retained once and made current; a
+    failing call is one line. Without any driver: one line naming libcuda.so.1, no crash
+    (context_harness.cpp, compiled with plugins/cpp/src/cuda_driver.cpp; and the library's dysinkDeviceArch)."""
+    b = built(HEADERS[0])
+    env = {**_no_gpu_env(), "LD_LIBRARY_PATH": os.pathsep.join(
+        [str(b.cuda_standin)] + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])}
+    env.pop("CUDA_VISIBLE_DEVICES")
+    _checks(subprocess.run([str(b.context), "stand-in", str(b.cudart_standin)], capture_output=True, text=True,
+                           env=env))
+    res = subprocess.run([sys.executable, "-c", DEVICE_ARCH_SCRIPT, str(b.lib)], capture_output=True, text=True,
+                         env=env)
+    assert res.returncode == 0 and json.loads(res.stdout.splitlines()[-1]) == [87, ""], res.stdout + res.stderr
+    if _real_cuda_driver():
+        return                                  # a machine with a driver cannot show the no-driver path
+    _checks(subprocess.run([str(b.context), "no-driver"], capture_output=True, text=True, env=_no_gpu_env()))
+    res = subprocess.run([sys.executable, "-c", DEVICE_ARCH_SCRIPT, str(b.lib)], capture_output=True, text=True,
+                         env=_no_gpu_env())
+    assert res.returncode == 0, res.stderr
+    arch, message = json.loads(res.stdout.splitlines()[-1])
+    assert arch == -1 and "libcuda.so.1" in message and "\n" not in message, message
 
 
 # ---------------- which cubin runs on which GPU ----------------

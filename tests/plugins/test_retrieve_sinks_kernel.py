@@ -21,7 +21,13 @@ def _unit(x):
     return torch.nn.functional.normalize(x, dim=-1)
 
 
+def _flags(*values):
+    """query_valid as the contract has it: int32, 1 valid, 0 not."""
+    return torch.tensor(values, dtype=torch.int32)
+
+
 def _scores64(feats, queries, valid):
+    valid = valid != 0
     q = (queries.double() * valid.double()[:, None]).sum(0) / valid.double().sum().clamp(min=1)
     return feats.double() @ q
 
@@ -50,7 +56,7 @@ def test_random_banks(capacity, k):
     start = torch.arange(capacity) * 3
     start[::7] = -1                                     # some empty slots
     queries = _unit(torch.randn(3, 512, generator=g))
-    valid = torch.tensor([True, False, True])
+    valid = torch.tensor([1, 0, 1], dtype=torch.int32)
     _check(feats, start, queries, valid, 3 * capacity, 9, 0, k)
 
 
@@ -70,7 +76,7 @@ def test_hand_worked_exclusions_ties_and_padding():
     feats[:, 0] = torch.tensor([0.9, 0.5, 0.99, 0.95, 0.5, 0.7])
     start = torch.tensor([0, 3, 24, -1, 18, 21])
     queries = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
-    valid = torch.tensor([True, False])
+    valid = torch.tensor([1, 0], dtype=torch.int32)
     slots, scores = launch.retrieve_sinks(feats, start, queries, valid, torch.tensor(30), torch.tensor(9), 3, 4)
     assert slots.tolist() == [1, 4, -1, -1]
     assert scores.tolist() == [0.5, 0.5, 0.0, 0.0]
@@ -78,16 +84,16 @@ def test_hand_worked_exclusions_ties_and_padding():
 
 def test_no_valid_query_retrieves_nothing():
     feats = _unit(torch.randn(5, 8, generator=torch.Generator().manual_seed(1)))
-    slots, scores = launch.retrieve_sinks(feats, torch.arange(5) * 3, feats[:2], torch.tensor([False, False]),
+    slots, scores = launch.retrieve_sinks(feats, torch.arange(5) * 3, feats[:2], _flags(0, 0),
                                           100, 9, 0, 2)
     assert slots.tolist() == [-1, -1] and scores.tolist() == [0.0, 0.0]
 
 
 def test_every_slot_empty_and_k_beyond_capacity():
     feats = torch.zeros(4, 8)
-    slots, _ = launch.retrieve_sinks(feats, torch.full((4,), -1), torch.ones(1, 8), torch.tensor([True]), 12, 9, 0, 2)
+    slots, _ = launch.retrieve_sinks(feats, torch.full((4,), -1), torch.ones(1, 8), _flags(1), 12, 9, 0, 2)
     assert slots.tolist() == [-1, -1]
-    slots = _check(feats + 1, torch.arange(4) * 3, torch.ones(1, 8), torch.tensor([True]), 100, 9, 0, 6)
+    slots = _check(feats + 1, torch.arange(4) * 3, torch.ones(1, 8), _flags(1), 100, 9, 0, 6)
     assert slots[4:] == [-1, -1]
 
 
@@ -95,14 +101,14 @@ def test_scalars_stay_tensors():
     """current_start / window_frames may be 0-d device tensors (no host read) or plain ints."""
     feats = _unit(torch.randn(10, 16, generator=torch.Generator().manual_seed(2)))
     start = torch.arange(10) * 3
-    a = launch.retrieve_sinks(feats, start, feats[:3], torch.tensor([True] * 3), torch.tensor(30), torch.tensor(9), 0, 3)
-    b = launch.retrieve_sinks(feats, start, feats[:3], torch.tensor([True] * 3), 30, 9, 0, 3)
+    a = launch.retrieve_sinks(feats, start, feats[:3], _flags(1, 1, 1), torch.tensor(30), torch.tensor(9), 0, 3)
+    b = launch.retrieve_sinks(feats, start, feats[:3], _flags(1, 1, 1), 30, 9, 0, 3)
     assert a[0].tolist() == b[0].tolist()
     # numpy integers (as read from a config array) are integers too; a one-entry bank and k=1
     # (a value Triton's JIT would otherwise specialize) work.
-    c = launch.retrieve_sinks(feats, start, feats[:3], torch.tensor([True] * 3), 30, 9, np.int64(0), np.int64(3))
+    c = launch.retrieve_sinks(feats, start, feats[:3], _flags(1, 1, 1), 30, 9, np.int64(0), np.int64(3))
     assert c[0].tolist() == a[0].tolist()
-    slots = _check(feats[:1], start[:1], feats[:1], torch.tensor([True]), 30, 9, 0, 1)
+    slots = _check(feats[:1], start[:1], feats[:1], _flags(1), 30, 9, 0, 1)
     assert slots == [0]
 
 
@@ -113,13 +119,26 @@ def test_scalars_stay_tensors():
 def test_limits_are_clear_errors(capacity, k, message):
     with pytest.raises(DysinkError, match=message):
         launch.retrieve_sinks(torch.zeros(capacity, 8), torch.zeros(capacity, dtype=torch.int64), torch.zeros(1, 8),
-                              torch.tensor([True]), 0, 9, 0, k)
+                              _flags(1), 0, 9, 0, k)
 
 
 def test_bad_dtypes_are_clear_errors():
-    with pytest.raises(DysinkError, match="query_valid must be bool"):
-        launch.retrieve_sinks(torch.zeros(4, 8), torch.zeros(4, dtype=torch.int64), torch.zeros(1, 8),
-                              torch.tensor([1]), 0, 9, 0, 2)
+    """query_valid is int32: a bool (what bundles before format 4 fed) or int64 mask is refused, not
+    reinterpreted (the kernel reads 4-byte words)."""
+    for wrong in (torch.tensor([True]), torch.tensor([1])):
+        with pytest.raises(DysinkError, match=r"query_valid must be int32 \[1\] \(1 valid, 0 not\), got torch\."):
+            launch.retrieve_sinks(torch.zeros(4, 8), torch.zeros(4, dtype=torch.int64), torch.zeros(1, 8),
+                                  wrong, 0, 9, 0, 2)
     with pytest.raises(DysinkError, match="bank_start must be int64"):
         launch.retrieve_sinks(torch.zeros(4, 8), torch.zeros(4, dtype=torch.int32), torch.zeros(1, 8),
-                              torch.tensor([True]), 0, 9, 0, 2)
+                              _flags(1), 0, 9, 0, 2)
+
+
+def test_query_valid_any_nonzero_counts_once():
+    """The int32 flags: 0 = empty queue slot, anything else valid with weight 1, as in the reference."""
+    g = torch.Generator().manual_seed(4)
+    feats = _unit(torch.randn(20, 16, generator=g))
+    queries = _unit(torch.randn(4, 16, generator=g))
+    start = torch.arange(20) * 3
+    ones = _check(feats, start, queries, _flags(1, 0, 1, 1), 90, 9, 0, 4)
+    assert _check(feats, start, queries, _flags(7, 0, -1, 1), 90, 9, 0, 4) == ones

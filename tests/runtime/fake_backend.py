@@ -61,7 +61,7 @@ class FakeBackend(Backend):
 
     def retrieve(self, bank_feats, bank_start, queries, query_valid, current_start, window_frames, sink_size, k):
         self.calls["retrieve"] += 1
-        q = queries[query_valid].mean(0)
+        q = queries[np.asarray(query_valid) != 0].mean(0)
         score = bank_feats @ q
         ok = (bank_start >= 0) & ~((bank_start >= current_start - window_frames) & (bank_start < current_start))
         ok &= bank_start >= sink_size

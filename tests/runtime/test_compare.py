@@ -8,7 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from dysink_deploy.bench import main
+from dysink_deploy.cli.bench_cli import main
 
 
 def _block(i, retrieved=(), dropped=False, stored=True):

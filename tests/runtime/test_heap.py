@@ -42,7 +42,7 @@ def test_the_stream_trims_every_few_blocks(monkeypatch):
 def test_memory_bench_judges_the_trimmed_rss():
     from click.testing import CliRunner
 
-    from dysink_deploy.bench import main
+    from dysink_deploy.cli.bench_cli import main
 
     res = CliRunner().invoke(main, ["memory", "--blocks", "4", "--measure-block", "2", "--tolerance", "10"])
     assert res.exit_code == 0, res.output

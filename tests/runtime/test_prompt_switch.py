@@ -169,7 +169,7 @@ def test_cli_prompt_schedule(tmp_path):
 
     from click.testing import CliRunner
 
-    from dysink_deploy.bench import main as bench_main
+    from dysink_deploy.cli.bench_cli import main as bench_main
     from dysink_deploy.runtime.cli import main
 
     schedule = _schedule(tmp_path, [{"frame": 0, "prompt_embeds": "a.safetensors"},

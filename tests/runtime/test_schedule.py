@@ -90,11 +90,11 @@ def test_positions_beyond_1024_frames():
 def test_query_queue_fixed_shape():
     q = QueryQueue(3, 4)
     feats, valid = q.arrays()
-    assert feats.shape == (3, 4) and valid.tolist() == [False] * 3
+    assert feats.shape == (3, 4) and valid.dtype == np.int32 and valid.tolist() == [0] * 3
     for i in range(5):
         q.push(np.full(4, i, np.float32))
     feats, valid = q.arrays()
-    assert valid.tolist() == [True] * 3 and feats[:, 0].tolist() == [2.0, 3.0, 4.0]
+    assert valid.tolist() == [1] * 3 and feats[:, 0].tolist() == [2.0, 3.0, 4.0]
 
 
 def test_pool_exhaustion_is_a_clear_error():

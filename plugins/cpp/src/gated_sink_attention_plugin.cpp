@@ -1,10 +1,14 @@
 // GatedSinkAttention: three kernel launches (gate_partial_sums, gate_decide, paged_attention),
 // contract of dysink_deploy/ops/gated_sink_attention.py. Inputs: q, k_cur, v_cur [L, H, D];
-// k_pool, v_pool [P, L, H, D] (one dtype: float, half, bf16); local_ids, sink_ids int64.
-// Outputs: out [L, H, D] (q's dtype), ratios float32 [S_sink].
+// k_pool, v_pool [P, L, H, D] (one dtype: float, half, bf16); local_ids, sink_ids int64 (-1, or any id
+// outside [0, P), = empty slot: the kernels take P and never read outside the pools, whatever the id
+// buffers hold). Outputs: out [L, H, D] (q's dtype), ratios float32 [S_sink].
 #include "plugins.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 
 using namespace nvinfer1;
 
@@ -97,6 +101,10 @@ std::string GatedSinkAttentionPlugin::checkShapes(DynamicPluginTensorDesc const*
             return "k_pool and v_pool must be [P, L, H, D] with q's L, H, D";
         }
     }
+    if (in[3].desc.dims.d[0] >= 0 && in[4].desc.dims.d[0] >= 0 && in[3].desc.dims.d[0] != in[4].desc.dims.d[0])
+    {
+        return "k_pool and v_pool must have the same number of pages";
+    }
     if (in[5].desc.dims.nbDims != 1 || in[6].desc.dims.nbDims != 1)
     {
         return "local_ids and sink_ids must be 1-D";
@@ -145,6 +153,10 @@ int32_t GatedSinkAttentionPlugin::onShapeChange(
     mHeadDim = static_cast<int32_t>(in[0].dims.d[2]);
     mLocal = static_cast<int32_t>(in[5].dims.d[0]);
     mSink = static_cast<int32_t>(in[6].dims.d[0]);
+    // P for the kernels' page-id bound; both pools have it (checkShapes). A count past int32 is
+    // clamped: ids up to 2^31 - 1 still address pages, none beyond is read.
+    int64_t pages = std::min(in[3].dims.d[0], in[4].dims.d[0]);
+    mPages = static_cast<int32_t>(std::clamp<int64_t>(pages, 0, std::numeric_limits<int32_t>::max()));
     int32_t dtype = toKDtype(in[0].type);
     // bf16 rounding is the identity on bf16 pools: those use the lean variant.
     int32_t sinkBf16 = (mSinkKvBf16 && dtype != kBF16) ? 1 : 0;
@@ -196,13 +208,13 @@ int32_t GatedSinkAttentionPlugin::enqueue(PluginTensorDesc const*, PluginTensorD
         int32_t perSplit = (mTokens + nSplit - 1) / nSplit;
         ArgList a;
         a.add(&q).add(&kCur).add(&kPool).add(&localIds).add(&sinkIds).add(&partial);
-        a.add(&mTokens).add(&mHeads).add(&mLocal).add(&mSink).add(&mFixedSinks).add(&perSplit);
+        a.add(&mTokens).add(&mHeads).add(&mLocal).add(&mSink).add(&mFixedSinks).add(&perSplit).add(&mPages);
         result = launchKernel(mPartial, mSink + mLocal + 2, mHeads, nSplit, a, cuStream);
         if (result == CUDA_SUCCESS)
         {
             ArgList b;
             b.add(&partial).add(&localIds).add(&sinkIds).add(&ratios);
-            b.add(&mTokens).add(&mHeads).add(&mLocal).add(&mSink);
+            b.add(&mTokens).add(&mHeads).add(&mLocal).add(&mSink).add(&mPages);
             result = launchKernel(mDecide, mSink, 1, 1, b, cuStream);
         }
     }
@@ -211,7 +223,8 @@ int32_t GatedSinkAttentionPlugin::enqueue(PluginTensorDesc const*, PluginTensorD
         float smScale = 1.0F / std::sqrt(static_cast<float>(mHeadDim));
         ArgList c;
         c.add(&q).add(&kCur).add(&vCur).add(&kPool).add(&vPool).add(&localIds).add(&sinkIds).add(&ratios).add(&out);
-        c.add(&mThreshold).add(&smScale).add(&mTokens).add(&mHeads).add(&mLocal).add(&mSink).add(&mFixedSinks);
+        c.add(&mThreshold).add(&smScale).add(&mTokens).add(&mHeads).add(&mLocal).add(&mSink).add(&mFixedSinks)
+            .add(&mPages);
         int32_t blockM = mAttention.image->blockM;
         result = launchKernel(mAttention, (mTokens + blockM - 1) / blockM, mHeads, 1, c, cuStream);
     }

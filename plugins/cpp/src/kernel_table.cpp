@@ -143,7 +143,10 @@ KernelImage const* findKernelImage(KernelKey const& key, int32_t arch, std::stri
         error = std::string("this GPU is sm_") + std::to_string(arch) + " but libdysink_plugins.so embeds "
             + key.kernel + " only for " + embeddedArchs(key.kernel)
             + "; rebuild it with this architecture added: dysink-export plugins --bundle BUNDLE --arch "
-            + archNames(wanted, ",", "") + rebuild;
+            + archNames(wanted, ",", "") + rebuild
+            + (arch >= 100 ? std::string(" (sm_100 and newer cubins from Triton's bundled ptxas-blackwell, CUDA 13, need "
+                                         "an R580+ driver; TRITON_PTXAS_BLACKWELL_PATH selects this machine's ptxas)")
+                           : std::string());
     }
     return nullptr;
 }
@@ -155,8 +158,13 @@ bool loadKernel(KernelImage const* image, LoadedKernel& out, std::string& error)
     {
         return false;
     }
+    CUresult result = ensureCurrentContext(*driver, nullptr, error);
+    if (result != CUDA_SUCCESS)
+    {
+        return false;
+    }
     CUdevice device{};
-    CUresult result = driver->cuCtxGetDevice(&device);
+    result = driver->cuCtxGetDevice(&device);
     if (result != CUDA_SUCCESS)
     {
         error = "no current CUDA context: " + cudaErrorText(*driver, result);
@@ -171,7 +179,10 @@ bool loadKernel(KernelImage const* image, LoadedKernel& out, std::string& error)
         if (result != CUDA_SUCCESS)
         {
             error = std::string("loading the ") + image->kernel + " cubin for sm_" + std::to_string(image->arch)
-                + " failed: " + cudaErrorText(*driver, result);
+                + " failed: " + cudaErrorText(*driver, result)
+                + (image->arch >= 100 ? std::string(" (cubins for sm_100 and newer from Triton's bundled ptxas-blackwell "
+                                                    "need an R580+ driver)")
+                                      : std::string());
             return false;
         }
         CUfunction function{};
@@ -206,6 +217,12 @@ CUresult launchKernel(LoadedKernel const& kernel, unsigned gridX, unsigned gridY
     if (args.count != img.nArgs)
     {
         return CUDA_ERROR_INVALID_VALUE;   // the plugin and the embedded cubin disagree on the arguments
+    }
+    // A thread TensorRT enqueues from normally has the stream's context current; if not, make it so.
+    CUresult result = ensureCurrentContext(*driver, stream, unused);
+    if (result != CUDA_SUCCESS)
+    {
+        return result;
     }
     static CUdeviceptr const kNull = 0;
     args.add(&kNull).add(&kNull);   // global scratch, profile scratch

@@ -76,7 +76,8 @@ struct LoadedKernel
     CUfunction function = nullptr;
 };
 
-// Load (once per process and image; thread-safe) the module of an image in the current context.
+// Load (once per device and image; thread-safe) the module of an image in the current context (made
+// current first when the thread has none: ensureCurrentContext).
 bool loadKernel(KernelImage const* image, LoadedKernel& out, std::string& error);
 
 // Pointers to a kernel's argument values in launch order; fixed capacity: enqueue allocates nothing.

@@ -80,7 +80,8 @@ private:
     int32_t mSinkKvBf16;
     int32_t mFixedSinks;
     // Set by onShapeChange (runtime): shapes and the kernels for this device.
-    int32_t mTokens = 0, mHeads = 0, mHeadDim = 0, mLocal = 0, mSink = 0;
+    // mPages: the pools' first dimension P (the kernels treat a page id outside [0, P) as empty).
+    int32_t mTokens = 0, mHeads = 0, mHeadDim = 0, mLocal = 0, mSink = 0, mPages = 0;
     LoadedKernel mPartial, mDecide, mAttention;
 };
 

@@ -1,22 +1,40 @@
-// Entry points: getCreators / setLoggerFinder (trtexec --dynamicPlugins, IPluginRegistry::loadLibrary,
-// ONNX Runtime's trt_extra_plugin_lib_paths) and self-registration at load time (ctypes.CDLL,
-// polygraphy --plugins) when TensorRT is already in the process. TensorRT is never linked: its
-// registry is looked up at run time (processRegistry).
+// Entry points. Two libraries, two ways in:
+// - libdysink_plugins.so (this file): getCreators / setLoggerFinder for trtexec --dynamicPlugins,
+//   IPluginRegistry::loadLibrary (dysink-export build, the tensorrt backend, the C++ example) and
+//   ONNX Runtime's trt_extra_plugin_lib_paths. It calls no registry function while it is loaded
+//   (no static constructor touches TensorRT) nor from getCreators, which only returns the creators:
+//   loadLibrary may hold the registry's lock while it dlopens the library and calls getCreators.
+// - libdysink_plugins_autoreg.so (autoreg.cpp): for ctypes.CDLL / polygraphy --plugins, its static
+//   constructor calls dysinkRegisterPlugins() below, which registers the creators with the process's
+//   registry (idempotent). Python may also call dysinkRegisterPlugins() itself through ctypes.
+// Both paths refuse a TensorRT of another major than the headers this library was built with (one
+// line to TensorRT's logger, else stderr; no creators / false). TensorRT is never linked: it is
+// looked up at run time (findTensorRT).
 //
-// NOT VERIFIED (no TensorRT library on the machines this is built and tested on; the tests use a
-// registry test double standing in for libnvinfer, tests/plugins/cpp/registry_double.cpp):
-// - what the real registry does when this library's static constructor calls registerCreator while
-//   IPluginRegistry::loadLibrary is loading the library (the loader may hold the registry's lock:
-//   the call could deadlock, fail or be accepted), and whether the deregisterCreator calls made from
-//   getCreators, still inside loadLibrary, are accepted before the loader registers the creators;
+// Checked against a registry TEST DOUBLE standing in for libnvinfer (tests/plugins/cpp/
+// registry_double.cpp, driven by registration_harness.cpp): the double's loadLibrary flags any
+// registry call made while it loads a library and calls getCreators; loading this library through it
+// makes none and registers both creators once; the autoreg library registers them with a libnvinfer
+// loaded RTLD_LOCAL; dysinkRegisterPlugins twice registers once; another major is refused.
+//
+// NOT VERIFIED (no TensorRT library on the machines this is built and tested on):
+// - what the real loadLibrary does with zero creators (the version refusal): fail, or succeed with
+//   nothing registered;
+// - what the real registry does if libdysink_plugins_autoreg.so is given to loadLibrary /
+//   --dynamicPlugins (its constructor then calls the registry during the load: may deadlock; never
+//   do it), or if both ways are used in one process (loadLibrary is documented to fail when a
+//   creator is already registered; dysinkRegisterPlugins after loadLibrary finds the creators there);
 // - that the libnvinfer of the tensorrt wheels and of JetPack has the soname libnvinfer.so.<major>,
-//   and that the lean and dispatch runtimes export getPluginRegistry (NvInferRuntime.h, their API,
-//   declares it; a library without it is skipped).
+//   and that the lean and dispatch runtimes export getPluginRegistry and getInferLibVersion
+//   (NvInferRuntime.h / NvInferRuntimeBase.h declare both; a library without getPluginRegistry is
+//   skipped, one without getInferLibVersion is not version-checked).
 #include "plugins.h"
+
+#include "NvInferVersion.h"
 
 #include <dlfcn.h>
 
-#include <atomic>
+#include <mutex>
 
 using namespace nvinfer1;
 
@@ -27,7 +45,12 @@ namespace
 GatedSinkAttentionCreator gAttentionCreator;
 RetrieveSinksCreator gRetrieveCreator;
 IPluginCreatorInterface* const gCreators[] = {&gAttentionCreator, &gRetrieveCreator};
+IPluginCreatorV3One* const gCreatorsV3[] = {&gAttentionCreator, &gRetrieveCreator};
 constexpr int32_t kNumCreators = static_cast<int32_t>(sizeof(gCreators) / sizeof(gCreators[0]));
+
+// The version of the headers this library was built with, as getInferLibVersion() reports one.
+constexpr int32_t kBuiltVersion = static_cast<int32_t>(NV_TENSORRT_VERSION);
+constexpr int32_t kBuiltMajor = NV_TENSORRT_MAJOR;
 
 // The TensorRT libraries defining `extern "C" IPluginRegistry* getPluginRegistry()` (NvInferRuntime.h
 // of TensorRT 10.x and 11.x), by soname: the full runtime first, then the lean and dispatch runtimes.
@@ -36,102 +59,160 @@ char const* const kTensorRTLibraries[] = {"libnvinfer.so.10", "libnvinfer.so.11"
     "libnvinfer_dispatch.so.11", "libnvinfer_dispatch.so"};
 
 using GetRegistryFn = IPluginRegistry* (*) ();
+using GetVersionFn = int32_t (*)();
 
-IPluginRegistry* callRegistryFn(void* symbol)
+// The TensorRT already loaded in this process. Python (the tensorrt package, ctypes) loads libnvinfer
+// RTLD_LOCAL, where dlsym(RTLD_DEFAULT) does not see it: each library is asked for by name with
+// RTLD_NOLOAD (never loads one; the handle only adds a reference, given back by the destructor: the
+// library stays loaded by whoever loaded it), then the global scope (a libnvinfer loaded RTLD_GLOBAL,
+// or linked into the executable, under another name). Finding it calls nothing in TensorRT.
+struct LoadedTensorRT
 {
-    return symbol ? reinterpret_cast<GetRegistryFn>(symbol)() : nullptr;
-}
+    void* handle = nullptr;
+    char const* library = nullptr;
+    GetRegistryFn getRegistry = nullptr;
+    GetVersionFn getVersion = nullptr;
 
-// The registry of the TensorRT already loaded in this process, or nullptr. Python (the tensorrt
-// package, ctypes) loads libnvinfer RTLD_LOCAL, where dlsym(RTLD_DEFAULT) does not see it: ask for
-// each library by name with RTLD_NOLOAD (never loads one; the handle only adds a reference, given
-// back by dlclose: the library stays loaded by whoever loaded it), then fall back to the global
-// scope (a libnvinfer loaded RTLD_GLOBAL, or linked into the executable, under another name).
-IPluginRegistry* processRegistry()
-{
-    for (char const* name : kTensorRTLibraries)
+    LoadedTensorRT()
     {
-        void* handle = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
-        if (!handle)
+        for (char const* name : kTensorRTLibraries)
         {
-            dlerror();   // not loaded: leave no pending error for the process's next dlerror()
-            continue;
+            void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
+            if (!h)
+            {
+                dlerror();   // not loaded: leave no pending error for the process's next dlerror()
+                continue;
+            }
+            getRegistry = reinterpret_cast<GetRegistryFn>(dlsym(h, "getPluginRegistry"));
+            getVersion = reinterpret_cast<GetVersionFn>(dlsym(h, "getInferLibVersion"));
+            dlerror();
+            if (getRegistry)
+            {
+                handle = h;
+                library = name;
+                return;
+            }
+            getVersion = nullptr;
+            dlclose(h);
         }
-        IPluginRegistry* registry = callRegistryFn(dlsym(handle, "getPluginRegistry"));
-        dlclose(handle);
-        if (registry)
+        getRegistry = reinterpret_cast<GetRegistryFn>(dlsym(RTLD_DEFAULT, "getPluginRegistry"));
+        getVersion = getRegistry ? reinterpret_cast<GetVersionFn>(dlsym(RTLD_DEFAULT, "getInferLibVersion")) : nullptr;
+        dlerror();
+        library = "the process's global scope";
+    }
+    ~LoadedTensorRT()
+    {
+        if (handle)
         {
-            return registry;
+            dlclose(handle);
         }
     }
-    IPluginRegistry* registry = callRegistryFn(dlsym(RTLD_DEFAULT, "getPluginRegistry"));
-    dlerror();
-    return registry;
+    LoadedTensorRT(LoadedTensorRT const&) = delete;
+    LoadedTensorRT& operator=(LoadedTensorRT const&) = delete;
+
+    bool found() const
+    {
+        return getRegistry != nullptr;
+    }
+    // getInferLibVersion(): (major * 100 + minor) * 100 + patch; 0 when none is loaded, -1 when the
+    // library does not say.
+    int32_t version() const
+    {
+        return !found() ? 0 : getVersion ? getVersion() : -1;
+    }
+};
+
+int32_t majorOf(int32_t version)
+{
+    return version >= 100000 ? version / 10000 : version / 1000;   // TensorRT < 10: major * 1000 + ...
 }
 
-// What the load-time (or dysinkRegisterPlugins) registration put in which registry, so that
-// getCreators takes out exactly that and nothing a loader registered.
-std::atomic<bool> gClaimed{false};
-std::atomic<IPluginRegistry*> gSelfRegistry{nullptr};
-bool gSelfRegistered[kNumCreators] = {};
-
-struct SelfRegistration
+std::string versionText(int32_t version)
 {
-    SelfRegistration()
+    if (version < 100000)   // TensorRT 8 / 9: (major * 10 + minor) * 100 + patch
     {
-        registerWithProcessRegistry();
+        return std::to_string(version / 1000) + "." + std::to_string(version / 100 % 10) + "."
+            + std::to_string(version % 100);
     }
+    return std::to_string(version / 10000) + "." + std::to_string(version / 100 % 100) + "."
+        + std::to_string(version % 100);
+}
 
-    // false when no TensorRT is loaded in this process.
-    static bool registerWithProcessRegistry()
+// True when the loaded TensorRT has the major of the headers (or does not tell its version); else
+// one line saying what was refused and what to rebuild, and false.
+bool sameMajor(LoadedTensorRT const& trt, char const* refused)
+{
+    int32_t const version = trt.version();
+    if (version <= 0 || majorOf(version) == kBuiltMajor)
     {
-        IPluginRegistry* registry = processRegistry();
-        if (!registry)
-        {
-            return false;
-        }
-        if (gClaimed.exchange(true))
-        {
-            return true;   // registered already
-        }
-        for (int32_t i = 0; i < kNumCreators; ++i)
-        {
-            gSelfRegistered[i] = registry->registerCreator(*gCreators[i], kPluginNamespace);
-        }
-        gSelfRegistry.store(registry, std::memory_order_release);
         return true;
     }
+    logError(std::string("libdysink_plugins.so targets TensorRT ") + std::to_string(kBuiltMajor) + " (headers "
+        + versionText(kBuiltVersion) + ") but this process runs TensorRT " + versionText(version) + " ("
+        + trt.library + "): " + refused + "; rebuild it with that version's headers: dysink-export plugins "
+        + "--tensorrt-include <TensorRT " + std::to_string(majorOf(version)) + " include> ...");
+    return false;
+}
 
-    // Called by getCreators: undo the registration above (no lock is held while calling TensorRT).
-    static void deregister()
+std::mutex gRegisterMutex;
+IPluginRegistry* gRegisteredWith = nullptr;   // where dysinkRegisterPlugins put the creators
+
+bool registerWithProcessRegistry()
+{
+    std::lock_guard<std::mutex> lock(gRegisterMutex);
+    LoadedTensorRT trt;
+    if (!trt.found() || !sameMajor(trt, "no plugins registered"))
     {
-        IPluginRegistry* registry = gSelfRegistry.exchange(nullptr, std::memory_order_acquire);
-        if (!registry)
-        {
-            return;
-        }
-        for (int32_t i = 0; i < kNumCreators; ++i)
-        {
-            if (gSelfRegistered[i])
-            {
-                registry->deregisterCreator(*gCreators[i]);
-                gSelfRegistered[i] = false;
-            }
-        }
-        gClaimed.store(false);
+        return false;
     }
-} gSelfRegistration;
+    IPluginRegistry* registry = trt.getRegistry();
+    if (!registry)
+    {
+        return false;
+    }
+    if (registry == gRegisteredWith)
+    {
+        return true;   // registered already
+    }
+    bool all = true;
+    for (int32_t i = 0; i < kNumCreators; ++i)
+    {
+        if (registry->registerCreator(*gCreators[i], kPluginNamespace))
+        {
+            continue;
+        }
+        // Refused: registered already, by a loadLibrary of this very library?
+        char const* name = gCreatorsV3[i]->getPluginName();
+        if (registry->getCreator(name, kPluginVersion, kPluginNamespace) == gCreators[i])
+        {
+            continue;
+        }
+        logError(std::string("TensorRT refused to register dysink::") + name + " version " + kPluginVersion
+            + ": another creator of that name is registered (a second copy of libdysink_plugins.so?)");
+        all = false;
+    }
+    if (all)
+    {
+        gRegisteredWith = registry;
+    }
+    return all;
+}
 } // namespace
 } // namespace dysink
 
 extern "C"
 {
 
+// For TensorRT's loader: the creators, and nothing else (no registry call here). A loaded TensorRT of
+// another major gets none (nbCreators = 0, nullptr) and one logged line.
 __attribute__((visibility("default"))) IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
-    // TensorRT's loader registers what this returns; if the load-time registration already put the
-    // creators in the registry, take them out first so that its registration does not collide.
-    dysink::SelfRegistration::deregister();
+    nbCreators = 0;
+    dysink::LoadedTensorRT trt;
+    if (trt.found() && !dysink::sameMajor(trt, "getCreators gives TensorRT no plugins"))
+    {
+        return nullptr;
+    }
     nbCreators = dysink::kNumCreators;
     return dysink::gCreators;
 }
@@ -141,11 +222,29 @@ __attribute__((visibility("default"))) void setLoggerFinder(ILoggerFinder* finde
     dysink::setLoggerFinderImpl(finder);
 }
 
-// Register with the process's TensorRT registry now (for a library loaded before TensorRT).
-// Returns false when no TensorRT is loaded in this process.
+// Register both creators with the TensorRT loaded in this process (what libdysink_plugins_autoreg.so
+// does when it is loaded; callable through ctypes, e.g. for a library loaded before TensorRT). True
+// when they are registered (also when they were already: calling it again registers nothing more);
+// false when no TensorRT is loaded, or it is of another major (one line logged), or TensorRT refused.
+// Never call it from inside IPluginRegistry::loadLibrary.
 __attribute__((visibility("default"))) bool dysinkRegisterPlugins()
 {
-    return dysink::SelfRegistration::registerWithProcessRegistry();
+    return dysink::registerWithProcessRegistry();
+}
+
+// The version of the TensorRT headers the library was built with: (major * 100 + minor) * 100 + patch,
+// the format of getInferLibVersion() (100300 for 10.3.0).
+__attribute__((visibility("default"))) int dysinkPluginsTensorRTVersion()
+{
+    return dysink::kBuiltVersion;
+}
+
+// getInferLibVersion() of the TensorRT loaded in this process: 0 when none is loaded, -1 when it does
+// not say.
+__attribute__((visibility("default"))) int dysinkLoadedTensorRTVersion()
+{
+    dysink::LoadedTensorRT trt;
+    return trt.version();
 }
 
 // Diagnostics without TensorRT or a GPU: which cubin would run `kernel` for this key on `arch`.
@@ -163,6 +262,22 @@ __attribute__((visibility("default"))) int dysinkFindKernel(char const* kernel, 
         message[text.size()] = '\0';
     }
     return image ? image->arch : -1;
+}
+
+// The compute capability (x 10) of the GPU the plugins would load their kernels for on this thread,
+// making a context current as the plugins do (ensureCurrentContext), or -1 with the reason in
+// `message` (e.g. no CUDA driver).
+__attribute__((visibility("default"))) int dysinkDeviceArch(char* message, int messageBytes)
+{
+    std::string error;
+    int arch = dysink::currentDeviceArch(error);
+    if (message && messageBytes > 0)
+    {
+        std::string text = error.substr(0, static_cast<size_t>(messageBytes - 1));
+        std::copy(text.begin(), text.end(), message);
+        message[text.size()] = '\0';
+    }
+    return arch;
 }
 
 __attribute__((visibility("default"))) char const* dysinkKernelsTritonVersion()

@@ -1,6 +1,7 @@
 // RetrieveSinks: two kernel launches (retrieve_scores, retrieve_topk), contract of
 // dysink_deploy/ops/retrieve_sinks.py. Inputs: bank_feats float32 [C, F], bank_start int64 [C],
-// queries float32 [Q, F], query_valid bool [Q], current_start int64 [], window_frames int64 [].
+// queries float32 [Q, F], query_valid int32 [Q] (1 valid, 0 not: TensorRT plugin I/O cannot be BOOL),
+// current_start int64 [], window_frames int64 [].
 // Outputs: slots int64 [k], scores float32 [k].
 #include "plugins.h"
 
@@ -62,7 +63,7 @@ bool RetrieveSinksPlugin::supportsFormatCombination(
     switch (pos)
     {
     case 0: case 2: case 7: return d.type == DataType::kFLOAT;   // bank_feats, queries, scores
-    case 3: return d.type == DataType::kBOOL;                      // query_valid
+    case 3: return d.type == DataType::kINT32;                     // query_valid (BOOL is not plugin I/O)
     default: return d.type == DataType::kINT64;                    // bank_start, current_start, window_frames, slots
     }
 }

@@ -5,7 +5,9 @@
 //
 // 1. read BUNDLE_DIR/bundle.json: the dit_step graph's I/O contract (names, shapes, dtypes) and the
 //    engine entry written by `dysink-export build` (file, TensorRT version, plugin library);
-// 2. load libdysink_plugins.so into the runtime's plugin registry, deserialize the engine;
+// 2. load libdysink_plugins.so (the loadLibrary one, not libdysink_plugins_autoreg.so) into the
+//    runtime's plugin registry, deserialize the engine, create an execution context (each checked:
+//    a failure exits with one line naming the call);
 // 3. allocate one device buffer per I/O tensor, bound once by address (the K/V pools stay put);
 // 4. for each saved step: upload its inputs (.npy), enqueueV3 on one stream, compare x0 with the
 //    saved x0 (tolerance: 1e-3 x max(1, |x0|) for fp32 engines, 3e-2 for fp16 / bf16).
@@ -126,7 +128,8 @@ Npy readNpy(fs::path const& path)
 std::pair<std::string, size_t> npyType(std::string const& dtype)
 {
     static std::map<std::string, std::pair<std::string, size_t>> const table{{"float32", {"<f4", 4}},
-        {"float16", {"<f2", 2}}, {"int64", {"<i8", 8}}, {"bool", {"|b1", 1}}};
+        {"float16", {"<f2", 2}}, {"int64", {"<i8", 8}}, {"int32", {"<i4", 4}},
+        {"bool", {"|b1", 1}}};
     auto it = table.find(dtype);
     if (it == table.end())
     {
@@ -179,6 +182,10 @@ int main(int argc, char** argv)
 
         Logger logger;
         std::unique_ptr<nvinfer1::IRuntime> runtime(nvinfer1::createInferRuntime(logger));
+        if (!runtime)
+        {
+            throw std::runtime_error("createInferRuntime failed: TensorRT cannot start here (see its messages above)");
+        }
         if (!runtime->getPluginRegistry().loadLibrary(plugins.c_str()))
         {
             throw std::runtime_error("TensorRT could not load the plugin library " + plugins.string());
@@ -187,11 +194,16 @@ int main(int argc, char** argv)
         std::unique_ptr<nvinfer1::ICudaEngine> engine(runtime->deserializeCudaEngine(blob.data(), blob.size()));
         if (!engine)
         {
-            throw std::runtime_error("the engine does not deserialize here (built by TensorRT "
-                + engineEntry["tensorrt_version"].get<std::string>() + " for "
+            throw std::runtime_error("deserializeCudaEngine failed: the engine does not deserialize here (built by "
+                "TensorRT " + engineEntry["tensorrt_version"].get<std::string>() + " for "
                 + engineEntry["compute_capability"].get<std::string>() + "?)");
         }
         std::unique_ptr<nvinfer1::IExecutionContext> context(engine->createExecutionContext());
+        if (!context)
+        {
+            throw std::runtime_error("createExecutionContext failed: no execution context for the engine (see "
+                "TensorRT's messages above; e.g. too little free device memory for its activations)");
+        }
         cudaStream_t stream{};
         cudaCheck(cudaStreamCreate(&stream), "cudaStreamCreate");
 

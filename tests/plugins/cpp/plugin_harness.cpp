@@ -363,6 +363,18 @@ int main(int argc, char** argv)
         check(!b->supportsFormatCombination(3, io.data(), 7, 2), "pool dtype must equal q's");
         io[8].desc.type = DataType::kHALF;
         check(!b->supportsFormatCombination(8, io.data(), 7, 2), "ratios must be float32");
+        // TensorRT plugin I/O cannot be BOOL or UINT8 (NvInferRuntimePlugin.h): no position takes them.
+        bool none = true;
+        for (DataType t : {DataType::kBOOL, DataType::kUINT8})
+        {
+            for (int32_t pos = 0; pos < 9; ++pos)
+            {
+                io = gsaDescs(DataType::kHALF, DataType::kINT64, TensorFormat::kLINEAR);
+                io[pos].desc.type = t;
+                none = none && !b->supportsFormatCombination(pos, io.data(), 7, 2);
+            }
+        }
+        check(none, "no BOOL or UINT8 input or output accepted");
     }
     {
         auto io = gsaDescs(DataType::kHALF, DataType::kINT64, TensorFormat::kLINEAR);
@@ -447,7 +459,7 @@ int main(int argc, char** argv)
     IPluginV3OneBuild* rb = build(rs);
     int64_t const C = 16, F = 512, Q = 3;
     {
-        DataType in[6] = {DataType::kFLOAT, DataType::kINT64, DataType::kFLOAT, DataType::kBOOL, DataType::kINT64,
+        DataType in[6] = {DataType::kFLOAT, DataType::kINT64, DataType::kFLOAT, DataType::kINT32, DataType::kINT64,
             DataType::kINT64};
         DataType out[2];
         check(rb->getOutputDataTypes(out, 2, in, 6) == 0 && out[0] == DataType::kINT64 && out[1] == DataType::kFLOAT,
@@ -458,7 +470,7 @@ int main(int argc, char** argv)
                 && sameConstants(rout[1], {k}),
             "retrieve output shapes [k] built through IExprBuilder::constant");
         std::vector<DynamicPluginTensorDesc> io{desc({C, F}, DataType::kFLOAT), desc({C}, DataType::kINT64),
-            desc({Q, F}, DataType::kFLOAT), desc({Q}, DataType::kBOOL), desc({}, DataType::kINT64), desc({}, DataType::kINT64),
+            desc({Q, F}, DataType::kFLOAT), desc({Q}, DataType::kINT32), desc({}, DataType::kINT64), desc({}, DataType::kINT64),
             desc({k}, DataType::kINT64), desc({k}, DataType::kFLOAT)};
         bool all = true;
         for (int32_t pos = 0; pos < 8; ++pos)
@@ -466,9 +478,14 @@ int main(int argc, char** argv)
             all = all && rb->supportsFormatCombination(pos, io.data(), 6, 2);
         }
         check(all, "retrieve: the ONNX contract's dtypes accepted");
+        for (DataType t : {DataType::kBOOL, DataType::kUINT8, DataType::kINT64})
+        {
+            io[3].desc.type = t;
+            check(!rb->supportsFormatCombination(3, io.data(), 6, 2),
+                "retrieve: query_valid of type " + std::to_string(static_cast<int>(t))
+                    + " refused (int32; BOOL and UINT8 are not plugin I/O)");
+        }
         io[3].desc.type = DataType::kINT32;
-        check(!rb->supportsFormatCombination(3, io.data(), 6, 2), "retrieve: int32 query_valid refused (bool)");
-        io[3].desc.type = DataType::kBOOL;
         check(rb->getWorkspaceSize(io.data(), 6, io.data() + 6, 2) == 4 * C, "retrieve workspace = 4 * C");
         check(rb->configurePlugin(io.data(), 6, io.data() + 6, 2) == 0, "retrieve configurePlugin");
         io[0].desc.dims.d[0] = io[1].desc.dims.d[0] = 2048;

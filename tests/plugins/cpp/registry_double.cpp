@@ -1,15 +1,20 @@
 // TEST DOUBLE, not TensorRT: a stand-in libnvinfer (built as libnvinfer.so.<major>.<minor>.<patch>
 // with soname libnvinfer.so.<major> by tests/plugins/cpp/CMakeLists.txt, in the test build folder
-// only) that exports `getPluginRegistry` like the real library and returns a recording
-// IPluginRegistry. It lets registration_harness.cpp and test_plugin_library.py check how
-// libdysink_plugins.so finds and uses the process's registry when libnvinfer was loaded
-// RTLD_LOCAL (as CPython's ctypes and the tensorrt package load it).
+// only) that exports `getPluginRegistry` and `getInferLibVersion` like the real library and returns a
+// recording IPluginRegistry. It lets registration_harness.cpp and test_plugin_library.py check how
+// libdysink_plugins.so and libdysink_plugins_autoreg.so find and use the process's registry when
+// libnvinfer was loaded RTLD_LOCAL (as CPython's ctypes and the tensorrt package load it).
 //
 // What the double does like TensorRT's registry, as far as its documentation says: registerCreator
-// refuses a second creator with the same name, version and namespace; loadLibrary dlopens the
-// library, calls its getCreators and registers each creator under the creator's own namespace.
-// What it cannot model: the real registry's locking while loadLibrary runs the library's static
-// constructors, its logging, and anything else it does.
+// refuses a second creator with the same name, version and namespace; getCreator finds one by name,
+// version and namespace; loadLibrary dlopens the library, calls its getCreators and registers each
+// creator under the creator's own namespace, and fails if one is registered already.
+// Stricter than TensorRT is known to be: loadLibrary holds the registry's (non-recursive) lock from
+// the dlopen to the end, and ANY registry call made on that thread meanwhile (getPluginRegistry
+// included: from a static constructor of the library or from its getCreators) is an error: recorded
+// (count "errors", one "registry double: ERROR" line) and answered with failure, never with a
+// deadlock, so that no tested path can depend on the registry's re-entrance behaviour.
+// What it cannot model: the real registry's logging, and anything else it does.
 #include "NvInferRuntime.h"
 
 #include <dlfcn.h>
@@ -20,10 +25,16 @@
 #include <string>
 #include <vector>
 
+#ifndef NV_TENSORRT_VERSION
+#error "NvInferRuntime.h should define NV_TENSORRT_VERSION"
+#endif
+
 using namespace nvinfer1;
 
 namespace
 {
+thread_local bool tLoading = false;   // this thread is inside RecordingRegistry::loadLibrary
+
 struct Entry
 {
     IPluginCreatorInterface const* creator;
@@ -53,12 +64,14 @@ public:
     int registerRefused = 0;
     int deregisterCalls = 0;
     int deregisterUnknown = 0;
+    int errors = 0;              // registry calls made while loadLibrary was loading a library
+    int loadedCreators = 0;      // what the last loadLibrary got from getCreators
     std::vector<Entry> entries;
-    std::recursive_mutex mutex;   // a recursive lock: see the header comment (real locking not modelled)
+    std::mutex mutex;            // held by loadLibrary for the whole load, as TensorRT may hold its own
 
     int active(char const* name, char const* ns)
     {
-        std::lock_guard<std::recursive_mutex> lock(mutex);
+        std::lock_guard<std::mutex> lock(mutex);
         int n = 0;
         for (Entry const& e : entries)
         {
@@ -67,10 +80,35 @@ public:
         return n;
     }
 
+    // True (and the error recorded) when called on the thread that is inside loadLibrary.
+    bool calledWhileLoading(char const* what)
+    {
+        if (!tLoading)
+        {
+            return false;
+        }
+        ++errors;   // this thread holds `mutex`: no lock needed, and taking it would deadlock
+        std::printf("registry double: ERROR: %s called while loadLibrary is loading a library (TensorRT's loader "
+                    "may hold the registry lock here)\n",
+            what);
+        std::fflush(stdout);
+        return true;
+    }
+
     // --- IPluginRegistry ---------------------------------------------------------------------
     bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const pluginNamespace) noexcept override
     {
-        std::lock_guard<std::recursive_mutex> lock(mutex);
+        if (calledWhileLoading("registerCreator"))
+        {
+            return false;
+        }
+        std::lock_guard<std::mutex> lock(mutex);
+        return add(creator, pluginNamespace);
+    }
+
+    // registerCreator's work; `mutex` held.
+    bool add(IPluginCreatorInterface& creator, AsciiChar const* const pluginNamespace)
+    {
         ++registerCalls;
         std::string name, version;
         std::string ns = pluginNamespace ? pluginNamespace : "";
@@ -93,7 +131,11 @@ public:
 
     bool deregisterCreator(IPluginCreatorInterface const& creator) noexcept override
     {
-        std::lock_guard<std::recursive_mutex> lock(mutex);
+        if (calledWhileLoading("deregisterCreator"))
+        {
+            return false;
+        }
+        std::lock_guard<std::mutex> lock(mutex);
         ++deregisterCalls;
         for (auto it = entries.begin(); it != entries.end(); ++it)
         {
@@ -111,23 +153,36 @@ public:
         return false;
     }
 
+    // Lock, flag this thread as loading, dlopen, getCreators, register what it returned (refusing
+    // the load if one is registered already), clear the flag, unlock.
     PluginLibraryHandle loadLibrary(AsciiChar const* pluginPath) noexcept override
     {
-        void* handle = dlopen(pluginPath, RTLD_NOW | RTLD_LOCAL);
-        if (!handle)
+        if (calledWhileLoading("loadLibrary"))
         {
             return nullptr;
         }
+        std::lock_guard<std::mutex> lock(mutex);
+        tLoading = true;
+        void* handle = dlopen(pluginPath, RTLD_NOW | RTLD_LOCAL);
+        bool ok = handle != nullptr;
+        if (!ok)
+        {
+            std::printf("registry double: loadLibrary: %s\n", dlerror());
+        }
         using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
-        auto getCreators = reinterpret_cast<GetCreators>(dlsym(handle, "getCreators"));
+        auto getCreators = ok ? reinterpret_cast<GetCreators>(dlsym(handle, "getCreators")) : nullptr;
         int32_t n = 0;
         IPluginCreatorInterface* const* creators = getCreators ? getCreators(n) : nullptr;
+        loadedCreators = creators ? n : 0;
+        std::printf("registry double: loadLibrary: getCreators gave %d creators\n", loadedCreators);
         for (int32_t i = 0; creators && i < n; ++i)
         {
             auto* v3 = static_cast<IPluginCreatorV3One*>(creators[i]);
-            registerCreator(*creators[i], v3->getPluginNamespace());
+            ok = add(*creators[i], v3->getPluginNamespace()) && ok;
         }
-        return handle;
+        std::fflush(stdout);
+        tLoading = false;
+        return ok ? handle : nullptr;
     }
 
     void deregisterLibrary(PluginLibraryHandle) noexcept override {}
@@ -137,8 +192,21 @@ public:
         *numCreators = 0;
         return nullptr;
     }
-    IPluginCreatorInterface* getCreator(AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override
+    IPluginCreatorInterface* getCreator(AsciiChar const* const name, AsciiChar const* const version,
+        AsciiChar const* const ns) noexcept override
     {
+        if (calledWhileLoading("getCreator"))
+        {
+            return nullptr;
+        }
+        std::lock_guard<std::mutex> lock(mutex);
+        for (Entry const& e : entries)
+        {
+            if (e.name == name && e.version == version && e.ns == (ns ? ns : ""))
+            {
+                return const_cast<IPluginCreatorInterface*>(e.creator);
+            }
+        }
         return nullptr;
     }
     void setErrorRecorder(IErrorRecorder* const) noexcept override {}
@@ -188,26 +256,42 @@ public:
 };
 
 RecordingRegistry gRegistry;
+int32_t gVersion = static_cast<int32_t>(NV_TENSORRT_VERSION);   // what getInferLibVersion reports
 } // namespace
 
 extern "C"
 {
-// The symbol the plugin library looks up (declared in NvInferRuntime.h).
+// The symbols the plugin library looks up (declared in NvInferRuntime.h and NvInferRuntimeBase.h).
 __attribute__((visibility("default"))) IPluginRegistry* getPluginRegistry() noexcept
 {
+    gRegistry.calledWhileLoading("getPluginRegistry");   // recorded; the pointer is still returned
     return &gRegistry;
 }
 
-// For the tests: counters by name ("register", "refused", "deregister", "deregister_unknown", "active").
+__attribute__((visibility("default"))) int32_t getInferLibVersion() noexcept
+{
+    return gVersion;
+}
+
+// For the tests: the version getInferLibVersion reports from now on ((major * 100 + minor) * 100 + patch).
+__attribute__((visibility("default"))) void registryDoubleSetVersion(int32_t version)
+{
+    gVersion = version;
+}
+
+// For the tests: counters by name ("register", "refused", "deregister", "deregister_unknown", "active",
+// "errors": registry calls made during a loadLibrary, "loaded": creators the last loadLibrary got).
 __attribute__((visibility("default"))) int registryDoubleCount(char const* what)
 {
-    std::lock_guard<std::recursive_mutex> lock(gRegistry.mutex);
+    std::lock_guard<std::mutex> lock(gRegistry.mutex);
     std::string w = what;
     return w == "register"        ? gRegistry.registerCalls
         : w == "refused"          ? gRegistry.registerRefused
         : w == "deregister"       ? gRegistry.deregisterCalls
         : w == "deregister_unknown" ? gRegistry.deregisterUnknown
         : w == "active"           ? static_cast<int>(gRegistry.entries.size())
+        : w == "errors"           ? gRegistry.errors
+        : w == "loaded"           ? gRegistry.loadedCreators
                                   : -1;
 }
 

@@ -1,0 +1,213 @@
+"""`dysink-bench`: speed and memory numbers, printed (never asserted by timed tests).
+
+  dysink-bench stream  --model tiny --blocks 20      blocks/s and per-phase medians
+  dysink-bench memory  --blocks 300 --bank-capacity 16   peak RSS at block 100 vs the end
+  dysink-bench graphs  --model tiny [--mid]        per-graph latency, onnxruntime CPU vs torch eager
+  dysink-bench kernels [--markdown FILE]           GPU check: Triton kernels vs references, vs SDPA
+  dysink-bench soak --bundle B --blocks 2000       long onnxruntime stream twice: RSS bounded, same decisions
+  dysink-bench compare RUN_A RUN_B                  two runs' decisions, block by block (exit 1 if they differ)
+
+The measurements themselves are `dysink_deploy.bench`; these commands check the flags and print.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import bench
+from ..errors import DysinkError
+from ..plugins import gpu_check
+from .common import UserErrorGroup, shared
+
+
+def _stderr(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(cls=UserErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Benchmarks that print numbers."""
+
+
+@main.command()
+@shared("--model", "model_name", default="tiny", note="torch backend.")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="torch: the preset's PyTorch models; onnxruntime: --bundle's graphs on the CPU.")
+@shared("--bundle", "bundle_path", type=click.Path(), default=None, note="For --backend onnxruntime.")
+@shared("--blocks", type=int, default=20)
+@click.option("--warmup", type=int, default=2, show_default=True, help="Blocks excluded from the numbers.")
+@shared("--threads", type=int, default=None, default_text="all cores")
+@shared("--feature-mode", type=click.Choice(["block-alone", "streamed"]), default="block-alone")
+def stream(model_name, backend, bundle_path, blocks, warmup, threads, feature_mode):
+    """Blocks per second of the torch or onnxruntime backend on this machine's CPU."""
+    if blocks <= warmup:
+        raise DysinkError(f"--blocks ({blocks}) must exceed --warmup ({warmup})")
+    if backend == "onnxruntime" and not bundle_path:
+        raise DysinkError("--backend onnxruntime needs --bundle DIR (dysink-export onnx)")
+    if backend != "onnxruntime" and bundle_path:
+        raise DysinkError("--bundle is for --backend onnxruntime")
+    rate = bench.stream_rate(backend, model_name, bundle_path, blocks, warmup, threads, feature_mode)
+    n = rate.blocks
+    click.echo(rate.description)
+    click.echo(f"wall clock: {rate.blocks_per_s:.2f} blocks/s ({rate.ms_per_block:.0f} ms per block over {n} blocks, "
+               f"{rate.frames_per_s:.1f} video frames/s)")
+    click.echo("per-phase medians (the loop's own timers; the wall clock also counts what runs between "
+               "the timers, and a median ignores slow outliers):")
+    for k, v in rate.phases.items():
+        click.echo(f"  {k:<11} median {v:8.1f} ms")
+
+
+def _echo_point(p: bench.RssPoint) -> None:
+    click.echo(f"block {p.block}: peak RSS {p.peak_mb:.1f} MB, RSS after malloc_trim "
+               + ("n/a" if p.live_mb is None else f"{p.live_mb:.1f} MB")
+               + f", bank {p.bank_size}, pool pages in use {p.pages_in_use}/{p.num_pages}")
+
+
+@main.command()
+@shared("--model", "model_name", default="tiny")
+@shared("--blocks", type=int, default=300)
+@shared("--measure-block", "checkpoint_block", type=int, default=100)
+@shared("--bank-capacity", type=int, default=16)
+@shared("--dedup-threshold", type=float, default=0.99,
+        note="Here above the release's 0.95 so that the random tiny model's blocks get stored, and the bank "
+             "fills and evicts.")
+@shared("--tolerance", type=float, default=0.05)
+def memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold, tolerance):
+    """Host memory stays bounded: RSS at --measure-block vs at the end.
+
+    The verdict is on the RSS right after freed heap is handed back to the OS (glibc
+    malloc_trim): what the process really holds. Peak RSS (the high-water mark, which
+    also counts one block's temporaries and the heap glibc kept between trims) is printed
+    beside it; where malloc_trim or /proc is missing the verdict falls back to it.
+    """
+    if not 0 < checkpoint_block < blocks:
+        raise DysinkError("--measure-block must lie between 0 and --blocks")
+    res = bench.measure_memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold,
+                               log=_stderr, on_point=_echo_point)
+    mid, end = res.points
+    click.echo(f"stored {res.stored} blocks, evicted {res.evicted}; {res.seconds:.0f} s")
+    peak_growth = (end.peak_mb - mid.peak_mb) / mid.peak_mb
+    live = mid.live_mb is not None and end.live_mb is not None
+    growth = (end.live_mb - mid.live_mb) / mid.live_mb if live else peak_growth
+    what = "RSS after malloc_trim" if live else "peak RSS (malloc_trim or /proc unavailable)"
+    verdict = "PASSED" if growth <= tolerance else "FAILED"
+    click.echo(f"{verdict} | {what} growth from block {checkpoint_block} to {blocks}: {100 * growth:+.2f}% "
+               f"(limit {100 * tolerance:.0f}%); peak RSS {100 * peak_growth:+.2f}%")
+    if verdict == "FAILED":
+        sys.exit(1)
+
+
+@main.command()
+@shared("--model", "model_name", default="tiny")
+@click.option("--mid", is_flag=True, help="Instead of --model: 4 DiT layers at the 1.3B width, real VAE and "
+                                          "PE-Core configs, 128x128 (random weights).")
+@shared("--graph", "graph_names", multiple=True)
+@click.option("--runs", type=int, default=10, show_default=True, help="Timed runs per graph and backend.")
+@shared("--threads", type=int, default=None, default_text="all cores")
+@click.option("--profile", "profile_dir", type=click.Path(), default=None,
+              help="Also profile onnxruntime per node into this folder and print the top op types per graph.")
+def graphs(model_name, mid, graph_names, runs, threads, profile_dir):
+    """Median latency per graph: onnxruntime CPU vs the torch reference, same inputs, same process."""
+    if runs < 1:
+        raise DysinkError(f"--runs must be >= 1, got {runs}")
+    if threads is not None and threads < 1:
+        raise DysinkError(f"--threads must be >= 1, got {threads}")
+
+    printed = []
+
+    def row(r: bench.GraphTiming) -> None:
+        if not printed:             # the table's head, once the export is done
+            click.echo(f"{'graph':<20}{'torch ms':>11}{'ort ms':>11}{'torch/ort':>11}")
+        printed.append(r)
+        click.echo(f"{r.graph:<20}{r.torch_ms:>11.2f}{r.ort_ms:>11.2f}{r.torch_ms / r.ort_ms:>10.2f}x")
+
+    rows = bench.time_graphs(model_name, mid, graph_names, runs, threads, profile_dir, log=click.echo, on_row=row)
+    for r in rows:
+        if r.profile:
+            ops = ", ".join(f"{op} {ms:.0f} ms ({100 * share:.0f}%)" for op, ms, share in bench.top_ops(r.profile))
+            click.echo(f"profile {r.graph} ({r.profile}): {ops}")
+
+
+@main.command()
+@shared("--markdown", type=click.Path(), default=None, note="Commit it under docs/ with the date and device.")
+def kernels(markdown):
+    """GPU check of the Triton kernels: correctness vs the references (PASSED/FAILED per case), then
+    timings against SDPA over the same keys and retrieval over 1,000 entries. Skips without a GPU."""
+    if not gpu_check.run(log=click.echo, markdown=markdown):
+        sys.exit(1)
+
+
+@main.command()
+@shared("--bundle", "bundle_path", type=click.Path(), required=True)
+@shared("--blocks", type=int, default=2000)
+@shared("--measure-block", "checkpoint_block", type=int, default=200)
+@shared("--dedup-threshold", type=float, default=0.99,
+        note="Here above the release's 0.95 so that the bank fills and evicts.")
+@shared("--tolerance", type=float, default=0.05)
+def soak(bundle_path, blocks, checkpoint_block, dedup_threshold, tolerance):
+    """A long stream on onnxruntime CPU, twice: peak RSS bounded, every value finite (the stream stops
+    otherwise), and the two runs' decisions identical."""
+    if not 0 < checkpoint_block < blocks:
+        raise DysinkError("--measure-block must lie between 0 and --blocks")
+    res = bench.soak(bundle_path, blocks, checkpoint_block, dedup_threshold, log=click.echo)
+    rss = res.rss
+    growth = (rss[blocks] - rss[checkpoint_block]) / rss[checkpoint_block]
+    click.echo(f"peak RSS: {rss[checkpoint_block]:.1f} MB at block {checkpoint_block}, {rss[blocks]:.1f} MB at "
+               f"block {blocks} ({100 * growth:+.2f}%, limit {100 * tolerance:.0f}%)")
+    same = res.digests[0] == res.digests[1]
+    click.echo(f"decisions of the two runs: {'identical' if same else 'DIFFERENT'}; "
+               f"{res.seconds:.0f} s in all")
+    ok = same and growth <= tolerance
+    click.echo(f"{'PASSED' if ok else 'FAILED'} | soak of {blocks} blocks x 2 on onnxruntime CPU")
+    if not ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("run_a", type=click.Path())
+@click.argument("run_b", type=click.Path())
+@click.option("--score-digits", type=click.IntRange(0, 8), default=4, show_default=True,
+              help="Retrieval scores are compared rounded to this many digits.")
+def compare(run_a, run_b, score_digits):
+    """Compare the decisions of two runs (their --out directories or stats.json files), block by block:
+    windows, retrievals, gate drops, bank stores and evictions; exit 1 when they differ."""
+    cmp = bench.compare_runs(run_a, run_b, score_digits)
+    a, b, common, differ = cmp.a, cmp.b, cmp.common, cmp.differ
+    if len(a) != len(b):
+        click.echo(f"block counts differ: {len(a)} vs {len(b)} (compared the first {common})")
+    if differ:
+        i = differ[0]
+        fields = cmp.fields(i)
+        click.echo(f"DIFFERENT | {len(differ)} of {common} blocks; first: block {i} ({', '.join(fields)})")
+        for k in fields:
+            click.echo(f"  {k}: {a[i].get(k)!r} vs {b[i].get(k)!r}")
+        sys.exit(1)
+    if len(a) != len(b):
+        sys.exit(1)
+    click.echo(f"SAME | {common} blocks, identical decisions")
+
+
+@main.command()
+@shared("--bundle", "bundle_path", type=click.Path(), required=True)
+@shared("--blocks", type=int, default=8, note="Per stream.")
+@click.option("--streams", default="1,2,4", show_default=True, help="Concurrent stream counts to measure.")
+@shared("--threads", type=int, default=1, note="Per stream on the server and in the local run.")
+def serve(bundle_path, blocks, streams, threads):
+    """Triton Inference Server (CPU) vs one local process: aggregate blocks/s and per-block latency for
+    1, 2, 4 concurrent streams (needs tritonserver: dysink-serve --fetch-server)."""
+    counts = [int(c) for c in streams.split(",")]
+    if blocks < 2 or min(counts) < 1:
+        raise DysinkError("--blocks must be >= 2 and every --streams count >= 1")
+    rows = bench.measure_serve(bundle_path, blocks, counts, threads, log=_stderr)
+    click.echo(f"bundle {bundle_path} | {blocks} blocks per stream | {threads} thread(s) per stream | "
+               "tritonserver (CPU, Python backend) vs one local process, streams in turn")
+    click.echo(f"{'streams':>8} {'server blocks/s':>16} {'median ms/block':>16} {'local blocks/s':>15} {'ratio':>7}")
+    for r in rows:
+        ratio = r.served / r.local
+        click.echo(f"{r.streams:>8} {r.served:>16.2f} {r.median_ms:>16.0f} {r.local:>15.2f} {ratio:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
