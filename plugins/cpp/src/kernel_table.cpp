@@ -142,11 +142,11 @@ KernelImage const* findKernelImage(KernelKey const& key, int32_t arch, std::stri
         wanted.insert(arch);
         error = std::string("this GPU is sm_") + std::to_string(arch) + " but libdysink_plugins.so embeds "
             + key.kernel + " only for " + embeddedArchs(key.kernel)
-            + "; rebuild it with this architecture added: dysink-export plugins --bundle BUNDLE --arch "
-            + archNames(wanted, ",", "") + rebuild
             + (arch >= 100 ? std::string(" (sm_100 and newer cubins from Triton's bundled ptxas-blackwell, CUDA 13, need "
                                          "an R580+ driver; TRITON_PTXAS_BLACKWELL_PATH selects this machine's ptxas)")
-                           : std::string());
+                           : std::string())
+            + "; rebuild it with this architecture added: dysink-export plugins --bundle BUNDLE --arch "
+            + archNames(wanted, ",", "") + rebuild;
     }
     return nullptr;
 }
