@@ -28,7 +28,7 @@ from .errors import DysinkError
 from .runtime.backends import BACKENDS
 from .runtime.builder import load_model_config, open_streamer, resolve_run
 from .runtime.prompts import embeds_of
-from .runtime.run import OUTPUT_FILES, check_out_dir, lock_out_dir, prepare_out_dir, stream_to_dir
+from .runtime.run import check_out_dir, open_out_dir, stream_to_dir
 from .runtime.spec import RunSpec
 from .runtime.stream import FeatureSource, NoiseSource, StepEvent, StepObserver, Streamer, frames_to_uint8
 
@@ -112,14 +112,8 @@ class Stream:
                               "open a new stream to write a run")
         out = os.fspath(out)
         check_out_dir(out, overwrite)
-        prepare_out_dir(out, overwrite)
-        lock = lock_out_dir(out)
+        lock = open_out_dir(out, overwrite)
         try:
-            if overwrite:
-                for name in OUTPUT_FILES:
-                    path = os.path.join(out, name)
-                    if os.path.isfile(path) and not os.path.islink(path):
-                        os.remove(path)
             config = {**self._run_config, "blocks": blocks, "stream": self.config.to_dict(),
                       "timesteps": self.config.timesteps()}
             return stream_to_dir(self._streamer, self.model, self.config, blocks, os.path.abspath(out), config,

@@ -15,14 +15,14 @@ import time
 import click
 
 from ..cli.common import (OneLineCommand, checkpoint_file_options, flag_names, model_config_option,
-                          preset_default_text, shared, spec_option)
+                          preset_default_text, shared, spec_option, version_option)
 from ..cli.prompt_cmd import text_encoder_options
 from ..config import EVICTION_RULES, FEATURE_MODES, StreamConfig
 from ..errors import DysinkError
 from ..signals import exit_code, install_stop_signals
 from .builder import open_streamer, resolve_run
 from .dump import BlockDumper
-from .run import OUTPUT_FILES, check_out_dir, lock_out_dir, prepare_out_dir, stream_to_dir
+from .run import check_out_dir, open_out_dir, stream_to_dir
 from .spec import DEFAULT_BLOCKS, RunSpec, spec_choices, spec_default
 
 _DEFAULT = StreamConfig()
@@ -38,6 +38,7 @@ def _n(count: int, word: str) -> str:
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option
 @shared("--model", "model", default=None, default_text="tiny; with --bundle: the bundle's")
 @model_config_option
 @spec_option("backend")
@@ -128,13 +129,7 @@ def run_cli(kw: dict):
         streamer.backend = BlockDumper(streamer.backend, block, dump_dir, len(streamer.cfg.timesteps()),
                                        streamer.dit.freq_dim, run_config["precision"])
         run_config["dump_block"] = {"block": block, "dir": os.path.abspath(dump_dir)}
-    prepare_out_dir(kw["out"], kw["overwrite"])
-    lock = lock_out_dir(kw["out"])          # held until the process ends
-    if kw["overwrite"]:                     # the previous run's outputs go now, not one by one later
-        for name in OUTPUT_FILES:
-            path = os.path.join(kw["out"], name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                os.remove(path)
+    lock = open_out_dir(kw["out"], kw["overwrite"])
     try:
         return stream_to_dir(streamer, run.model, run.stream, blocks, os.path.abspath(kw["out"]),
                              run_config, progress=not kw["quiet"])

@@ -7,6 +7,7 @@ early keeps every block it finished.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import time
@@ -25,11 +26,26 @@ OUTPUT_FILES = ("video.mp4", "stats.json", "timeline.png")
 LOCK_NAME = ".dysink-run.lock"
 
 
-def lock_out_dir(out: str):
-    """An exclusive lock on --out for this run (released when the process ends); a second run is
-    refused with one line naming the holder's pid. Returns the open lock file (keep it)."""
-    import fcntl
+class OutDirLock:
+    """The held lock of an output directory; `close()` removes the lock file, then releases it (a
+    finished run leaves only its outputs behind)."""
 
+    def __init__(self, handle, path: str):
+        self.handle, self.path = handle, path
+
+    def close(self) -> None:
+        if self.handle.closed:
+            return
+        try:
+            os.remove(self.path)            # while still held: nobody can take a lock on it meanwhile
+        except OSError:
+            pass
+        self.handle.close()
+
+
+def lock_out_dir(out: str) -> OutDirLock:
+    """An exclusive lock on --out for this run (released by `close()` or when the process ends); a
+    second run is refused with one line naming the holder's pid."""
     path = os.path.join(out, LOCK_NAME)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     handle = os.fdopen(fd, "r+")
@@ -44,7 +60,22 @@ def lock_out_dir(out: str):
     handle.truncate()
     handle.write(str(os.getpid()))
     handle.flush()
-    return handle
+    return OutDirLock(handle, path)
+
+
+def open_out_dir(out: str, overwrite: bool) -> OutDirLock:
+    """Create and lock --out; with `overwrite`, the previous run's outputs go now (ours only, never
+    through a symbolic link), not one by one later. Close the returned lock when the run ends."""
+    prepare_out_dir(out, overwrite)
+    lock = lock_out_dir(out)
+    if overwrite:
+        for name in OUTPUT_FILES:
+            path = os.path.join(out, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
+    return lock
+
+
 FPS = 16  # Wan2.1's frame rate
 
 

@@ -79,3 +79,43 @@ def umt5_tokenizer(tmp_path_factory):
                                                          "model_max_length": 512, **special}))
     (d / "special_tokens_map.json").write_text(json.dumps(special))
     return d
+
+
+# ---------------------------------------------------------------------------------------------------
+# The suite leaves the checkout as it found it: every test writes under its temporary folders. What
+# the checkout holds (tracked changes, untracked and ignored files) is listed at the start and at
+# the end of the session; a path that appeared fails the run, named.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CACHES = ("__pycache__", ".pytest_cache", ".egg-info")
+
+
+def _checkout_state():
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=_ROOT,
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None                       # not a git checkout (an installed copy): nothing to compare
+    return {line for line in proc.stdout.splitlines()
+            if not any(c in line for c in _CACHES) and not line[3:].startswith(".venv/")}
+
+
+def pytest_sessionstart(session):
+    session.config._dysink_checkout = _checkout_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_dysink_checkout", None)
+    after = _checkout_state()
+    if before is None or after is None or hasattr(session.config, "workerinput"):
+        return
+    new = sorted(after - before)
+    if new:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"FAILED | files appeared in the checkout while the suite ran (tests must write under tmp_path): {', '.join(n[3:] for n in new[:10])}"
+                                + (f" and {len(new) - 10} more" if len(new) > 10 else ""), red=True)
+        session.exitstatus = 1

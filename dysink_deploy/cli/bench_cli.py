@@ -3,7 +3,7 @@
   dysink-bench stream  --model tiny --blocks 20      blocks/s and per-phase medians
   dysink-bench memory  --blocks 300 --bank-capacity 16   peak RSS at block 100 vs the end
   dysink-bench graphs  --model tiny [--mid]        per-graph latency, onnxruntime CPU vs torch eager
-  dysink-bench kernels [--markdown FILE]           GPU check: Triton kernels vs references, vs SDPA
+  dysink-bench kernels [--markdown FILE]           GPU check: Triton kernels vs references, vs SDPA (exit 77: skipped)
   dysink-bench soak --bundle B --blocks 2000       long onnxruntime stream twice: RSS bounded, same decisions
   dysink-bench compare RUN_A RUN_B                  two runs' decisions, block by block (exit 1 if they differ)
 
@@ -18,8 +18,9 @@ import click
 
 from .. import bench
 from ..errors import DysinkError
+from ..exitcodes import SKIPPED
 from ..plugins import gpu_check
-from .common import UserErrorGroup, shared
+from .common import UserErrorGroup, shared, version_option
 
 
 def _stderr(message: str) -> None:
@@ -27,6 +28,7 @@ def _stderr(message: str) -> None:
 
 
 @click.group(cls=UserErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option
 def main():
     """Benchmarks that print numbers."""
 
@@ -134,8 +136,14 @@ def graphs(model_name, mid, graph_names, runs, threads, profile_dir):
 @shared("--markdown", type=click.Path(), default=None, note="Commit it under docs/ with the date and device.")
 def kernels(markdown):
     """GPU check of the Triton kernels: correctness vs the references (PASSED/FAILED per case), then
-    timings against SDPA over the same keys and retrieval over 1,000 entries. Skips without a GPU."""
-    if not gpu_check.run(log=click.echo, markdown=markdown):
+    timings against SDPA over the same keys and retrieval over 1,000 entries.
+
+    Without a CUDA GPU it prints one SKIPPED line and exits 77 (the skip code of every GPU check of
+    the project; a skip is not a pass); 1 when a case failed."""
+    ok = gpu_check.run(log=click.echo, markdown=markdown)
+    if ok is None:
+        sys.exit(SKIPPED)
+    if not ok:
         sys.exit(1)
 
 

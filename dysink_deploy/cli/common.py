@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .. import __version__
 from ..config import MODEL_PRESETS, model_config_from_file, model_preset
 from ..errors import DysinkError
 from ..runtime.spec import flag_of, spec_choices, spec_default, spec_help
@@ -30,6 +31,12 @@ def _one_line_main(run, args, prog_name, complete_var, standalone_mode, extra):
     sys.exit(result if isinstance(result, int) else 0)
 
 
+def _with_version(cmd: click.Command) -> click.Command:
+    if not any("--version" in getattr(p, "opts", ()) for p in cmd.params):
+        version_option(cmd)
+    return cmd
+
+
 class OneLineCommand(click.Command):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         return _one_line_main(super().main, args, prog_name, complete_var, standalone_mode, extra)
@@ -41,6 +48,9 @@ class UserErrorGroup(click.Group):
     errors are one line too (OneLineCommand)."""
 
     command_class = OneLineCommand
+
+    def add_command(self, cmd, name=None):
+        super().add_command(_with_version(cmd), name)      # --version on every subcommand too
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         return _one_line_main(super().main, args, prog_name, complete_var, standalone_mode, extra)
@@ -112,7 +122,14 @@ HELP = {
     "--gate-threshold": "Sink anomaly gate: a sink is dropped where more than this fraction of heads prefer it.",
     "--sink-kv-bf16": "Round retrieved sink K/V to bf16 like the reference.",
     "--quiet": "No progress bar.",
+    "--version": "Show the version and exit.",
 }
+
+
+def version_option(func):
+    """--version on every command: the project's version, and Python's."""
+    return click.version_option(__version__, "--version", help=HELP["--version"],
+                                message=f"%(prog)s (dysink-deploy) %(version)s, Python {sys.version.split()[0]}")(func)
 
 
 def shared(*decls: str, default_text: str | None = None, note: str | None = None, **kw):

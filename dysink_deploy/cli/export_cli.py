@@ -13,12 +13,13 @@ from ..export.check_cmd import check_command
 from ..export.commands import COMMANDS
 from ..plugins.cli import kernels_command, plugins_command
 from ..serving.cli import triton_repo_command
-from .common import UserErrorGroup
+from .common import UserErrorGroup, version_option
 from .prompt_cmd import encode_prompt_command
 from .verify_cmd import verify_checkpoint
 
 
 @click.group(cls=UserErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option
 def main():
     """Export DySink to ONNX / TensorRT, and check every artifact against the PyTorch reference."""
 

@@ -8,7 +8,7 @@ import time
 
 import click
 
-from ..cli.common import OneLineCommand, flag_names, install_stop_signals, shared
+from ..cli.common import OneLineCommand, flag_names, install_stop_signals, shared, version_option
 from ..errors import DysinkError
 from ..jsonfile import read_json_object
 from .client import stream_to_dir
@@ -42,6 +42,7 @@ def triton_repo_command(bundle_path, out, instances, kind, gpus, max_streams, th
 
 
 @click.command("dysink-serve", cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option
 @click.option("--repo", required=True, type=click.Path(), help="Repository from dysink-export triton-repo.")
 @click.option("--tritonserver", "binary", type=click.Path(), default=None,
               help="The tritonserver binary. [default: on PATH, else the one --fetch-server unpacked]")
@@ -76,6 +77,7 @@ def serve_main(repo, binary, fetch_server, grpc_port, http_port, log_file):
 
 
 @click.command("dysink-client", cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option
 @click.option("--url", default="127.0.0.1:8001", show_default=True, help="The server's gRPC endpoint.")
 @shared("--blocks", type=int, default=12)
 @shared("--seed", type=int, default=0)

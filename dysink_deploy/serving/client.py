@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import DysinkError
 from ..runtime.report import write_stats
-from ..runtime.run import OUTPUT_FILES, check_out_dir, lock_out_dir, prepare_out_dir
+from ..runtime.run import check_out_dir, open_out_dir
 from ..runtime.video import VideoWriter
 
 MODEL_NAME = "dysink"
@@ -117,12 +117,7 @@ def stream_to_dir(url: str, out: str, blocks: int, seed: int, overwrite: bool = 
     connection keeps the blocks received (playable) and raises one line."""
     check_out_dir(out, overwrite)
     client = StreamClient(url)
-    prepare_out_dir(out, overwrite)
-    lock = lock_out_dir(out)
-    for name in OUTPUT_FILES if overwrite else ():
-        path = os.path.join(out, name)
-        if os.path.isfile(path) and not os.path.islink(path):
-            os.remove(path)
+    lock = open_out_dir(out, overwrite)
     config = {"server": url, "seed": seed, "blocks": blocks, "settings": kw.get("settings") or {}}
     entries: list[dict] = []
     writer = None

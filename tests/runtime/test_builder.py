@@ -32,6 +32,8 @@ def cli_run(tmp_path_factory):
                                             "--seed", "0", "--threads", "2", "--dedup-threshold", "0.985",
                                             "--quiet", "--out", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["stats.json", "timeline.png", "video.mp4"], \
+        "a finished run leaves its outputs only (no lock file)"
     return json.loads((out / "stats.json").read_text())
 
 
@@ -88,3 +90,9 @@ def test_resolve_refuses_before_any_backend(tmp_path):
         resolve_run(RunSpec(prompts=str(schedule), prompt_embeds=str(emb)))
     run = resolve_run(RunSpec(prompts=str(schedule)))
     assert run.switches == [] and run.prompt.shape == (run.model.dit.text_len, run.model.dit.text_dim)
+
+
+def test_the_api_write_leaves_no_lock(tmp_path):
+    with api.open_stream(RunSpec(model="tiny", threads=1)) as stream:
+        stream.write(tmp_path / "run", blocks=1)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["stats.json", "timeline.png", "video.mp4"]
