@@ -22,6 +22,7 @@ from ..errors import DysinkError
 from ..signals import exit_code, install_stop_signals
 from .builder import open_streamer, resolve_run
 from .dump import BlockDumper
+from .report import format_summary, summarize
 from .run import check_out_dir, open_out_dir, stream_to_dir
 from .spec import DEFAULT_BLOCKS, RunSpec, spec_choices, spec_default
 
@@ -97,6 +98,9 @@ def main(**kw):
         click.echo(f"interrupted before the first block ({exc.args[0] if exc.args else 'SIGINT'})", err=True)
         sys.exit(exit_code(exc))
     runtime = time.perf_counter() - started
+    if result.stats.get("blocks"):           # the run in figures (stats.json's summary), then the verdict
+        for line in format_summary(summarize(result.stats["blocks"], {"wall_s": round(result.seconds, 3)})):
+            click.echo(line)
     status = "INTERRUPTED" if result.interrupted else "DONE"
     click.echo(f"{status} | {_n(result.blocks, 'block')}, {_n(result.frames, 'frame')} -> {result.out} | "
                f"Runtime: {runtime:.1f}s | Command: {command}")

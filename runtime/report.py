@@ -8,6 +8,7 @@ after every block, so an interrupted run keeps the stats of every block it finis
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 
@@ -46,8 +47,64 @@ def summarize(blocks: list[dict], extra: dict | None = None) -> dict:
         "dedup_skips": sum(1 for b in blocks if not b.get("stored", True)),
         "evictions": sum(1 for b in blocks if b.get("evicted_start_frame") is not None),
         "prompt_switches": sum(1 for b in blocks if b.get("prompt_switch")),
+        "phases_ms": _phases(blocks),
+        "video_seconds": round(sum(int(b.get("frames", 0)) for b in blocks) / VIDEO_FPS, 3),
+        "final_bank_size": _final_bank(blocks),
         **(extra or {}),
     }
+
+
+VIDEO_FPS = 16      # Wan2.1's frame rate
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (no interpolation: a value that was measured)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def _phases(blocks: list[dict]) -> dict:
+    """Per phase of the block loop's own timers: median, p90 and max over the blocks, in ms."""
+    import statistics
+
+    names = list(dict.fromkeys(k for b in blocks for k in b.get("timings_ms", {})))
+    out = {}
+    for name in names:
+        values = [b["timings_ms"][name] for b in blocks if name in b.get("timings_ms", {})]
+        out[name] = {"median": round(statistics.median(values), 3), "p90": round(_percentile(values, 90), 3),
+                     "max": round(max(values), 3)}
+    return out
+
+
+def _final_bank(blocks: list[dict]) -> int | None:
+    """Bank entries after the last block: its bank size at the start, plus its store, minus its eviction."""
+    if not blocks or "bank_size" not in blocks[-1]:
+        return None
+    last = blocks[-1]
+    return last["bank_size"] + bool(last.get("stored")) - (last.get("evicted_start_frame") is not None)
+
+
+def format_summary(summary: dict) -> list[str]:
+    """The run summary as a small table (what dysink-run and dysink-client print at the end)."""
+    fps = (f", {summary['video_frames'] / summary['wall_s']:.2f} video frames/s end to end"
+           if summary.get("wall_s") else "")
+    lines = [f"video: {summary['blocks']} blocks, {summary['video_frames']} frames = {summary['video_seconds']:.2f} s "
+             f"at {VIDEO_FPS} fps{fps}",
+             f"memory: {summary['blocks_with_retrieval']} blocks retrieved {summary['sinks_retrieved']} sinks, "
+             f"gate dropped {_fraction(summary.get('gate_drop_fraction'))} of sink decisions, "
+             f"{summary['dedup_skips']} dedup skips, {summary['evictions']} evictions, final bank "
+             f"{summary.get('final_bank_size')}" + (f", {summary['prompt_switches']} prompt switches"
+                                                     if summary.get("prompt_switches") else "")]
+    phases = summary.get("phases_ms") or {}
+    if phases:
+        width = max(len(n) for n in phases)
+        lines.append(f"  {'phase':<{width}}  {'median ms':>10} {'p90 ms':>10} {'max ms':>10}")
+        lines += [f"  {n:<{width}}  {v['median']:>10.1f} {v['p90']:>10.1f} {v['max']:>10.1f}" for n, v in phases.items()]
+    return lines
+
+
+def _fraction(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def write_stats(path: str, config: dict, blocks: list[dict], extra: dict | None = None) -> None:

@@ -11,6 +11,7 @@ import click
 from ..cli.common import OneLineCommand, flag_names, install_stop_signals, shared, version_option
 from ..errors import DysinkError
 from ..jsonfile import read_json_object
+from ..runtime.report import format_summary, summarize
 from .client import stream_to_dir
 from .repo import write_repo
 from .server import TritonServer, fetch_server as fetch
@@ -115,5 +116,8 @@ def client_main(url, blocks, seed, out, overwrite, prompt_embeds, prompt, config
     except KeyboardInterrupt:
         click.echo("interrupted; the blocks received are in --out", err=True)
         sys.exit(130)
+    if entries:
+        for line in format_summary(summarize(entries, {"wall_s": round(time.perf_counter() - t0, 3)})):
+            click.echo(line)
     click.echo(f"DONE | {len(entries)} blocks from {url} -> {out} | Runtime: {time.perf_counter() - t0:.1f}s")
 
