@@ -3,10 +3,15 @@
 // per-thread current context, so that context_harness.cpp can check how the plugin library makes a
 // context current on a thread that has none. Two fake devices: 0 (sm_87) and 1 (sm_90); a context
 // is a pointer into a table (primary contexts; "stream" contexts for driverDoubleStream). No GPU
-// work is done: modules, functions and launches are recorded only.
+// work is done: modules, functions and launches are recorded only. The plugin harness
+// (plugins/harness/) also finds streams and "device" memory here (host memory: copies and fills are
+// memcpy / memset, kernels write nothing), so that tests/plugins/test_harness.py runs its enqueue path.
 // Deliberately does not include cuda.h (which renames some entry points with macros): the ABI is
 // plain ints and pointers.
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -150,6 +155,76 @@ EXPORT int cuGetErrorString(int result, char const** text)
         : result == kInvalidValue     ? "CUDA_ERROR_INVALID_VALUE"
                                       : "CUDA_ERROR_UNKNOWN";
     return kSuccess;
+}
+
+// --- what the plugin harness binds besides: devices, streams, memory ------------------------------
+EXPORT int cuDeviceGetCount(int* count)
+{
+    *count = 2;
+    return kSuccess;
+}
+
+EXPORT int cuDeviceGetName(char* name, int length, int device)
+{
+    std::snprintf(name, static_cast<size_t>(length), "CUDA driver TEST DOUBLE device %d", device);
+    return kSuccess;
+}
+
+EXPORT int cuDevicePrimaryCtxRelease_v2(int) { return kSuccess; }
+
+EXPORT int cuStreamCreate(void** stream, unsigned)
+{
+    count("cuStreamCreate");
+    if (!tCurrent)
+    {
+        return kInvalidContext;
+    }
+    *stream = new Stream{tCurrent};
+    return kSuccess;
+}
+
+EXPORT int cuStreamDestroy_v2(void* stream)
+{
+    delete static_cast<Stream*>(stream);
+    return kSuccess;
+}
+
+EXPORT int cuStreamSynchronize(void*) { return count("cuStreamSynchronize"); }
+
+EXPORT int cuMemAlloc_v2(unsigned long long* ptr, size_t bytes)
+{
+    count("cuMemAlloc");
+    *ptr = reinterpret_cast<uintptr_t>(std::malloc(bytes));
+    return *ptr ? kSuccess : kInvalidValue;
+}
+
+EXPORT int cuMemFree_v2(unsigned long long ptr)
+{
+    std::free(reinterpret_cast<void*>(static_cast<uintptr_t>(ptr)));
+    return kSuccess;
+}
+
+EXPORT int cuMemcpyHtoD_v2(unsigned long long dst, void const* src, size_t bytes)
+{
+    std::memcpy(reinterpret_cast<void*>(static_cast<uintptr_t>(dst)), src, bytes);
+    return kSuccess;
+}
+
+EXPORT int cuMemcpyDtoH_v2(void* dst, unsigned long long src, size_t bytes)
+{
+    std::memcpy(dst, reinterpret_cast<void const*>(static_cast<uintptr_t>(src)), bytes);
+    return kSuccess;
+}
+
+EXPORT int cuMemsetD8_v2(unsigned long long dst, unsigned char value, size_t bytes)
+{
+    std::memset(reinterpret_cast<void*>(static_cast<uintptr_t>(dst)), value, bytes);
+    return kSuccess;
+}
+
+EXPORT int cuGetErrorName(int result, char const** text)
+{
+    return cuGetErrorString(result, text);
 }
 
 // --- for the tests ------------------------------------------------------------------------------
