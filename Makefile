@@ -45,19 +45,25 @@ bench: $(STAMP)
 	$(VENV)/bin/dysink-bench memory --model tiny --blocks 600 --bank-capacity 16
 	$(VENV)/bin/dysink-bench soak --bundle $(DEMO_BUNDLE) --blocks 2000
 
-# On a machine with a CUDA GPU: the kernels compiled (not interpreted) against the references and
-# timed against SDPA (table written to docs/, commit it), then the GPU-marked tests; with TensorRT
-# as well: the tiny fp16 bundle's plugin library and engines, every engine output against PyTorch
-# and a 12-block stream on tensorrt vs torch, decision for decision (written to docs/ too).
+# On a machine with a CUDA GPU and a package index (the venv): the GPU kit's stages (docs/gpu-check.md:
+# the kernels vs the references and vs SDPA, the plugin harness, the torch backend on CUDA decision
+# for decision, full-size speed; report copied to docs/, commit it), then the GPU-marked tests; with
+# TensorRT as well: the tiny fp16 bundle's plugin library and engines, every engine output against
+# PyTorch and a 12-block stream on tensorrt vs torch, decision for decision (written to docs/ too).
+# Without a GPU: one SKIPPED line and the recipe exits 77, the skip code of every GPU check of the
+# project (make itself then says "Error 77" and exits 2; scripts/gpu-check.sh returns 77 itself).
 GPU_BUNDLE := bundles/gpu-check-tiny-fp16
+GPU_KIT := gpu-check-out/kit
 gpu-check: $(STAMP)
-	@reason=$$(TRITON_INTERPRET=0 $(VENV)/bin/python -c "from dysink_deploy.plugins.gpu_check import skip_reason; print(skip_reason() or '')"); \
-	if [ -n "$$reason" ]; then echo "SKIPPED | make gpu-check needs a CUDA GPU: $$reason"; exit 0; fi; \
+	@reason=$$(TRITON_INTERPRET=0 $(VENV)/bin/python -c "from dysink_deploy.gpukit.device import skip_reason; print(skip_reason() or '')"); \
+	if [ -n "$$reason" ]; then echo "SKIPPED | make gpu-check needs a CUDA GPU: $$reason (exit 77: not a pass)"; exit 77; fi; \
 	set -e; \
-	TRITON_INTERPRET=0 $(VENV)/bin/dysink-bench kernels --markdown docs/kernels-gpu-check-$$(date +%F).md; \
+	arch=$$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .); \
+	scripts/gpu-check.sh --prepare $(GPU_KIT) --overwrite --arch $$arch $${TensorRT_INCLUDE_DIR:+--tensorrt-include $$TensorRT_INCLUDE_DIR}; \
+	PYTHON=$(VENV)/bin/python scripts/gpu-check.sh --kit $(GPU_KIT) --out gpu-check-out/report; \
+	cp gpu-check-out/report/gpu-check.md docs/gpu-check-$$(date +%F).md; \
 	TRITON_INTERPRET=0 $(VENV)/bin/python -m pytest -q -m gpu; \
 	if $(VENV)/bin/python -c "import tensorrt" 2>/dev/null; then \
-	  arch=$$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .); \
 	  $(VENV)/bin/dysink-export onnx --model tiny --precision fp16 --out $(GPU_BUNDLE) --overwrite; \
 	  $(VENV)/bin/dysink-export plugins --bundle $(GPU_BUNDLE) --arch $$arch --out $(GPU_BUNDLE)/plugins --overwrite; \
 	  $(VENV)/bin/dysink-export build --bundle $(GPU_BUNDLE); \

@@ -161,8 +161,10 @@ def _spec(bundle, backend, model, checkpoints, weights_seed, device, precision, 
     if backend == "torch" and bundle is not None:
         raise DysinkError("the torch backend builds its models from `model` and `checkpoints`, not a bundle; "
                           "drop bundle or use backend='onnxruntime'")
-    if cuda_graph and backend != "tensorrt":      # said in the API's words (RunSpec says it in the CLI's)
-        raise DysinkError("cuda_graph applies to the tensorrt backend only")
+    if cuda_graph and backend == "onnxruntime":   # said in the API's words (RunSpec says it in the CLI's)
+        raise DysinkError("cuda_graph applies to the tensorrt and torch backends only")
+    if cuda_graph and backend == "torch" and not str(device).startswith("cuda"):
+        raise DysinkError("cuda_graph on the torch backend needs device='cuda' (CUDA graphs replay GPU launches)")
     if settings is not None and not isinstance(settings, (Mapping, StreamConfig)):
         raise DysinkError(f"settings must be a dict of stream settings or a StreamConfig, got {type(settings).__name__}")
     if isinstance(settings, StreamConfig):

@@ -5,7 +5,9 @@ PyTorch references (ratios and slots identical; outputs within 2x the error
 of a plain PyTorch run in the same low precision, SDPA over the same kept
 keys, both against the float32 reference), then times them against
 `torch.nn.functional.scaled_dot_product_attention` over the same number of
-keys held contiguously. Prints a table; returns False if a case failed.
+keys held contiguously. `collect` returns the numbers (the GPU kit's stage a,
+`dysink_deploy.gpukit`), `run` prints them as a table: True / False when the
+cases passed / one failed, None when skipped (exit code 77, exitcodes.SKIPPED).
 Timings are printed against the targets, never asserted.
 """
 
@@ -167,52 +169,77 @@ def time_attention(case: Case, bench: Callable, device: str = "cuda") -> dict:
     return {"op_ms": op_ms, "gate_ms": gate_ms, "attn_ms": op_ms - gate_ms, "sdpa_ms": sdpa_ms, "keys": keys}
 
 
-def run(log: Callable[[str], None] = print, markdown: str | None = None) -> bool:
-    """The whole check; returns True when every correctness case passed (or was skipped)."""
-    reason = skip_reason()
-    if reason:
-        log(f"SKIPPED | dysink-bench kernels needs a CUDA GPU: {reason}")
-        return True
+def collect(log: Callable[[str], None] = lambda m: None) -> dict:
+    """Every correctness case and every timing, as numbers (the GPU kit's stage a and `run` below
+    share it). Needs a CUDA GPU: call `skip_reason()` first."""
     import torch
     import triton
     from triton.testing import do_bench
 
-    device = torch.cuda.get_device_name()
     cc = torch.cuda.get_device_capability()
-    head = (f"{datetime.date.today().isoformat()} | {device} (sm_{cc[0]}{cc[1]}) | torch {torch.__version__} | "
-            f"triton {triton.__version__} | {platform.node()}")
-    lines = [head, "", "| check | result | detail |", "|---|---|---|"]
-    ok_all = True
+    result = {"device": torch.cuda.get_device_name(), "sm": f"sm_{cc[0]}{cc[1]}", "torch": torch.__version__,
+              "triton": triton.__version__, "host": platform.node(), "date": datetime.date.today().isoformat(),
+              "cases": [], "timings": [], "targets": {"vs_sdpa": TARGET_VS_SDPA, "gate_share": TARGET_GATE_SHARE,
+                                                      "retrieve_ms": TARGET_RETRIEVE_MS}}
     for case in CASES:
         res = check_case(case)
-        mark = "SKIPPED" if res["ok"] is None else ("PASSED" if res["ok"] else "FAILED")
-        ok_all &= res["ok"] is not False
-        lines.append(f"| {case.name} ({case.tokens} tokens, {case.heads} heads, d {case.head_dim}) | {mark} | "
-                     f"{res['detail']} |")
+        res["status"] = "SKIPPED" if res["ok"] is None else ("PASSED" if res["ok"] else "FAILED")
+        res["shape"] = f"{case.tokens} tokens, {case.heads} heads, d {case.head_dim}"
+        result["cases"].append(res)
+        log(f"{case.name}: {res['status']} ({res['detail']})")
     retrieval = check_retrieval()
-    ok_all &= bool(retrieval["ok"])
-    lines.append(f"| {retrieval['case']} | {'PASSED' if retrieval['ok'] else 'FAILED'} | {retrieval['detail']} |")
+    fn = retrieval.pop("fn")
+    retrieval["status"] = "PASSED" if retrieval["ok"] else "FAILED"
+    result["cases"].append(retrieval)
+    log(f"{retrieval['case']}: {retrieval['status']}")
 
-    def bench(fn):
-        return do_bench(fn, warmup=25, rep=100)
+    def bench(f):
+        return do_bench(f, warmup=25, rep=100)
 
-    lines += ["", "| timing (median) | ms | vs target |", "|---|---|---|"]
     for case in (c for c in CASES if c.name.startswith("1.3B")):
         t = time_attention(case, bench)
-        ratio = t["op_ms"] / t["sdpa_ms"]
-        share = t["gate_ms"] / max(t["attn_ms"], 1e-9)
-        lines.append(f"| {case.name}: gated sink attention, {t['keys']} keys | {t['op_ms']:.3f} | "
-                     f"{ratio:.2f}x SDPA (target <= {TARGET_VS_SDPA}x) |")
-        lines.append(f"| {case.name}: SDPA, same keys contiguous | {t['sdpa_ms']:.3f} | |")
-        lines.append(f"| {case.name}: gate kernels | {t['gate_ms']:.3f} | {100 * share:.1f}% of attention "
+        t.update(case=case.name, vs_sdpa=t["op_ms"] / t["sdpa_ms"], gate_share=t["gate_ms"] / max(t["attn_ms"], 1e-9))
+        result["timings"].append(t)
+        log(f"{case.name}: gated sink attention {t['op_ms']:.3f} ms, SDPA {t['sdpa_ms']:.3f} ms")
+    result["retrieve_ms"] = bench(fn)
+    result["ok"] = all(c["ok"] is not False for c in result["cases"])
+    return result
+
+
+def format_lines(result: dict) -> list[str]:
+    """The table `dysink-bench kernels` prints (markdown rows)."""
+    head = (f"{result['date']} | {result['device']} ({result['sm']}) | torch {result['torch']} | "
+            f"triton {result['triton']} | {result['host']}")
+    lines = [head, "", "| check | result | detail |", "|---|---|---|"]
+    for c in result["cases"]:
+        shape = f" ({c['shape']})" if "shape" in c else ""
+        lines.append(f"| {c['case']}{shape} | {c['status']} | {c['detail']} |")
+    lines += ["", "| timing (median) | ms | vs target |", "|---|---|---|"]
+    for t in result["timings"]:
+        lines.append(f"| {t['case']}: gated sink attention, {t['keys']} keys | {t['op_ms']:.3f} | "
+                     f"{t['vs_sdpa']:.2f}x SDPA (target <= {TARGET_VS_SDPA}x) |")
+        lines.append(f"| {t['case']}: SDPA, same keys contiguous | {t['sdpa_ms']:.3f} | |")
+        lines.append(f"| {t['case']}: gate kernels | {t['gate_ms']:.3f} | {100 * t['gate_share']:.1f}% of attention "
                      f"(target < {100 * TARGET_GATE_SHARE:.0f}%) |")
-    r_ms = bench(retrieval["fn"])
-    lines.append(f"| retrieval over 1,000 entries | {r_ms:.4f} | target < {TARGET_RETRIEVE_MS} ms |")
+    lines.append(f"| retrieval over 1,000 entries | {result['retrieve_ms']:.4f} | target < {TARGET_RETRIEVE_MS} ms |")
     lines.append("")
-    lines.append(f"{'PASSED' if ok_all else 'FAILED'} | correctness cases above; timings are reported, not asserted")
+    lines.append(f"{'PASSED' if result['ok'] else 'FAILED'} | correctness cases above; timings are reported, "
+                 "not asserted")
+    return lines
+
+
+def run(log: Callable[[str], None] = print, markdown: str | None = None) -> bool | None:
+    """The whole check: True when every correctness case passed, False when one failed, None when it
+    was skipped (one `SKIPPED | ...` line logged; callers exit with exitcodes.SKIPPED, 77)."""
+    reason = skip_reason()
+    if reason:
+        log(f"SKIPPED | dysink-bench kernels needs a CUDA GPU: {reason}")
+        return None
+    result = collect()
+    lines = format_lines(result)
     for line in lines:
         log(line)
     if markdown:
         with open(markdown, "w") as fh:
             fh.write("# Kernel GPU check\n\n" + "\n".join(lines) + "\n")
-    return ok_all
+    return result["ok"]

@@ -12,6 +12,11 @@ the decoded values with float32 accumulation, which is what the tensor cores
 compute. Every other dtype keeps Triton's own code.
 `tests/plugins/test_interpreter_fixes.py` checks the patched casts bit for bit
 against torch.
+
+One more, for Triton 3.6 (the lent GPU machine's version): its interpreter turns
+a scalar into a Python int with `int()` of a one-element array, which numpy 2.4
+refuses ("only 0-dimensional arrays can be converted"); 3.7 squeezes the array
+first, and so does the patched `__index__` here (the same code as 3.7.1's).
 """
 
 from __future__ import annotations
@@ -75,4 +80,11 @@ def apply() -> None:
 
     for name, fn in (("cast_impl", cast_impl), ("create_fp_to_fp", create_fp_to_fp), ("create_dot", create_dot)):
         setattr(builder, name, fn)
+    orig_patch_tensor = getattr(itp, "_patch_lang_tensor", None)
+    if orig_patch_tensor is not None:
+        def patch_lang_tensor(tensor, scope):
+            orig_patch_tensor(tensor, scope)
+            scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).squeeze()))
+
+        itp._patch_lang_tensor = patch_lang_tensor
     _APPLIED = True

@@ -183,7 +183,7 @@ def _torch_backend(run: ResolvedRun, models=None):
         paths = CheckpointPaths(dit=spec.checkpoint, lora=spec.lora, vae=spec.vae, pe=spec.pe, use_ema=spec.use_ema)
         models = build_models(run.model, paths, seed=int(spec.weights_seed))
     return TorchBackend(models, run.stream, device=spec.device, dtype=TORCH_DTYPES[spec.precision],
-                        kernels=spec.kernels)
+                        kernels=spec.kernels, cuda_graph=spec.cuda_graph)
 
 
 def _backend(run: ResolvedRun, sessions=None, models=None):
@@ -191,7 +191,7 @@ def _backend(run: ResolvedRun, sessions=None, models=None):
     if spec.backend == "torch":
         backend = _torch_backend(run, models)
         return backend, {"precision": spec.precision, "device": spec.device, "kernels": backend.kernels,
-                         "checkpoints": spec.checkpoint_paths()}
+                         "cuda_graph": spec.cuda_graph, "checkpoints": spec.checkpoint_paths()}
     common = {"bundle": str(bundle.path), "precision": bundle.precision}
     if spec.backend == "onnxruntime":
         backend = OnnxRuntimeBackend(bundle, providers=spec.ort_provider, threads=spec.threads, sessions=sessions)

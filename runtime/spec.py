@@ -75,7 +75,7 @@ class RunSpec:
         "onnxruntime execution provider (cuda / tensorrt need onnxruntime-gpu).", choices=ORT_PROVIDERS))
     cuda_graph: bool = field(default=False, metadata=_doc(
         "tensorrt backend: replay engine launches as CUDA graphs (captured right after their second, uncaptured "
-        "launch)."))
+        "launch); torch backend on CUDA: replay each denoising step as one CUDA graph."))
     threads: int | None = field(default=None, metadata=_doc(
         "CPU threads for torch and onnxruntime (pin it on a busy machine)."))
     # -- the stream ------------------------------------------------------------------------------
@@ -149,8 +149,11 @@ class RunSpec:
                               "choose one of them")
         if backend != "onnxruntime" and "ort_provider" in self.explicit:
             raise DysinkError("RunSpec.ort_provider applies to RunSpec.backend onnxruntime only")
-        if backend != "tensorrt" and self.cuda_graph:
-            raise DysinkError("RunSpec.cuda_graph applies to RunSpec.backend tensorrt only")
+        if backend == "onnxruntime" and self.cuda_graph:
+            raise DysinkError("RunSpec.cuda_graph applies to RunSpec.backend tensorrt and torch only")
+        if backend == "torch" and self.cuda_graph and not self.device.startswith("cuda"):
+            raise DysinkError("RunSpec.cuda_graph on RunSpec.backend torch needs RunSpec.device cuda (CUDA graphs "
+                              "replay GPU launches)")
         if backend == "torch":
             return
         if not self.bundle:

@@ -242,6 +242,7 @@ class Streamer:
 
         def lap(name: str) -> None:
             nonlocal clock
+            be.fence()
             now = time.perf_counter()
             timings[name] = round((now - clock) * 1000.0, 3)
             clock = now
@@ -257,18 +258,23 @@ class Streamer:
         x = be.upload(x_np)
         ratios = []
         x0 = None
+        # No host read in here (an observer asks for one per step: it runs outside the scope).
         for s, t in enumerate(self.timesteps):
-            x0, _, _, r = be.dit_step(x, t, rope, local_ids, sink_ids)
+            with be.denoise_scope():
+                x0, _, _, r = be.dit_step(x, t, rope, local_ids, sink_ids)
             ratios.append(r)
             if self.observer is not None:
                 self.observer(StepEvent(index, s, float(t), be.to_numpy(x0), be.to_numpy(r)))
             if s + 1 < len(self.timesteps):
-                x = be.renoise(x0, be.upload(eps_np[s]), self.sigmas[s + 1])
+                with be.denoise_scope():
+                    x = be.renoise(x0, be.upload(eps_np[s]), self.sigmas[s + 1])
         lap("denoise")
 
         page = self.pages.alloc()
-        clean_x0, k_new, v_new, clean_r = be.dit_step(x0, 0.0, rope, local_ids, ctx.clean_sink_ids(cfg.sink_slots))
-        be.write_page(page, k_new, v_new)
+        clean_sinks = ctx.clean_sink_ids(cfg.sink_slots)
+        with be.denoise_scope():
+            clean_x0, k_new, v_new, clean_r = be.dit_step(x0, 0.0, rope, local_ids, clean_sinks)
+            be.write_page(page, k_new, v_new)
         self.scheduler.commit(index, page)
         if self.observer is not None:
             self.observer(StepEvent(index, len(self.timesteps), 0.0, be.to_numpy(clean_x0), be.to_numpy(clean_r),

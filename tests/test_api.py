@@ -167,7 +167,8 @@ def test_write_and_close(tmp_path, bundles):
     ({"settings": [1, 2]}, "settings must be a dict"),
     ({"noise": 3}, "noise must be callable"),
     ({"prompt_embeds": np.zeros((3, 3), np.float32)}, "prompt_embeds must be a float array of shape"),
-    ({"cuda_graph": True}, "cuda_graph applies to the tensorrt backend only"),
+    ({"cuda_graph": True}, "cuda_graph on the torch backend needs device='cuda'"),
+    ({"backend": "onnxruntime", "bundle": "b", "cuda_graph": True}, "cuda_graph applies to the tensorrt and torch"),
     ({"model": "nope"}, "neither a preset"),
 ])
 def test_bad_arguments_one_line(kwargs, message):

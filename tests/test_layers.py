@@ -19,7 +19,7 @@ PACKAGES = {"dysink_deploy": "dysink_deploy", "export": "dysink_deploy.export", 
             "plugins": "dysink_deploy.plugins"}
 # Layers, lowest first; a module may import its own layer and those below it.
 CORE, PARTS, RUNTIME, EXPORT, FRONT, CLI = range(6)
-LAYER_NAMES = ["core", "models/ops/plugins", "runtime", "export", "api/serving/bench", "CLI"]
+LAYER_NAMES = ["core", "models/ops/plugins", "runtime", "export", "api/serving/bench/gpukit", "CLI"]
 
 
 def layer(module: str) -> int:
@@ -34,7 +34,7 @@ def layer(module: str) -> int:
         return RUNTIME
     if sub == "export":
         return EXPORT
-    if sub in ("api", "serving", "bench"):
+    if sub in ("api", "serving", "bench", "gpukit"):
         return FRONT
     return CORE
 
@@ -94,6 +94,7 @@ def test_layers_of_a_few_modules_spelled_out():
     assert layer("dysink_deploy.runtime.builder") == RUNTIME and layer("dysink_deploy.runtime.cli") == CLI
     assert layer("dysink_deploy.export.check") == EXPORT and layer("dysink_deploy.export.check_cmd") == CLI
     assert layer("dysink_deploy.serving.triton_model") == FRONT and layer("dysink_deploy.serving.cli") == CLI
+    assert layer("dysink_deploy.gpukit.runner") == FRONT and layer("dysink_deploy.gpukit.__main__") == FRONT
     assert layer("dysink_deploy.cli.common") == CLI
 
 

@@ -9,7 +9,8 @@ block boundaries, never between a block's denoising steps.
 from __future__ import annotations
 
 import abc
-from typing import Any
+import contextlib
+from typing import Any, ContextManager
 
 import numpy as np
 
@@ -84,6 +85,17 @@ class Backend(abc.ABC):
         """The dit_step inputs that live across steps (text_k, text_v, k_pool_i, v_pool_i), on the host,
         in the model dtype: what `dysink-run --dump-block` saves."""
         raise NotImplementedError(f"the {self.name} backend cannot dump its state")
+
+    def denoise_scope(self) -> ContextManager:
+        """Entered around a block's denoising steps (the renoise draws' uploads included), where
+        nothing may read back to the host. The torch backend checks that on CUDA when its
+        `sync_debug` is set (torch.cuda.set_sync_debug_mode inside the scope only)."""
+        return contextlib.nullcontext()
+
+    def fence(self) -> None:
+        """Wait for the work queued so far (called at each phase boundary of a block). A no-op unless
+        a backend is asked for exact per-phase device times (the torch backend's `phase_sync`): on
+        a GPU, the phases' host timers otherwise count only the launches."""
 
     def close(self) -> None:
         """Release device and host memory (pools, caches, sessions); the backend is unusable after."""

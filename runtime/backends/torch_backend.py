@@ -2,7 +2,11 @@
 
 Imports torch, so the runtime imports this module only when asked for the
 torch backend. On CUDA nothing in `dit_step`, `renoise` or `write_page`
-reads back to the host: the loop syncs once per block (`to_numpy`).
+reads back to the host: the loop syncs once per block (`to_numpy`). Set
+`sync_debug = "error"` (or "warn") to have torch check that inside the loop's
+`denoise_scope` (torch.cuda.set_sync_debug_mode, the GPU kit's stage c), and
+`phase_sync = True` for exact per-phase device times (`fence` synchronizes).
+`cuda_graph=True` (CUDA) replays every dit_step as one captured CUDA graph (GraphedStep).
 
 The two custom ops run either as their PyTorch references or as the Triton
 kernels (`kernels="triton"`, JIT-compiled on CUDA; on CPU only under
@@ -11,6 +15,8 @@ references on CPU; nothing else in the loop changes.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
@@ -46,12 +52,82 @@ def resolve_kernels(kernels: str, device: torch.device) -> str:
     return "triton"
 
 
+def cuda_capture(fn, warmup: int = 2):
+    """(replay, outputs) of `fn` captured as a CUDA graph, after `warmup` eager runs on a side stream
+    (what torch.cuda.graphs asks for: lazy initialisations, Triton's JIT compile, cuBLAS workspaces
+    happen outside the capture). The capture synchronizes the device (set-up, not a step): torch's
+    sync debug mode is off meanwhile."""
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = fn()
+        return graph.replay, outputs
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
+
+
+def eager_capture(fn):
+    """A stand-in for cuda_capture on the CPU (tests): the same contract (outputs are fixed tensors,
+    overwritten by each replay), computed eagerly."""
+    outputs = fn()
+
+    def replay():
+        for buf, new in zip(outputs, fn()):
+            buf.copy_(new)
+
+    return replay, outputs
+
+
+class GraphedStep:
+    """dit_step replayed as one CUDA graph (RunSpec.cuda_graph on the torch backend).
+
+    Captured at the first call over static copies of its inputs (x_t, t, rope, local and sink page
+    ids); later calls copy their inputs into those buffers and replay. Every step of every block
+    has these shapes (DESIGN.md, static shapes), and the pools and text K/V are the same tensors
+    throughout a stream, so one graph serves the denoising steps, the clean pass and the recache of
+    bank entries. x0 and the gate ratios are cloned out (the next replay overwrites the graph's
+    outputs); k_new / v_new are the graph's own buffers, valid until the next dit_step (the loop
+    writes them into a page right away)."""
+
+    def __init__(self, fn, capture=cuda_capture):
+        self.fn, self.capture = fn, capture
+        self.inputs = self.outputs = self.replay = None
+
+    def __call__(self, *args):
+        if self.replay is None:
+            self.inputs = [a.clone() for a in args]
+            self.replay, self.outputs = self.capture(lambda: self.fn(*self.inputs))
+        else:
+            for buf, a in zip(self.inputs, args):
+                if buf.shape != a.shape or buf.dtype != a.dtype:
+                    raise DysinkError(f"a CUDA-graphed dit_step got an input of {a.dtype} {tuple(a.shape)}, captured "
+                                      f"with {buf.dtype} {tuple(buf.shape)}; run without cuda_graph")
+                buf.copy_(a, non_blocking=True)
+        self.replay()
+        x0, k_new, v_new, ratios = self.outputs
+        return x0.clone(), k_new, v_new, ratios.clone()
+
+
 class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, models: DySinkModels, stream: StreamConfig, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32, kernels: str = "auto"):
+                 dtype: torch.dtype = torch.float32, kernels: str = "auto", cuda_graph: bool = False,
+                 capture=None):
+        """cuda_graph: replay each dit_step as one CUDA graph (GraphedStep; CUDA only). `capture`:
+        how a graph is made (default cuda_capture; the CPU tests pass eager_capture)."""
         self.device = torch.device(device)
+        if cuda_graph and self.device.type != "cuda" and capture is None:
+            raise DysinkError("cuda_graph on the torch backend needs a CUDA device (it replays GPU launches)")
+        self.cuda_graph, self._capture = bool(cuda_graph), capture or cuda_capture
         self.kernels = resolve_kernels(kernels, self.device)
         self.models = models.to(device=device, dtype=dtype).eval()
         self.stream = stream
@@ -66,6 +142,24 @@ class TorchBackend(Backend):
             self._attention, self._retrieve = None, retrieve_sinks_ref
         self.step_module = DiTStep(self.models.dit, stream, attention=self._attention)
         self.lat_hw = stream.latent_hw
+        self.sync_debug: str | None = None     # CUDA: torch's sync debug mode inside denoise_scope
+        self.phase_sync = False                # CUDA: fence() synchronizes (exact per-phase times)
+
+    @contextlib.contextmanager
+    def denoise_scope(self):
+        if self.sync_debug is None or self.device.type != "cuda":
+            yield
+            return
+        before = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(self.sync_debug)
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
+
+    def fence(self) -> None:
+        if self.phase_sync and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @property
     def feature_dim(self) -> int:
@@ -82,10 +176,17 @@ class TorchBackend(Backend):
         self.k_pools = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.layers)]
         self.v_pools = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.layers)]
         self.vae_cache = self.models.vae.init_cache(1, lat_h, lat_w, dtype=self.dtype, device=self.device)
+        # A graph captures these pools' and text K/V's addresses: a new stream captures anew.
+        self._graphed = GraphedStep(self._eager_step, self._capture) if self.cuda_graph else None
 
     @torch.inference_mode()
     def set_prompt(self, prompt_embeds: np.ndarray) -> None:
-        self.text_k, self.text_v = self.models.dit.text_kv(torch.from_numpy(prompt_embeds).to(self.device))
+        text_k, text_v = self.models.dit.text_kv(torch.from_numpy(prompt_embeds).to(self.device))
+        if self._graphed is not None:          # in place: the captured graph reads these tensors
+            self.text_k.copy_(text_k)
+            self.text_v.copy_(text_v)
+        else:
+            self.text_k, self.text_v = text_k, text_v
 
     @torch.inference_mode()
     def recache_window(self, x, t, rope, key_valid, blocks):
@@ -101,9 +202,14 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def dit_step(self, x, t, rope, local_ids, sink_ids):
-        t_tensor = torch.tensor(float(t), dtype=torch.float32, device=self.device)
-        return self.step_module(x, t_tensor, self.text_k, self.text_v, self.upload(rope),
-                                self.k_pools, self.v_pools, self.upload(local_ids), self.upload(sink_ids))
+        # Uploaded like the other inputs (non-blocking): torch.tensor(..., device="cuda") would copy
+        # with a host sync, which the sync debug mode reports.
+        t_tensor = self.upload(np.asarray(t, dtype=np.float32))
+        args = (x, t_tensor, self.upload(rope), self.upload(local_ids), self.upload(sink_ids))
+        return self._graphed(*args) if self._graphed is not None else self._eager_step(*args)
+
+    def _eager_step(self, x, t, rope, local_ids, sink_ids):
+        return self.step_module(x, t, self.text_k, self.text_v, rope, self.k_pools, self.v_pools, local_ids, sink_ids)
 
     @torch.inference_mode()
     def write_page(self, page, k_new, v_new) -> None:
@@ -160,7 +266,7 @@ class TorchBackend(Backend):
         return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
     def close(self) -> None:
-        for name in ("k_pools", "v_pools", "vae_cache", "text_k", "text_v", "models", "step_module"):
+        for name in ("_graphed", "k_pools", "v_pools", "vae_cache", "text_k", "text_v", "models", "step_module"):
             if hasattr(self, name):
                 delattr(self, name)
         if self.device.type == "cuda":

@@ -32,8 +32,21 @@ def test_gpu_check_skips_with_one_line_without_a_gpu():
     if _reason is None:
         pytest.skip("a GPU is present: the check runs for real")
     lines = []
-    assert gpu_check.run(log=lines.append) is True
+    assert gpu_check.run(log=lines.append) is None          # skipped: not a pass
     assert len(lines) == 1 and lines[0].startswith("SKIPPED | dysink-bench kernels needs a CUDA GPU")
+
+
+def test_dysink_bench_kernels_exits_77_when_skipped():
+    if _reason is None:
+        pytest.skip("a GPU is present: the check runs for real")
+    from click.testing import CliRunner
+
+    from dysink_deploy.cli.bench_cli import main as bench_main
+    from dysink_deploy.exitcodes import SKIPPED
+
+    res = CliRunner().invoke(bench_main, ["kernels"])
+    assert res.exit_code == SKIPPED == 77, res.output
+    assert res.output.count("SKIPPED |") == 1 and len(res.output.strip().splitlines()) == 1, res.output
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs Triton's interpreter (the CPU suite)")

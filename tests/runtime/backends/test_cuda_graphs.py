@@ -164,13 +164,17 @@ def test_limit_bounds_the_number_of_graphs():
     assert len(cache.execs) == 1 and engine.direct == 8
 
 
-def test_cuda_graph_flag_is_tensorrt_only(tmp_path):
+def test_cuda_graph_flag_needs_tensorrt_or_torch_on_cuda(tmp_path):
     from dysink_deploy.runtime.cli import main
 
     result = CliRunner().invoke(main, ["--cuda-graph", "--blocks", "1", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines()[-1] == "error: --cuda-graph applies to --backend tensorrt only"
+    assert result.output.strip().splitlines()[-1] == ("error: --cuda-graph on --backend torch needs --device cuda "
+                                                      "(CUDA graphs replay GPU launches)")
     assert not (tmp_path / "o").exists()
+    result = CliRunner().invoke(main, ["--backend", "onnxruntime", "--bundle", str(tmp_path), "--cuda-graph",
+                                       "--blocks", "1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--cuda-graph applies to --backend tensorrt and torch only" in result.output
 
 
 def test_cuda_python_names_exist_in_12_and_13():
