@@ -18,11 +18,8 @@ import sys
 from pathlib import Path
 
 import click
-import torch
 
-from .. import checkpoints as ck
 from ..errors import DysinkError
-from ..models.factory import DySinkModels
 from .common import checkpoint_file_options, model_config_option, resolve_model, shared
 
 
@@ -30,12 +27,17 @@ _MAX_LINES = 20   # problems and warnings listed per kind; the rest counted
 
 
 def _build_on_meta(cfg):
+    import torch                                   # lazy: torch (dysink-export starts without it)
+
+    from ..models.factory import DySinkModels     # lazy: torch
     with torch.device("meta"):
         return DySinkModels(cfg)
 
 
 def _non_finite(state_dict, file: str) -> list[str]:
     """One line per floating tensor holding NaN or Inf (a file that would stream black frames)."""
+    import torch                                   # lazy: torch
+
     lines = []
     for key, t in state_dict.items():
         if torch.is_tensor(t) and t.is_floating_point():
@@ -60,6 +62,11 @@ def verify_checkpoint(model_name, model_config, checkpoint, lora, vae, pe, use_e
         raise DysinkError("verify-checkpoint needs at least one file: --checkpoint, --lora, --vae or --pe")
     if use_ema and not checkpoint:
         raise DysinkError("--use-ema selects the weights inside --checkpoint; give --checkpoint too")
+    try:
+        from .. import checkpoints as ck           # lazy: torch (this command needs it; the others do not)
+    except ImportError:
+        raise DysinkError("verify-checkpoint reads checkpoints with PyTorch: pip install 'dysink-deploy[torch]'") \
+            from None
     cfg = resolve_model(model_name, model_config)
     model_name = cfg.name
     models = _build_on_meta(cfg)
