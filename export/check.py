@@ -92,12 +92,14 @@ def reference_models(bundle: Bundle):
     return build_models(bundle.model, paths if paths.any() else None, seed=int(rec.get("random_seed", 0))).float()
 
 
-def _session(bundle: Bundle, name: str, provider: str):
+def _session(bundle: Bundle, name: str, provider: str, threads: int | None = None):
     import onnx
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
     path = str(bundle.graph_path(name))
     providers = list(resolve_providers(provider))
     if bundle.precision == "bf16" and providers[0] == "CPUExecutionProvider":
@@ -113,7 +115,7 @@ def _errors(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cpu",
-                 log=lambda line: None, runner=None) -> list[OutputCheck]:
+                 log=lambda line: None, runner=None, threads: int | None = None) -> list[OutputCheck]:
     """Every output of every graph of `bundle` vs the float32 PyTorch reference (see module docstring).
     `runner(name, feeds) -> outputs` replaces ONNX Runtime (the engines: TensorRTBackend.run_graph)."""
     import torch
@@ -141,7 +143,7 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
                 ref = graph_module(name, models, bundle.stream).eval()(*ref_in)
                 base = graph_module(name, low_models, bundle.stream).eval()(*low_in)
         feeds = {s.name: (x.float() if x.dtype == torch.bfloat16 else x).numpy() for s, x in zip(spec.inputs, inputs)}
-        got = runner(name, feeds) if runner else _session(bundle, name, provider).run(
+        got = runner(name, feeds) if runner else _session(bundle, name, provider, threads).run(
             [s.name for s in spec.outputs], feeds)
         for s, r, b, g in zip(spec.outputs, ref, base, got):
             r_np = r.float().numpy() if r.is_floating_point() else r.numpy()
@@ -158,7 +160,7 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
 
 
 def compare_streams(bundle: Bundle, models=None, blocks: int = 6, dedup_threshold: float = 0.985,
-                    provider: str = "cpu", seed: int = 0, other: str = "onnxruntime"
+                    provider: str = "cpu", seed: int = 0, other: str = "onnxruntime", threads: int | None = None
                     ) -> tuple[list[dict], list[dict], list[str]]:
     """Stream `blocks` blocks on torch (the bundle's weights and precision) and on `other`
     ("onnxruntime" with `provider`, or "tensorrt": the engines) -> (torch decisions, other
@@ -168,8 +170,9 @@ def compare_streams(bundle: Bundle, models=None, blocks: int = 6, dedup_threshol
     torch_spec = RunSpec(model_config=bundle.model, checkpoint=rec.get("dit"), lora=rec.get("lora"),
                          vae=rec.get("vae"), pe=rec.get("pe"), use_ema=bool(rec.get("use_ema", False)),
                          weights_seed=int(rec.get("random_seed", 0)), precision=bundle.precision, seed=seed,
-                         prompt_embeds=prompt, settings={**bundle.stream.to_dict(), "dedup_threshold": dedup_threshold})
+                         threads=threads, prompt_embeds=prompt, settings={**bundle.stream.to_dict(), "dedup_threshold": dedup_threshold})
     other_spec = RunSpec(backend=other, bundle=str(bundle.path), seed=seed, prompt_embeds=prompt,
+                         threads=threads if other == "onnxruntime" else None,
                          ort_provider=provider if other == "onnxruntime" else "cpu",
                          settings={"dedup_threshold": dedup_threshold})
     runs = []

@@ -12,7 +12,7 @@ from ..bundle import Bundle
 from ..cli.common import shared
 from ..errors import DysinkError
 from ..runtime.backends.tensorrt_backend import TensorRTBackend
-from ..runtime.spec import spec_choices, spec_default
+from ..runtime.spec import RunSpec, spec_choices, spec_default
 from .check import FLOOR, _coverage, check_graphs, compare_streams, mark_for, reference_models
 from .trt_lint import lint_bundle_report
 
@@ -25,12 +25,13 @@ from .trt_lint import lint_bundle_report
         note="Here above the release's 0.95: the random tiny model's blocks all look alike, and the bank must "
              "grow for blocks to retrieve.")
 @shared("--ort-provider", type=click.Choice(spec_choices("ort_provider")), default=spec_default("ort_provider"))
+@shared("--threads", type=int, default=None, default_text="all cores")
 @click.option("--engines", is_flag=True,
               help="Check the bundle's TensorRT engines (dysink-export build) instead of its ONNX graphs.")
 @click.option("--trt", "trt_versions", multiple=True, type=click.Choice(["10.3", "10.13", "11"]),
               help="Instead: lint every node against this TensorRT version's ONNX parser (operator matrix, dtypes, "
                    "opset, IR version, plugin attributes, 2^31 elements); repeatable; CPU only, no TensorRT needed.")
-def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, engines, trt_versions):
+def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, threads, engines, trt_versions):
     """Compare every graph output of a bundle, then a short stream, with the PyTorch reference
     (or, with --trt, lint the bundle against TensorRT parsers)."""
     t0 = time.perf_counter()
@@ -39,7 +40,12 @@ def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, engi
         return
     if blocks < 0:
         raise DysinkError(f"--blocks must be >= 0, got {blocks}")
+    RunSpec(threads=threads)                # the one check of --threads
     bundle = Bundle.load(bundle_path)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)      # the PyTorch reference too, not only ONNX Runtime
     trt_backend = None
     if engines:
         trt_backend = TensorRTBackend(bundle)
@@ -50,7 +56,7 @@ def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, engi
     click.echo(f"bundle {bundle.path}: {bundle.model.name}, {bundle.precision}; onnxruntime {ort_provider}{note} "
                f"vs PyTorch fp32; tol = 2 x PyTorch {low} error + {FLOOR:g} x max(1, |ref|)")
     try:
-        checks = check_graphs(bundle, models, seed=seed, provider=ort_provider, log=click.echo,
+        checks = check_graphs(bundle, models, seed=seed, provider=ort_provider, log=click.echo, threads=threads,
                               runner=trt_backend.run_graph if trt_backend else None)
     finally:
         if trt_backend is not None:       # the stream below opens the engines again, in its own backend
@@ -66,7 +72,7 @@ def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, engi
     else:
         dec_torch, dec_ort, diffs = compare_streams(bundle, models, blocks, dedup_threshold,
                                                     "cpu" if engines else ort_provider, seed,
-                                                    other="tensorrt" if engines else "onnxruntime")
+                                                    other="tensorrt" if engines else "onnxruntime", threads=threads)
         strict = bundle.precision == "fp32"
         for d in diffs:
             click.echo(f"- [{'x' if strict else '!'}] {d}")

@@ -44,8 +44,8 @@ def _n(count: int, word: str) -> str:
 @model_config_option
 @spec_option("backend")
 @shared("--bundle", type=click.Path(), default=None,
-        note="For --backend onnxruntime / tensorrt; it fixes model, weights, precision and the stream settings "
-             "baked into its graphs.")
+        note="For --backend onnxruntime / tensorrt (onnxruntime when --backend is not given); it fixes model, "
+             "weights, precision and the stream settings baked into its graphs.")
 @shared("--ort-provider", type=click.Choice(spec_choices("ort_provider")), default=spec_default("ort_provider"))
 @shared("--blocks", type=int, default=None, default_text=str(DEFAULT_BLOCKS))
 @spec_option("seconds", type=float)
@@ -111,6 +111,8 @@ def main(**kw):
 def spec_from_flags(kw: dict, given: set) -> RunSpec:
     """The RunSpec of dysink-run's flags (`given`: the flags the user typed)."""
     fields = {k: v for k, v in kw.items() if k not in STREAM_FLAGS and k not in _OUTPUT_FLAGS}
+    if fields.get("bundle") and "backend" not in given:     # as api.open_stream: a bundle streams on onnxruntime
+        fields["backend"] = "onnxruntime"
     settings = {n: kw[n] for n in STREAM_FLAGS if kw.get(n) is not None}
     return RunSpec(**fields, settings=settings, explicit=frozenset(given))
 

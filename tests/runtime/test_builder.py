@@ -96,3 +96,15 @@ def test_the_api_write_leaves_no_lock(tmp_path):
     with api.open_stream(RunSpec(model="tiny", threads=1)) as stream:
         stream.write(tmp_path / "run", blocks=1)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["stats.json", "timeline.png", "video.mp4"]
+
+
+def test_a_bundle_alone_streams_on_onnxruntime(bundles, tmp_path):
+    """dysink-run --bundle B without --backend picks onnxruntime, as api.open_stream(B) does."""
+    pytest.importorskip("onnxruntime")
+    res = CliRunner().invoke(run_cli.main, ["--bundle", str(bundles("fp32")), "--blocks", "1", "--threads", "1",
+                                            "--quiet", "--out", str(tmp_path / "o")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "stats.json").read_text())["config"]["backend"] == "onnxruntime"
+    res = CliRunner().invoke(run_cli.main, ["--backend", "torch", "--bundle", str(bundles("fp32")), "--blocks", "1",
+                                            "--out", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "--bundle is read by --backend onnxruntime and tensorrt only" in res.output
