@@ -12,6 +12,7 @@ from ..cli.common import OneLineCommand, flag_names, install_stop_signals, share
 from ..errors import DysinkError
 from ..jsonfile import read_json_object
 from ..runtime.report import format_summary, summarize
+from ..runtime.spec import RunSpec
 from .client import stream_to_dir
 from .repo import write_repo
 from .server import TritonServer, fetch_server as fetch
@@ -96,8 +97,7 @@ def client_main(url, blocks, seed, out, overwrite, prompt_embeds, prompt, config
     try:
         if blocks < 1:
             raise DysinkError(f"--blocks must be >= 1, got {blocks}")
-        if not 0 <= seed < 2 ** 63:
-            raise DysinkError(f"--seed must lie in 0..2**63-1, got {seed}")
+        RunSpec(seed=seed)                  # the one check of a noise seed
         settings = read_json_object(config_file, "--config") if config_file else None
         emb = None
         if prompt_embeds:

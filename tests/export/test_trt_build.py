@@ -15,6 +15,7 @@ from dysink_deploy.bundle import Bundle
 from dysink_deploy.cli.export_cli import main as export_main
 from dysink_deploy.errors import DysinkError
 from dysink_deploy.export import trt_build as tb
+from tests.tensorrt_standin import FakeTensorRT
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ROOT / "runtime" / "backends"
@@ -121,81 +122,12 @@ def test_tensorrt_names_exist_in_10_3_and_11():
     assert used <= set(data), f"add to export/data/trt_python_api.json and check: {sorted(used - set(data))}"
 
 
-class _FakeTensorRT:
-    """Just enough of the TensorRT Python API for build_engines; records what the parser was given."""
-
-    __version__ = "10.3.0"
-
-    def __init__(self):
-        self.parsed = []
-        fake = self
-
-        class Logger:
-            WARNING = 2
-
-            def __init__(self, severity):
-                pass
-
-        class Registry:
-            def load_library(self, path):
-                return object()
-
-        class Cache:
-            def serialize(self):
-                return b"cache"
-
-        class Config:
-            def create_timing_cache(self, data):
-                return Cache()
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                pass
-
-            def get_timing_cache(self):
-                return Cache()
-
-        class Builder:
-            def __init__(self, logger):
-                pass
-
-            def get_plugin_registry(self):
-                return Registry()
-
-            def create_network(self, flags):
-                return object()
-
-            def create_builder_config(self):
-                return Config()
-
-            def build_serialized_network(self, network, config):
-                return b"engine bytes"
-
-        class OnnxParser:
-            num_errors = 0
-
-            def __init__(self, network, logger):
-                pass
-
-            def parse(self, model, path=None):
-                fake.parsed.append((bytes(model), path))
-                return True
-
-            def parse_from_file(self, path):
-                raise AssertionError("parse_from_file imports the custom nodes as their local functions")
-
-        class Flag:
-            STRONGLY_TYPED = 0
-
-        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
-        self.NetworkDefinitionCreationFlag = Flag
-
-
 def test_build_parses_graphs_without_their_dysink_functions(bundles, tmp_path, monkeypatch):
     """TensorRT <= 10.6 imports a node as the model-local function of its name: the parser gets the
     graph without the dysink functions, with the file's path (external weights resolve beside it)."""
     import onnx
 
-    fake = _FakeTensorRT()
+    fake = FakeTensorRT()
     monkeypatch.setattr(tb, "import_tensorrt", lambda: fake)
     monkeypatch.setattr(tb, "compute_capability", lambda: "sm_87")
     lib = tmp_path / "libdysink_plugins.so"
