@@ -26,6 +26,10 @@ from .backends.onnxruntime_backend import PROVIDERS
 
 ORT_PROVIDERS = tuple(PROVIDERS)
 KERNELS = ("auto", "triton", "reference")
+# K/V page storage (vLLM's --kv-cache-dtype names): auto = the model precision, as before, bit for bit.
+KV_CACHE_DTYPES = ("auto", "bf16", "fp8", "int8")
+# Where the memory bank's K/V pages live: device (the pool, as before) or pinned host memory.
+BANK_PLACEMENTS = ("device", "host")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 SEED_LIMIT = 2 ** 63
 DEFAULT_BLOCKS = 12
@@ -78,6 +82,12 @@ class RunSpec:
         "launch); torch backend on CUDA: replay each denoising step as one CUDA graph."))
     threads: int | None = field(default=None, metadata=_doc(
         "CPU threads for torch and onnxruntime (pin it on a busy machine)."))
+    kv_cache_dtype: str = field(default="auto", metadata=_doc(
+        "Storage of the K/V pages: auto (the model precision), bf16, fp8 (e4m3, with scales) or int8 (with "
+        "scales); a bundle fixes it at export.", choices=KV_CACHE_DTYPES))
+    bank_placement: str = field(default="device", metadata=_doc(
+        "Where the memory bank's K/V pages live: device (the pool) or host (pinned host memory; the retrieved "
+        "pages are copied into staging pages each block).", choices=BANK_PLACEMENTS))
     # -- the stream ------------------------------------------------------------------------------
     seed: int = field(default=0, metadata=_doc("Noise seed of the stream."))
     prompt: str | None = field(default=None, metadata=_doc(
@@ -116,7 +126,7 @@ class RunSpec:
         if self.seconds is not None and (isinstance(self.seconds, bool) or not isinstance(self.seconds, (int, float))
                                          or not (self.seconds > 0 and math.isfinite(self.seconds))):
             raise DysinkError(f"RunSpec.seconds must be a finite number > 0, got {self.seconds}")
-        for name in ("backend", "precision", "kernels", "ort_provider"):
+        for name in ("backend", "precision", "kernels", "ort_provider", "kv_cache_dtype", "bank_placement"):
             choices = _metadata(name)["choices"]
             if getattr(self, name) not in choices:
                 raise DysinkError(f"RunSpec.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
