@@ -28,6 +28,7 @@ from .config import (MODEL_PRESETS, ModelConfig, StreamConfig, model_config_from
                      stream_config_from_dict)
 from .errors import DysinkError
 from .graphs import PRECISIONS, GraphSpec, TensorSpec, check_encoder_frames, graph_specs
+from .jsonfile import strict_loads
 
 # Bump whenever a graph's meaning or I/O changes, so older bundles are refused
 # with a rebuild hint instead of running with other semantics.
@@ -279,7 +280,7 @@ class Bundle:
         try:
             if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
                 raise ValueError(f"larger than {MAX_MANIFEST_BYTES} bytes")
-            manifest = json.loads(manifest_path.read_text())
+            manifest = strict_loads(manifest_path.read_text())
             if not isinstance(manifest, dict):
                 raise ValueError("not a JSON object")
         except RecursionError:

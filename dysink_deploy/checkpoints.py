@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import DysinkError
+from .jsonfile import strict_loads
 from .models.pe_core import vision_state_dict
 from .models.vae import decoder_state_dict_from_wan
 
@@ -70,7 +71,7 @@ def _mmap_safetensors(p: Path) -> dict[str, Tensor]:
         (n,) = struct.unpack("<Q", head)
         if n > size - 8:
             raise ValueError(f"header of {n} bytes is longer than the file ({size} bytes): truncated?")
-        header = json.loads(f.read(n))
+        header = strict_loads(f.read(n).decode("utf-8"))
     if not isinstance(header, dict):
         raise ValueError("safetensors header is not a JSON object")
     base = 8 + n

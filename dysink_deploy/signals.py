@@ -47,6 +47,47 @@ def signals_deferred():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopHold:
+    """From `begin()` to `end()`, Ctrl-C / SIGTERM / SIGHUP are recorded in `signals` instead of raised:
+    a cleanup that has begun (closing the video, writing stats.json) finishes whatever arrives during
+    it. `end()` puts the previous handlers back; the recorded signals are not raised again (the run
+    they would stop is already stopping or done). Main thread only: elsewhere `begin()` does nothing."""
+
+    def __init__(self):
+        self.signals: list[int] = []
+        self._old: dict | None = None
+
+    def _record(self, signum, frame) -> None:
+        self.signals.append(signum)
+
+    def begin(self) -> "StopHold":
+        if self._old is None:
+            old = {}
+            try:
+                for sig in STOPS:
+                    old[sig] = signal.signal(sig, self._record)
+            except ValueError:      # not the main thread
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+                old = {}
+            self._old = old
+        return self
+
+    def end(self) -> None:
+        for sig, handler in (self._old or {}).items():
+            signal.signal(sig, handler)
+        self._old = None
+
+    def __enter__(self) -> "StopHold":
+        return self.begin()
+
+    def __exit__(self, *exc) -> None:
+        self.end()
+
+
 def exit_code(exc: KeyboardInterrupt) -> int:
     """128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
     return 128 + (exc.signum if isinstance(exc, StopSignal) else signal.SIGINT)

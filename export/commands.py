@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import click
+import psutil
 
 from ..bundle import GRAPH_STREAM_FIELDS
 from ..config import FEATURE_MODES, StreamConfig, model_preset
@@ -23,7 +24,9 @@ from ..cli.common import (HELP, checkpoint_file_options, model_config_option, pr
                           shared)
 from ..cli.prompt_cmd import text_encoder_options
 from ..errors import DysinkError
-from ..runtime.plan import check_fits, format_plan, parse_memory, plan
+from ..runtime.plan import (FP8_NOTE, GB, JETSON_PRECISION_NOTE, PLATFORMS, check_export, check_fits, flags,
+                             format_options, format_plan, parse_memory, plan, search)
+from ..runtime.spec import BANK_PLACEMENTS, KV_CACHE_DTYPES
 from .inspect_bundle import check_bundle, describe_bundle
 from .trt_build import PLUGIN_LIBRARY, build_engines
 from .trt_onnx import polygraphy_command, trtexec_command, write_trt_onnx
@@ -81,6 +84,7 @@ def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, preci
 
     t0 = time.perf_counter()
     model = resolve_model(model_name, model_config)
+    check_export(model, precision, psutil.virtual_memory().available)    # from formulas, before building
     overrides = {k: v for k, v in stream_flags.items() if v is not None}
     paths = CheckpointPaths(dit=checkpoint, lora=lora, vae=vae, pe=pe, use_ema=ema)
     if paths.any() and not all((checkpoint, vae, pe)):
@@ -123,22 +127,52 @@ def inspect_command(bundle_path, quick):
 @click.command("plan")
 @shared("--model", "model_name", required=True)
 @shared("--precision", type=click.Choice(PRECISIONS), default="bf16")
-@shared("--height", type=int, default=None, default_text=preset_default_text("height"))
+@shared("--height", type=int, default=None, default_text=preset_default_text("height") + "; searched down when not given")
 @shared("--width", type=int, default=None, default_text=preset_default_text("width"))
-@click.option("--memory", required=True, help="Device memory to plan for, e.g. 64GB (Jetson AGX Orin), 24GB, 16GiB.")
-@shared("--bank-capacity", type=int, default=None, default_text="16, the release's")
-@click.option("--platform", type=click.Choice(["desktop", "jetson"]), default="desktop", show_default=True,
-              help="Size of the fixed reserve (CUDA context, TensorRT).")
-def plan_command(model_name, precision, height, width, memory, bank_capacity, platform):
-    """Device memory of one stream: weights, K/V pool pages, caches, activations; the largest bank that fits."""
+@click.option("--memory", required=True, help="Device memory to plan for, e.g. 16GB, 24GB, 64GB (Jetson AGX Orin: "
+                                               "give what is free, not the board's total).")
+@shared("--bank-capacity", type=int, default=None, default_text="16, the release's; smaller ones searched when not given")
+@click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=None,
+              help="K/V page storage to plan. [default: search auto, bf16, fp8 (desktop), int8]")
+@click.option("--bank-placement", type=click.Choice(BANK_PLACEMENTS), default=None,
+              help="Where the bank's pages live. [default: search device and host (desktop); device on Jetson]")
+@click.option("--platform", type=click.Choice(list(PLATFORMS)), default="desktop", show_default=True,
+              help="desktop: a discrete GPU (fp8 pages on sm_89+, a host-side bank saves device memory); jetson: "
+                   "Orin (sm_87: int8 pages, one memory for CPU and GPU).")
+def plan_command(model_name, precision, height, width, memory, bank_capacity, kv_cache_dtype, bank_placement,
+                 platform):
+    """Device memory of one stream from formulas (no torch): the figures of the requested configuration,
+    then every configuration that fits (page dtype, bank placement, bank capacity, resolution), best first."""
     model = model_preset(model_name)
-    overrides = {k: v for k, v in (("height", height), ("width", width), ("bank_capacity", bank_capacity)) if v}
+    overrides = {k: v for k, v in (("height", height), ("width", width), ("bank_capacity", bank_capacity))
+                 if v is not None}
     stream = model.default_stream(**overrides)
-    result = plan(model, stream, precision, parse_memory(memory), platform)
+    budget = parse_memory(memory)
+    if platform == "jetson" and precision == "bf16":
+        click.echo(JETSON_PRECISION_NOTE)
+    if platform == "jetson" and kv_cache_dtype == "fp8":
+        raise DysinkError(f"--kv-cache-dtype fp8 on --platform jetson: {FP8_NOTE}")
+    if platform == "jetson" and bank_placement != "device":
+        click.echo("note: on Jetson CPU and GPU share one memory: --bank-placement host saves nothing there (its "
+                   "top_k staging pages cost more) "
+                   + ("(planned anyway, as asked)" if bank_placement == "host" else "(not searched)"))
+    result = plan(model, stream, precision, budget, platform, kv_cache_dtype or "auto", bank_placement or "device")
     for line in format_plan(result):
         click.echo(line)
-    check_fits(result, stream)
-    click.echo(f"PASSED | fits with bank capacity {stream.bank_capacity} (largest: {result.max_bank_capacity})")
+    found = search(model, stream, precision, budget, platform,
+                   kv_cache_dtypes=[kv_cache_dtype] if kv_cache_dtype else None,
+                   placements=[bank_placement] if bank_placement else None,
+                   resolutions=[(stream.height, stream.width)] if height or width else None,
+                   capacity_fixed=bank_capacity is not None)
+    if platform == "desktop" and not kv_cache_dtype:
+        click.echo(f"note: {FP8_NOTE}")
+    if not found:
+        check_fits(result, stream)
+        raise DysinkError(f"nothing in the searched options fits in {budget / GB:.1f} GB")
+    for line in format_options(found, budget):
+        click.echo(line)
+    click.echo(f"PASSED | {len(found)} configuration{'s' if len(found) != 1 else ''} fit; best: {flags(found[0])} "
+               "(flags of dysink-export onnx and dysink-run)")
 
 
 @click.command("build")

@@ -23,7 +23,7 @@ from ..errors import DysinkError
 from ..jsonfile import read_json_object
 from .backends.onnxruntime_backend import OnnxRuntimeBackend
 from .backends.tensorrt_backend import TensorRTBackend
-from .plan import GB, plan
+from .plan import check_allocation
 from .prompts import PromptEncoder, default_prompt_embeds, embeds_of, load_prompt_schedule, needs_real_prompt
 from .run import blocks_for_seconds
 from .spec import DEFAULT_BLOCKS, RunSpec
@@ -148,22 +148,33 @@ def resolve_run(spec: RunSpec, bundle: Bundle | None = None) -> ResolvedRun:
     return ResolvedRun(spec, model, stream, blocks, initial, switches, bundle, has_ckpt)
 
 
-def check_memory(model: ModelConfig, stream: StreamConfig, precision: str, device: str) -> None:
-    """Refuse, before allocating anything, a stream the device cannot hold (planner estimate)."""
-    if device.startswith("cuda"):
+def _available(spec: RunSpec) -> tuple[int | None, str]:
+    """(free bytes, what) of the memory this run allocates in; None where it cannot be asked."""
+    if spec.backend == "torch" and spec.device.startswith("cuda"):
         import torch    # lazy: torch (a CUDA device is a torch-backend path)
 
-        available = torch.cuda.mem_get_info(torch.device(device))[0]
-    else:
+        return torch.cuda.mem_get_info(torch.device(spec.device))[0], spec.device
+    if spec.backend == "onnxruntime" and spec.ort_provider == "cpu" or spec.backend == "torch":
         import psutil
 
-        available = psutil.virtual_memory().available
-    need = plan(model, stream, precision, available).total
-    if need > available:
-        raise DysinkError(f"this stream needs about {need / GB:.1f} GB ({model.name}, {stream.width}x{stream.height}, "
-                          f"{precision}, bank capacity {stream.bank_capacity}) but {device} has {available / GB:.1f} GB "
-                          "available; lower RunSpec.height/RunSpec.width or RunSpec.bank_capacity (dysink-export plan "
-                          "shows the figures)")
+        return psutil.virtual_memory().available, "this machine's memory"
+    try:                # tensorrt / ORT on a GPU: cuda-python's runtime, when installed (no torch)
+        from .backends.cuda import _cudart  # lazy: cuda-python only on GPU runs
+
+        free = _cudart().cudaMemGetInfo()
+        return (int(free[1]), "the GPU") if int(free[0]) == 0 else (None, "the GPU")
+    except Exception:   # noqa: BLE001 (no cuda-python / no GPU: the backend's own allocation reports it)
+        return None, "the GPU"
+
+
+def check_memory(model: ModelConfig, stream: StreamConfig, precision: str, device: str | RunSpec) -> None:
+    """Refuse, before allocating anything, a stream the device cannot hold (the planner's formulas:
+    nothing is built). `device`: a RunSpec (any backend), or a torch device name."""
+    spec = device if isinstance(device, RunSpec) else RunSpec(device=device)
+    available, where = _available(spec)
+    if available is None:
+        return
+    check_allocation(model, stream, precision, available, where, spec.kv_cache_dtype, spec.bank_placement)
 
 
 def _torch_backend(run: ResolvedRun, models=None):
@@ -178,7 +189,7 @@ def _torch_backend(run: ResolvedRun, models=None):
         raise DysinkError("RunSpec.device cuda was asked for but torch sees no CUDA device; use RunSpec.device cpu")
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    check_memory(run.model, run.stream, spec.precision, spec.device)
+    check_memory(run.model, run.stream, spec.precision, spec)
     if models is None:
         paths = CheckpointPaths(dit=spec.checkpoint, lora=spec.lora, vae=spec.vae, pe=spec.pe, use_ema=spec.use_ema)
         models = build_models(run.model, paths, seed=int(spec.weights_seed))
@@ -193,6 +204,7 @@ def _backend(run: ResolvedRun, sessions=None, models=None):
         return backend, {"precision": spec.precision, "device": spec.device, "kernels": backend.kernels,
                          "cuda_graph": spec.cuda_graph, "checkpoints": spec.checkpoint_paths()}
     common = {"bundle": str(bundle.path), "precision": bundle.precision}
+    check_memory(run.model, run.stream, bundle.precision, spec)
     if spec.backend == "onnxruntime":
         backend = OnnxRuntimeBackend(bundle, providers=spec.ort_provider, threads=spec.threads, sessions=sessions)
         return backend, {**common, "ort_provider": spec.ort_provider, "checkpoints": bundle.manifest.get("checkpoints", {})}

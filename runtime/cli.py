@@ -19,7 +19,7 @@ from ..cli.common import (OneLineCommand, checkpoint_file_options, flag_names, m
 from ..cli.prompt_cmd import text_encoder_options
 from ..config import EVICTION_RULES, FEATURE_MODES, StreamConfig
 from ..errors import DysinkError
-from ..signals import exit_code, install_stop_signals
+from ..signals import StopHold, exit_code, install_stop_signals
 from .builder import open_streamer, resolve_run
 from .dump import BlockDumper
 from .report import format_summary, summarize
@@ -89,8 +89,16 @@ def main(**kw):
     kw["_given"] = {name for name in kw
                     if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
     install_stop_signals()
+    hold = StopHold()       # begun by stream_to_dir when the block loop ends: the report below is not cut
     try:
-        result = run_cli(kw)
+        _report(kw, hold, started, command)
+    finally:
+        hold.end()
+
+
+def _report(kw: dict, hold: StopHold, started: float, command: str) -> None:
+    try:
+        result = run_cli(kw, hold)
     except DysinkError as exc:
         click.echo(f"error: {flag_names(str(exc))}", err=True)
         sys.exit(2)
@@ -117,7 +125,7 @@ def spec_from_flags(kw: dict, given: set) -> RunSpec:
     return RunSpec(**fields, settings=settings, explicit=frozenset(given))
 
 
-def run_cli(kw: dict):
+def run_cli(kw: dict, hold: StopHold | None = None):
     given = kw.pop("_given", set())
     spec = spec_from_flags(kw, given)
     # Build the stream before creating --out: weights, a provider or a precision this machine cannot
@@ -138,7 +146,7 @@ def run_cli(kw: dict):
     lock = open_out_dir(kw["out"], kw["overwrite"])
     try:
         return stream_to_dir(streamer, run.model, run.stream, blocks, os.path.abspath(kw["out"]),
-                             run_config, progress=not kw["quiet"])
+                             run_config, progress=not kw["quiet"], hold=hold)
     finally:
         lock.close()
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import ModelConfig, StreamConfig, model_preset
-from ..signals import exit_code, signals_deferred
+from ..signals import StopHold, exit_code, signals_deferred
 from ..errors import DysinkError
 from .report import plot_timeline, write_stats
 from .stream import Streamer
-from .video import VideoWriter
+from .video import VideoWriter, remove_stale_partials
 
 OUTPUT_FILES = ("video.mp4", "stats.json", "timeline.png")
 LOCK_NAME = ".dysink-run.lock"
@@ -64,15 +64,12 @@ def lock_out_dir(out: str) -> OutDirLock:
 
 
 def open_out_dir(out: str, overwrite: bool) -> OutDirLock:
-    """Create and lock --out; with `overwrite`, the previous run's outputs go now (ours only, never
-    through a symbolic link), not one by one later. Close the returned lock when the run ends."""
+    """Create and lock --out. With `overwrite` the previous run's outputs stay until the new run has
+    its first block (`stream_to_dir` replaces them then: ours only, never through a symbolic link).
+    Close the returned lock when the run ends."""
     prepare_out_dir(out, overwrite)
     lock = lock_out_dir(out)
-    if overwrite:
-        for name in OUTPUT_FILES:
-            path = os.path.join(out, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                os.remove(path)
+    remove_stale_partials(out)          # videos of runs killed before their first block (the lock is ours)
     return lock
 
 
@@ -134,60 +131,109 @@ def _extra(stats: dict) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
 
 
-def _finish(writer, bar, stats, stats_path, run_config, out) -> None:
-    """Close the video and write stats.json and timeline.png for the blocks done; write errors here
-    (a full disk) cannot lose more than they already have, so they are not raised again."""
+def _replace_previous(out: str) -> None:
+    """The new run has its first block: the previous run's stats.json and timeline.png go (regular
+    files only; check_out_dir refused symbolic links), then the staged video replaces video.mp4."""
+    for name in ("stats.json", "timeline.png"):
+        path = os.path.join(out, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.remove(path)
+
+
+def _settle(writer, stats, stats_path, run_config, out, listed: int) -> int:
+    """After the run stopped for any reason: make video.mp4 and stats.json hold exactly the same blocks
+    and return how many. The video is completed if the disk allows, stats.json rewritten for the
+    complete blocks; if that fails (a full disk), the video is cut back to the blocks the stats.json
+    on disk lists. No block kept: neither file is left."""
+    if not writer.published:                 # stopped before the first block: the previous run's files stay
+        writer.discard()
+        return 0
     try:
         writer.close()
     except OSError:
         pass
-    if bar is not None:
-        bar.close()
-    if stats["blocks"]:
+    kept = writer.durable_blocks
+    if kept and (kept != listed or not os.path.isfile(stats_path)):
         try:
-            write_stats(stats_path, stats["config"], stats["blocks"][:writer.durable_blocks], _extra(stats))
-            plot_timeline(stats, os.path.join(out, "timeline.png"))
+            write_stats(stats_path, run_config, stats["blocks"][:kept], _extra(stats))
+            listed = kept
         except OSError:
             pass
+    kept = writer.rollback(listed)          # also cuts a torn fragment that a failed close left
+    if kept == 0:
+        for path in (writer.path, stats_path):
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
+        return 0
+    try:
+        plot_timeline({**stats, "blocks": stats["blocks"][:kept]}, os.path.join(out, "timeline.png"))
+    except OSError:
+        pass
+    return kept
 
 
 def stream_to_dir(streamer: Streamer, model: ModelConfig, stream: StreamConfig, blocks: int, out: str,
-                  run_config: dict, progress: bool = True, fps: int = FPS) -> RunResult:
-    """Run `blocks` blocks and write the outputs. Ctrl-C stops cleanly after closing the files."""
+                  run_config: dict, progress: bool = True, fps: int = FPS, hold: StopHold | None = None) -> RunResult:
+    """Run `blocks` blocks and write the outputs. Ctrl-C / SIGTERM / SIGHUP stop it after the files
+    are settled; signals during that cleanup are held (`hold`, begun when the loop ends: a caller
+    that passes one ends it when its own reporting is done)."""
     if blocks < 1:
         raise DysinkError(f"--blocks must be >= 1, got {blocks}")
+    own_hold = hold is None
+    hold = hold or StopHold()
     stats = {"config": run_config, "blocks": [], "t0": time.perf_counter()}
     stats_path = os.path.join(out, "stats.json")
-    writer = VideoWriter(os.path.join(out, "video.mp4"), stream.width, stream.height, fps=fps)
+    writer = VideoWriter(os.path.join(out, "video.mp4"), stream.width, stream.height, fps=fps, staged=True)
     t0 = time.perf_counter()
-    interrupted = False
+    interrupted, code, failure, listed = False, 0, None, 0
     bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=blocks, unit="block", desc=f"{model.name} [{streamer.backend.name}]")
     try:
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=blocks, unit="block", desc=f"{model.name} [{streamer.backend.name}]")
         for record in streamer.blocks(blocks):
             with signals_deferred():        # a block's frames and its stats entry go together
                 writer.write_block(record.frames)
                 stats["blocks"].append(record.to_json())
-            # Only the blocks already complete in the video: a SIGKILL or power loss leaves a
-            # stats.json that lists exactly what decodes (see video.py).
+                if not writer.published:
+                    _replace_previous(out)
+                    writer.publish()
+            # Only the blocks already complete in the video, and only after their fragments are
+            # fsynced: a SIGKILL or power loss leaves a stats.json whose every block decodes (the
+            # video may hold one block more: see README, "What happens when").
             write_stats(stats_path, run_config, stats["blocks"][:writer.durable_blocks], _extra(stats))
+            listed = writer.durable_blocks
             if bar is not None:
                 bar.set_postfix(bank=streamer.bank.size, sinks=len(record.retrieved))
                 bar.update(1)
-    except KeyboardInterrupt as exc:      # Ctrl-C, or SIGTERM / SIGHUP (cli.common.StopSignal)
-        interrupted = True
-        code = exit_code(exc)
-    except OSError as exc:                # disk full, I/O error: stop now, keep what is written
-        _finish(writer, bar, stats, stats_path, run_config, out)
-        where = exc.filename or os.path.join(out, "video.mp4")
-        raise DysinkError(f"{exc.strerror or exc} writing {where} ({len(stats['blocks'])} blocks complete); "
-                          "free space or choose another --out") from None
+    except KeyboardInterrupt as exc:      # Ctrl-C, or SIGTERM / SIGHUP (signals.StopSignal)
+        interrupted, code = True, exit_code(exc)
+    except OSError as exc:                # disk full, I/O error: stop now, keep what is consistent
+        failure = exc
     except BaseException:
-        _finish(writer, bar, stats, stats_path, run_config, out)
+        with hold:
+            _close_bar(bar)
+            _settle(writer, stats, stats_path, run_config, out, listed)
         raise
-    _finish(writer, bar, stats, stats_path, run_config, out)
-    return RunResult(out=out, blocks=len(stats["blocks"]), frames=writer.frames_written,
+    hold.begin()
+    try:
+        _close_bar(bar)
+        kept = _settle(writer, stats, stats_path, run_config, out, listed)
+    finally:
+        if own_hold:
+            hold.end()
+    if failure is not None:
+        where = failure.filename or os.path.join(out, "video.mp4")
+        raise DysinkError(f"{failure.strerror or failure} writing {where} ({kept} blocks complete); "
+                          "free space or choose another --out")
+    if interrupted and kept == blocks:    # the signal came after the last block: a finished run
+        interrupted = False
+    stats["blocks"] = stats["blocks"][:kept]
+    return RunResult(out=out, blocks=kept, frames=writer.frames_of(kept),
                      seconds=time.perf_counter() - t0, interrupted=interrupted, stats=stats,
                      exit_code=code if interrupted else 0)
+
+
+def _close_bar(bar) -> None:
+    if bar is not None:
+        bar.close()

@@ -17,6 +17,10 @@ Shapes (one stream, batch 1; L tokens per block, H heads, D head dim):
                       (kernels included) defined on arbitrary id buffers.
     fixed_sinks       the first `fixed_sinks` sink slots hold the fixed (LongLive)
                       sink: gated like the others but never bf16-rounded
+    k_scale, v_scale  float32 [P, L, H], only with 8-bit pools (int8 / float8_e4m3fn,
+                      `kv_cache_dtype` fp8 / int8; ops/kv_pages.py): a gathered page is
+                      dequantised (q * scale) to q's dtype before any other use. A pool of
+                      another float dtype than q (bf16 pages) is read cast to q's dtype.
 Outputs:
     out               [L, H, D]      in q's dtype
     ratios            float32 [S_sink]  fraction of heads with s_e > s_loc
@@ -29,15 +33,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .kv_pages import dequantise_pages
+
 
 def page_valid(ids: Tensor, pages: int) -> Tensor:
     """bool [S]: the slot names a page of a P-page pool (0 <= id < P); -1 and any other id are empty."""
     return (ids >= 0) & (ids < pages)
 
 
-def _gather_pages(pool: Tensor, ids: Tensor, valid: Tensor) -> Tensor:
-    """[P, L, H, D] x int64 [S] -> [S, L, H, D]; empty slots (not `valid`) read page 0 (masked later)."""
-    return pool.index_select(0, torch.where(valid, ids, torch.zeros_like(ids)))
+def _gather_pages(pool: Tensor, ids: Tensor, valid: Tensor, scale: Tensor | None = None,
+                  dtype: torch.dtype | None = None) -> Tensor:
+    """[P, L, H, D] x int64 [S] -> [S, L, H, D]; empty slots (not `valid`) read page 0 (masked later).
+    With `scale` [P, L, H] (8-bit pool): the pages dequantised to `dtype`; else cast to `dtype`
+    (a no-op when the pool already has it)."""
+    safe = torch.where(valid, ids, torch.zeros_like(ids))
+    pages = pool.index_select(0, safe)
+    if scale is not None:
+        return dequantise_pages(pages, scale.index_select(0, safe), dtype)
+    return pages if dtype is None else pages.to(dtype)
 
 
 def gate_ratios(q: Tensor, k_cur: Tensor, k_local: Tensor, local_valid: Tensor,
@@ -69,51 +82,64 @@ PLUGIN_ATTRS = {"plugin_namespace": "dysink", "plugin_version": "1"}
 def gated_sink_attention(
     q: Tensor, k_cur: Tensor, v_cur: Tensor, k_pool: Tensor, v_pool: Tensor,
     local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool, fixed_sinks: int = 0,
+    k_scale: Tensor | None = None, v_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     return gated_sink_attention_ref(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids,
-                                    threshold, sink_kv_bf16, fixed_sinks)
+                                    threshold, sink_kv_bf16, fixed_sinks, k_scale, v_scale)
 
 
 @gated_sink_attention.register_fake
-def _(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, threshold, sink_kv_bf16, fixed_sinks=0):
+def _(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, threshold, sink_kv_bf16, fixed_sinks=0,
+      k_scale=None, v_scale=None):
     return torch.empty_like(q), q.new_empty(sink_ids.shape, dtype=torch.float32)
 
 
 def gated_sink_attention_node(
     q: Tensor, k_cur: Tensor, v_cur: Tensor, k_pool: Tensor, v_pool: Tensor,
     local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool, fixed_sinks: int = 0,
+    k_scale: Tensor | None = None, v_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The op as models call it: the custom op eagerly, a `dysink::GatedSinkAttention`
     node (attributes threshold, sink_kv_bf16 + plugin strings) under ONNX export."""
     if torch.onnx.is_in_onnx_export():
+        scales = () if k_scale is None else (k_scale, v_scale)
+        op_type = "GatedSinkAttention" if k_scale is None else "GatedSinkAttentionQ8"
         out, ratios = torch.onnx.ops.symbolic_multi_out(
-            f"{ONNX_DOMAIN}::GatedSinkAttention", (q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids),
+            f"{ONNX_DOMAIN}::{op_type}", (q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, *scales),
             {"threshold": float(threshold), "sink_kv_bf16": int(bool(sink_kv_bf16)),
              "fixed_sinks": int(fixed_sinks), **PLUGIN_ATTRS},
             dtypes=(q.dtype, torch.float32), shapes=(q.shape, sink_ids.shape), version=ONNX_DOMAIN_VERSION)
         return out, ratios
     return gated_sink_attention(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, threshold, sink_kv_bf16,
-                                fixed_sinks)
+                                fixed_sinks, k_scale, v_scale)
 
 
 def gated_sink_attention_ref(
     q: Tensor, k_cur: Tensor, v_cur: Tensor, k_pool: Tensor, v_pool: Tensor,
     local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool = True, fixed_sinks: int = 0,
+    k_scale: Tensor | None = None, v_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Reference math, softmax and accumulation in float32. See module docstring."""
     tokens, heads, dim = q.shape
+    if (k_scale is None) != (v_scale is None):
+        raise ValueError("gated_sink_attention: give both k_scale and v_scale (8-bit pages) or neither")
     local_valid = page_valid(local_ids, k_pool.shape[0])
     sink_valid = page_valid(sink_ids, k_pool.shape[0])
-    k_local, v_local = _gather_pages(k_pool, local_ids, local_valid), _gather_pages(v_pool, local_ids, local_valid)
-    k_sink, v_sink = _gather_pages(k_pool, sink_ids, sink_valid), _gather_pages(v_pool, sink_ids, sink_valid)
+    # Pages read in q's dtype: a no-op for model-precision pools (auto), a cast for bf16 pages,
+    # the dequantisation of 8-bit pages.
+    dt = None if (k_scale is None and k_pool.dtype == q.dtype) else q.dtype
+    k_local = _gather_pages(k_pool, local_ids, local_valid, k_scale, dt)
+    v_local = _gather_pages(v_pool, local_ids, local_valid, v_scale, dt)
+    k_sink = _gather_pages(k_pool, sink_ids, sink_valid, k_scale, dt)
+    v_sink = _gather_pages(v_pool, sink_ids, sink_valid, v_scale, dt)
     if sink_kv_bf16:
         # The reference casts retrieved K/V to bf16 before using them (gate and
         # attention alike); a no-op when the pool already is bf16. The first
         # `fixed_sinks` slots hold the fixed sink, which the reference reads from
         # its local cache: those are not rounded.
         retrieved = (torch.arange(sink_ids.shape[0], device=sink_ids.device) >= fixed_sinks)[:, None, None, None]
-        k_sink = torch.where(retrieved, k_sink.to(torch.bfloat16).to(k_pool.dtype), k_sink)
-        v_sink = torch.where(retrieved, v_sink.to(torch.bfloat16).to(v_pool.dtype), v_sink)
+        k_sink = torch.where(retrieved, k_sink.to(torch.bfloat16).to(k_sink.dtype), k_sink)
+        v_sink = torch.where(retrieved, v_sink.to(torch.bfloat16).to(v_sink.dtype), v_sink)
 
     ratios = gate_ratios(q, k_cur, k_local, local_valid, k_sink, sink_valid)
     keep_sink = sink_valid & ~(ratios > threshold)
