@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from .config import ModelConfig, StreamConfig
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# K/V page storage (vLLM's --kv-cache-dtype names): auto = the model precision; the 8-bit ones carry scales.
+KV_CACHE_DTYPES = ("auto", "bf16", "fp8", "int8")
+QUANTISED_KV_DTYPES = ("fp8", "int8")
 # dtype names are ONNX / numpy style strings; "model" resolves to the precision.
 _MODEL_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from ..config import ModelConfig, StreamConfig
 from ..errors import DysinkError
-from ..graphs import vae_cache_shapes
+from ..graphs import QUANTISED_KV_DTYPES, vae_cache_shapes
 
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 KV_BYTES = {"bf16": 2, "fp8": 1, "int8": 1}
@@ -149,7 +149,7 @@ def page_bytes(model: ModelConfig, stream: StreamConfig, precision: str, kv_cach
 
 def scale_bytes(model: ModelConfig, stream: StreamConfig, kv_cache_dtype: str) -> int:
     """The scales of one 8-bit page (0 for 16/32-bit pages)."""
-    if kv_cache_dtype not in ("fp8", "int8"):
+    if kv_cache_dtype not in QUANTISED_KV_DTYPES:
         return 0
     d = model.dit
     return 2 * d.layers * tokens_per_block(model, stream) * d.heads * SCALE_BYTES

@@ -20,14 +20,12 @@ import numpy as np
 
 from ..config import MODEL_PRESETS
 from ..errors import DysinkError
-from ..graphs import PRECISIONS
+from ..graphs import KV_CACHE_DTYPES, PRECISIONS
 from .backends import BACKENDS
 from .backends.onnxruntime_backend import PROVIDERS
 
 ORT_PROVIDERS = tuple(PROVIDERS)
 KERNELS = ("auto", "triton", "reference")
-# K/V page storage (vLLM's --kv-cache-dtype names): auto = the model precision, as before, bit for bit.
-KV_CACHE_DTYPES = ("auto", "bf16", "fp8", "int8")
 # Where the memory bank's K/V pages live: device (the pool, as before) or pinned host memory.
 BANK_PLACEMENTS = ("device", "host")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")

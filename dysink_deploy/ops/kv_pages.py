@@ -24,8 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-KV_CACHE_DTYPES = ("auto", "bf16", "fp8", "int8")
-QUANTISED = ("fp8", "int8")
+from ..graphs import KV_CACHE_DTYPES, QUANTISED_KV_DTYPES as QUANTISED
 QMAX = {"int8": 127.0, "fp8": 448.0}
 STORAGE = {"int8": torch.int8, "fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16}
 ONNX_STORAGE = {"int8": "int8", "fp8": "float8e4m3fn", "bf16": "bfloat16"}   # TensorSpec dtype names
