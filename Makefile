@@ -30,8 +30,11 @@ demo: $(STAMP)
 	$(VENV)/bin/dysink-run --backend onnxruntime --bundle $(DEMO_BUNDLE) --blocks 12 --seed 0 \
 		--dedup-threshold 0.985 --out demo-out --overwrite
 
+# The suite in TEST_JOBS parallel workers (pytest-xdist; one thread each): about half the time
+# on the 2-core CI machine. TEST_JOBS=0 runs it in this process, one test after another.
+TEST_JOBS ?= 2
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_JOBS)
 
 # Every table of the README's Benchmarks section (several minutes; pin threads on a busy machine).
 bench: $(STAMP)

@@ -23,6 +23,7 @@ from .config import DIT_PRESETS, PE_PRESETS, VAE_PRESETS, ModelConfig, model_pre
 from .errors import DysinkError
 from .graphs import graph_specs
 from .jsonfile import read_json_object
+from .runtime.backends.onnxruntime_backend import session_options
 from .runtime.builder import open_streamer
 from .runtime.heap import current_rss_mb, release_free_heap
 from .runtime.report import decisions
@@ -227,17 +228,13 @@ def time_graphs(model_name: str = "tiny", mid: bool = False, graph_names=(), run
                 with torch.inference_mode():
                     module(*inputs)
 
-            # torch first, with no ORT session alive: ORT's pool threads spin after a run and would
-            # steal the cores torch's OpenMP threads wait on (seen as 10-100x slower torch on 2 cores).
+            # torch first, with no ORT session alive (the project's sessions do not spin, but a
+            # session from elsewhere in the process might).
             gc.collect()
             t_torch = _median_ms(run_torch, runs)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.log_severity_level = 3
             if profile_dir:
                 os.makedirs(profile_dir, exist_ok=True)
-                opts.enable_profiling = True
-                opts.profile_file_prefix = os.path.join(profile_dir, name)
+            opts = session_options(ort, threads, os.path.join(profile_dir, name) if profile_dir else None)
             sess = ort.InferenceSession(str(bundle.graph_path(name)), sess_options=opts,
                                         providers=["CPUExecutionProvider"])
             feeds = {s.name: x.numpy() for s, x in zip(specs[name].inputs, inputs)}

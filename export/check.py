@@ -33,7 +33,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import DysinkError
 from ..graphs import graph_specs
-from ..runtime.backends.onnxruntime_backend import load_session, resolve_providers
+from ..runtime.backends.onnxruntime_backend import load_session, resolve_providers, session_options
 from ..runtime.builder import open_streamer
 from ..runtime.prompts import default_prompt_embeds
 from ..runtime.report import decisions
@@ -96,10 +96,7 @@ def _session(bundle: Bundle, name: str, provider: str, threads: int | None = Non
     import onnx
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts = session_options(ort, threads)
     path = str(bundle.graph_path(name))
     providers = list(resolve_providers(provider))
     if bundle.precision == "bf16" and providers[0] == "CPUExecutionProvider":

@@ -11,7 +11,7 @@ from ..errors import DysinkError
 from ..jsonfile import read_json
 from ..text import PromptTokenizer
 from ..config import MODEL_PRESETS, ModelConfig
-from .backends.onnxruntime_backend import _ort, load_session
+from .backends.onnxruntime_backend import _ort, load_session, session_options
 
 
 def default_prompt_embeds(cfg: ModelConfig, seed: int = 1234) -> np.ndarray:
@@ -162,7 +162,7 @@ class PromptEncoder:
         if self._session is None:
             ort = _ort()
             self._session = load_session(ort, self.bundle, "umt5_encoder",
-                                         str(self.bundle.graph_path("umt5_encoder")), ort.SessionOptions(),
+                                         str(self.bundle.graph_path("umt5_encoder")), session_options(ort),
                                          ("CPUExecutionProvider",))
             self._tok = PromptTokenizer(self.tokenizer)
         ids, mask = self._tok(text)

@@ -9,6 +9,12 @@ import pytest
 # of the kernels go through `dysink-bench kernels` (make gpu-check), not this suite.
 os.environ.setdefault("TRITON_INTERPRET", "1")   # `make gpu-check` sets it to 0
 
+# `make test` runs the suite in parallel workers (pytest-xdist, one per core on the 2-core CI
+# machine): each worker and the commands it starts use one CPU thread, so two workers do not fight
+# over the cores (set before torch or onnxruntime is imported; a test that pins threads still can).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory):

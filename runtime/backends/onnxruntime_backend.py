@@ -106,13 +106,7 @@ class OnnxRuntimeBackend(Backend):
                               f"{rebuild_command(bundle.model, bundle.stream, 'fp16', str(bundle.path) + '-fp16', bundle.path / 'bundle.json', bundle.manifest.get('checkpoints'))}")
         self.np_dtype = _MODEL_NP[bundle.precision]
         self.device = ("cpu", 0) if self.on_cpu else ("cuda", device_id)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3        # fp16 graphs warn about CPU kernels ORT upcasts; not actionable
-        if threads:
-            opts.intra_op_num_threads = threads
-        if profile_dir:
-            opts.enable_profiling = True
-            opts.profile_file_prefix = f"{profile_dir}/ort"
+        opts = session_options(ort, threads, profile_prefix=f"{profile_dir}/ort" if profile_dir else None)
         self.sessions = sessions if sessions is not None else {
             name: load_session(ort, bundle, name, str(bundle.graph_path(name)), opts, self.providers)
             for name in bundle.graphs}
@@ -296,6 +290,25 @@ class OnnxRuntimeBackend(Backend):
     def to_numpy(self, handle: OrtTensor) -> np.ndarray:
         # A copy: on CPU .numpy() is a view of a buffer the next step may overwrite (k_new / v_new).
         return np.array(handle.value.numpy(), dtype=np.float32).reshape(handle.shape)
+
+
+def session_options(ort, threads: int | None = None, profile_prefix: str | None = None):
+    """The SessionOptions every ONNX Runtime session of the project uses (backend, check, prompts,
+    bench): quiet logs, `threads` intra-op threads (None: ORT's choice, one per physical core), and
+    no spinning. A pool thread that spins after its run keeps a core busy for a while; the loop runs
+    six graphs in turn, each with its own pool, so on 2 cores the spinning threads of the graph that
+    just ran steal the cores of the next one (2 threads ran at half the speed of 1 here; with spinning
+    off, 2 threads are faster than 1: README "Benchmarks"). ORT's Python API has no global pool."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3        # fp16 graphs warn about CPU kernels ORT upcasts; not actionable
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return opts
 
 
 def load_session(ort, bundle: Bundle, name: str, source, opts, providers):
