@@ -17,7 +17,9 @@ else in the package may change between versions. Errors are `dysink_deploy.error
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -48,7 +50,12 @@ class Block:
 
 
 class Stream:
-    """An open stream. Create it with `open_stream`; close it (or use `with`) to free device memory."""
+    """An open stream. Create it with `open_stream`; close it (or use `with`) to free device memory.
+
+    One thread at a time: a call while another thread is inside one of its methods is refused (one
+    line; nothing waits), and so is next_block / blocks / switch_prompt / write / close from inside
+    its own callbacks (observer, noise, features), which run in the middle of a block; bank() and
+    read_page() may be called there. Independent streams in separate threads are fine."""
 
     def __init__(self, streamer: Streamer, model: ModelConfig, run_config: dict):
         self._streamer = streamer
@@ -57,11 +64,40 @@ class Stream:
         self.backend: str = streamer.backend.name
         self._run_config = run_config
         self._closed = False
+        self._lock = threading.Lock()
+        self._owner: int | None = None          # the thread inside a call (a block runs its callbacks there)
+
+    @contextlib.contextmanager
+    def _use(self, what: str, changes: bool = True, closed_ok: bool = False):
+        """Hold the stream for one call: refuse another thread's call at once (a non-blocking lock),
+        and, from inside this stream's own callbacks, a call that `changes` the stream; refuse a
+        closed stream unless `closed_ok`."""
+        me = threading.get_ident()
+        if self._owner == me:
+            if changes:
+                raise DysinkError(f"{what} was called from inside this stream's observer / noise / features callback, "
+                                  "in the middle of a block; return from the callback and call it after the block "
+                                  "(bank() and read_page() may be called there)")
+            self._check_open()
+            yield
+            return
+        if not self._lock.acquire(blocking=False):
+            raise DysinkError(f"{what}: this Stream is in use by another thread; a Stream serves one thread at a "
+                              "time: open one stream per thread (api.open_stream), or hold your own lock around "
+                              "its calls")
+        self._owner = me
+        try:
+            if not closed_ok:
+                self._check_open()
+            yield
+        finally:
+            self._owner = None
+            self._lock.release()
 
     # -- blocks ---------------------------------------------------------------------------------
     def next_block(self) -> Block:
-        self._check_open()
-        record = self._streamer.step()
+        with self._use("next_block()"):
+            record = self._streamer.step()
         return Block(record.index, record.frames, record.to_json(), record.latent, record.feature)
 
     def blocks(self, n: int) -> Iterator[Block]:
@@ -74,12 +110,12 @@ class Stream:
     def switch_prompt(self, prompt_embeds, frame: int | None = None) -> None:
         """Switch to a new prompt (embeddings array or .safetensors file) at latent `frame` (default:
         the next block), with DySink's recache of the bank and the window."""
-        self._check_open()
         if frame is not None and (not isinstance(frame, int) or isinstance(frame, bool)):
             raise DysinkError(f"switch_prompt: frame must be an integer, got {frame!r}")
-        if self.backend != "torch":
-            self._streamer.backend.bundle.require_interactive()
-        self._streamer.switch_prompt(embeds_of(prompt_embeds, self.model), frame)
+        with self._use("switch_prompt()"):
+            if self.backend != "torch":
+                self._streamer.backend.bundle.require_interactive()
+            self._streamer.switch_prompt(embeds_of(prompt_embeds, self.model), frame)
 
     @property
     def blocks_done(self) -> int:
@@ -88,15 +124,17 @@ class Stream:
     # -- state ------------------------------------------------------------------------------------
     def bank(self) -> list[dict]:
         """The memory bank now: [{"start_frame", "page"}], oldest first."""
-        return [{"start_frame": s, "page": p} for s, p in self._streamer.bank.entries()]
+        with self._use("bank()", changes=False):
+            return [{"start_frame": s, "page": p} for s, p in self._streamer.bank.entries()]
 
     def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
         """Host copies (k, v), float32 [layers, tokens, heads, head_dim], of one K/V pool page (the
-        `page` of `bank()` entries or of a clean-pass StepEvent)."""
-        self._check_open()
+        `page` of `bank()` entries or of a clean-pass StepEvent). A page that holds no block's K/V
+        now (never written, or released) is refused as empty, not read as zeros."""
         if not isinstance(page, (int, np.integer)) or isinstance(page, bool):
             raise DysinkError(f"read_page: page must be an integer, got {page!r}")
-        return self._streamer.read_page(int(page))
+        with self._use("read_page()", changes=False):
+            return self._streamer.read_page(int(page))
 
     # -- writing ----------------------------------------------------------------------------------
     def write(self, out: str | os.PathLike, blocks: int, overwrite: bool = False, progress: bool = False):
@@ -104,29 +142,31 @@ class Stream:
         stats.json, timeline.png, with dysink-run's guarantees (lock, no symlinks followed, only this
         project's outputs replaced with `overwrite`). Returns a RunResult (out, blocks, frames,
         seconds, interrupted, stats). Ctrl-C stops after closing the files."""
-        self._check_open()
         if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
             raise DysinkError(f"write: blocks must be an integer >= 1, got {blocks!r}")
-        if self._streamer.next_index:
-            raise DysinkError("write: this stream has already produced blocks; a video starts at block 0: "
-                              "open a new stream to write a run")
-        out = os.fspath(out)
-        check_out_dir(out, overwrite)
-        lock = open_out_dir(out, overwrite)
-        try:
-            config = {**self._run_config, "blocks": blocks, "stream": self.config.to_dict(),
-                      "timesteps": self.config.timesteps()}
-            return stream_to_dir(self._streamer, self.model, self.config, blocks, os.path.abspath(out), config,
-                                 progress=progress)
-        finally:
-            lock.close()
+        with self._use("write()"):
+            if self._streamer.next_index:
+                raise DysinkError("write: this stream has already produced blocks; a video starts at block 0: "
+                                  "open a new stream to write a run")
+            out = os.fspath(out)
+            check_out_dir(out, overwrite)
+            lock = open_out_dir(out, overwrite)
+            try:
+                config = {**self._run_config, "blocks": blocks, "stream": self.config.to_dict(),
+                          "timesteps": self.config.timesteps()}
+                return stream_to_dir(self._streamer, self.model, self.config, blocks, os.path.abspath(out), config,
+                                     progress=progress)
+            finally:
+                lock.close()
 
     # -- lifetime ---------------------------------------------------------------------------------
     def close(self) -> None:
-        """Free the backend's device and host memory; the stream cannot be used afterwards."""
-        if not self._closed:
-            self._closed = True
-            self._streamer.backend.close()
+        """Free the backend's device and host memory; the stream cannot be used afterwards (a second
+        close does nothing)."""
+        with self._use("close()", closed_ok=True):     # refused while a block runs (here or in another thread)
+            if not self._closed:
+                self._closed = True
+                self._streamer.backend.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -139,8 +179,8 @@ class Stream:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Stream(model={self.model.name!r}, backend={self.backend!r}, blocks_done={self.blocks_done}, "
-                f"bank={len(self.bank())}/{self.config.bank_capacity})")
+        state = "closed" if self._closed else f"bank={self._streamer.bank.size}/{self.config.bank_capacity}"
+        return f"Stream(model={self.model.name!r}, backend={self.backend!r}, blocks_done={self.blocks_done}, {state})"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,7 +188,7 @@ _CHECKPOINT_KEYS = ("checkpoint", "lora", "vae", "pe", "use_ema")
 
 
 def _spec(bundle, backend, model, checkpoints, weights_seed, device, precision, kernels, ort_provider, cuda_graph,
-          threads, prompt_embeds, seed, settings, prompts) -> RunSpec:
+          threads, prompt_embeds, seed, settings, prompts, kv_cache_dtype="auto") -> RunSpec:
     """open_stream's keyword arguments as a RunSpec (the flexible ones translated: `model` may be a
     file, a dict or a ModelConfig; `checkpoints` a dict)."""
     backend = backend or ("onnxruntime" if bundle is not None else "torch")
@@ -179,7 +219,8 @@ def _spec(bundle, backend, model, checkpoints, weights_seed, device, precision, 
                    pe=checkpoints.get("pe"), use_ema=bool(checkpoints.get("use_ema", False)), weights_seed=weights_seed,
                    device=device, precision=precision, kernels=kernels, ort_provider=ort_provider,
                    cuda_graph=cuda_graph, threads=threads, seed=seed, prompt_embeds=prompt_embeds,
-                   prompts=None if prompts is None else list(prompts), settings=dict(settings or {}))
+                   prompts=None if prompts is None else list(prompts), settings=dict(settings or {}),
+                   kv_cache_dtype=kv_cache_dtype)
 
 
 def open_stream(bundle: str | os.PathLike | RunSpec | None = None, *, backend: str | None = None,
@@ -191,7 +232,8 @@ def open_stream(bundle: str | os.PathLike | RunSpec | None = None, *, backend: s
                 settings: Mapping[str, Any] | StreamConfig | None = None,
                 noise: NoiseSource | None = None, features: FeatureSource | None = None,
                 observer: StepObserver | None = None,
-                prompts: list[tuple[int, Any]] | None = None, spec: RunSpec | None = None) -> Stream:
+                prompts: list[tuple[int, Any]] | None = None, spec: RunSpec | None = None,
+                kv_cache_dtype: str = "auto") -> Stream:
     """Open a stream.
 
     From a RunSpec (`dysink_deploy.runtime.spec`, what dysink-run builds from its flags):
@@ -205,6 +247,8 @@ def open_stream(bundle: str | os.PathLike | RunSpec | None = None, *, backend: s
     a ModelConfig, a dict or a JSON file; `checkpoints` = {"checkpoint", "lora", "vae", "pe",
     "use_ema"} (random weights from `weights_seed` where none is given); `device`, `precision`
     (fp32 / fp16 / bf16), `kernels` (auto / triton / reference); `settings` any stream settings.
+    kv_cache_dtype: the K/V pages' storage, auto (the model precision) / bf16 / fp8 / int8 (8 bits
+    with per-token-and-head scales); a bundle fixes it at export ("auto" takes the bundle's).
 
     prompt_embeds: umT5 output [text_len, text_dim] as an array or a .safetensors file (the tiny
     random model has an embedded default). seed: the noise seed.
@@ -223,7 +267,7 @@ def open_stream(bundle: str | os.PathLike | RunSpec | None = None, *, backend: s
             raise DysinkError(f"{name} must be callable, got {type(fn).__name__}")
     if spec is None:
         spec = _spec(bundle, backend, model, checkpoints, weights_seed, device, precision, kernels, ort_provider,
-                     cuda_graph, threads, prompt_embeds, seed, settings, prompts)
+                     cuda_graph, threads, prompt_embeds, seed, settings, prompts, kv_cache_dtype)
     elif not isinstance(spec, RunSpec):
         raise DysinkError(f"spec must be a RunSpec, got {type(spec).__name__}")
     elif bundle is not None:

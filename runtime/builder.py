@@ -187,14 +187,14 @@ def _torch_backend(run: ResolvedRun, models=None):
     spec = run.spec
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
         raise DysinkError("RunSpec.device cuda was asked for but torch sees no CUDA device; use RunSpec.device cpu")
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
     check_memory(run.model, run.stream, spec.precision, spec)
     if models is None:
         paths = CheckpointPaths(dit=spec.checkpoint, lora=spec.lora, vae=spec.vae, pe=spec.pe, use_ema=spec.use_ema)
         models = build_models(run.model, paths, seed=int(spec.weights_seed))
-    return TorchBackend(models, run.stream, device=spec.device, dtype=TORCH_DTYPES[spec.precision],
-                        kernels=spec.kernels, cuda_graph=spec.cuda_graph)
+    backend = TorchBackend(models, run.stream, device=spec.device, dtype=TORCH_DTYPES[spec.precision],
+                           kernels=spec.kernels, cuda_graph=spec.cuda_graph)
+    backend.threads = spec.threads      # applied in its thread_scope: not left set for the caller or other streams
+    return backend
 
 
 def _backend(run: ResolvedRun, sessions=None, models=None):

@@ -143,7 +143,8 @@ class Streamer:
         self.timesteps = stream.timesteps()
         self.sigmas = stream.sigmas()
         self.next_index = 0
-        backend.start(prompt_embeds, stream.pool_pages)
+        with backend.thread_scope():
+            backend.start(prompt_embeds, stream.pool_pages)
 
     # -- retrieval ----------------------------------------------------------
     def _retrieve(self, ctx: BlockContext) -> None:
@@ -230,6 +231,11 @@ class Streamer:
 
     # -- one block ----------------------------------------------------------
     def step(self) -> BlockRecord:
+        """The next block (in the backend's thread scope: its own thread count, see Backend)."""
+        with self.backend.thread_scope():
+            return self._step()
+
+    def _step(self) -> BlockRecord:
         cfg, be = self.cfg, self.backend
         index = self.next_index
         timings: dict[str, float] = {}
@@ -367,6 +373,11 @@ class Streamer:
         """Host copies (k, v) [layers, tokens, heads, head_dim] float32 of one pool page."""
         if not 0 <= page < self.cfg.pool_pages:
             raise DysinkError(f"page {page} is outside the pool (0..{self.cfg.pool_pages - 1})")
+        if self.pages.refcount(page) == 0:
+            held = sorted(p for p in range(self.cfg.pool_pages) if self.pages.refcount(p))
+            raise DysinkError(f"page {page} is empty: no block's K/V is held there now (never written, or released "
+                              f"when its block left the window and the bank); pages in use: "
+                              f"{', '.join(map(str, held)) or 'none yet'}")
         return self.backend.read_page(page)
 
     def _gate_entries(self, ratios: np.ndarray, offset: int, starts: list[int]) -> list[dict]:

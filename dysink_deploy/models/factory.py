@@ -11,6 +11,7 @@ from .. import checkpoints as ck
 from ..config import ModelConfig
 from .dit import CausalWanDiT
 from .pe_core import PECoreVisionEncoder
+from .seeding import seeded
 from .vae import WanVAEDecoder
 
 
@@ -51,8 +52,8 @@ def build_models(cfg: ModelConfig, checkpoints: CheckpointPaths | None = None, s
     A DiT-only checkpoint leaves the VAE and encoder random: that is allowed
     for experiments but makes frames meaningless, so the CLI warns about it.
     """
-    torch.manual_seed(seed)
-    models = DySinkModels(cfg)
+    with seeded(seed):              # not torch.manual_seed: streams built in threads at once race on it
+        models = DySinkModels(cfg)
     _randomize_zero_inits(models, torch.Generator().manual_seed(seed + 1))
     paths = checkpoints or CheckpointPaths()
     if paths.lora and not paths.dit:

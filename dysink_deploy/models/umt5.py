@@ -30,6 +30,7 @@ from .. import checkpoints as ck
 from ..errors import ConfigError
 from ..validation import positive_ints
 from ..text import PromptTokenizer
+from .seeding import seeded
 
 
 @dataclass(frozen=True)
@@ -209,8 +210,8 @@ def build_text_encoder(cfg: UMT5Config, checkpoint: str | None = None, seed: int
             ck.load_into(model, state, "umT5 text encoder", checkpoint)     # raises the one-line report
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
         return model.eval()
-    torch.manual_seed(seed)
-    return UMT5Encoder(cfg).eval()
+    with seeded(seed):
+        return UMT5Encoder(cfg).eval()
 
 
 def encode_prompt(prompt: str, tokenizer: str | os.PathLike, text_encoder: str | None = None,

@@ -92,6 +92,12 @@ class Backend(abc.ABC):
         `sync_debug` is set (torch.cuda.set_sync_debug_mode inside the scope only)."""
         return contextlib.nullcontext()
 
+    def thread_scope(self) -> ContextManager:
+        """Entered around everything a stream computes (its start, each block): the torch backend
+        applies its own intra-op thread count there and restores the caller's after, so that one
+        stream's `threads` is not left behind for the next stream or for the caller."""
+        return contextlib.nullcontext()
+
     def fence(self) -> None:
         """Wait for the work queued so far (called at each phase boundary of a block). A no-op unless
         a backend is asked for exact per-phase device times (the torch backend's `phase_sync`): on

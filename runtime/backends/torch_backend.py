@@ -118,6 +118,7 @@ class GraphedStep:
 
 class TorchBackend(Backend):
     name = "torch"
+    threads: int | None = None   # intra-op threads inside thread_scope (None: the calling thread's)
 
     def __init__(self, models: DySinkModels, stream: StreamConfig, device: str = "cpu",
                  dtype: torch.dtype = torch.float32, kernels: str = "auto", cuda_graph: bool = False,
@@ -156,6 +157,22 @@ class TorchBackend(Backend):
             yield
         finally:
             torch.cuda.set_sync_debug_mode(before)
+
+    @contextlib.contextmanager
+    def thread_scope(self):
+        """torch.set_num_threads(threads) for the scope only: the count changes results (reductions
+        split per thread), and it belongs to this stream, not to whichever stream set it last. With
+        OpenMP the count is the calling thread's; the BLAS library's may be process-wide, so streams
+        run at once in threads should share one `threads` value (docs/python-api.md)."""
+        before = torch.get_num_threads()
+        if not self.threads or before == self.threads:
+            yield
+            return
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def fence(self) -> None:
         if self.phase_sync and self.device.type == "cuda":
