@@ -29,6 +29,7 @@ from .config import (MODEL_PRESETS, ModelConfig, StreamConfig, model_config_from
 from .errors import DysinkError
 from .graphs import PRECISIONS, GraphSpec, TensorSpec, check_encoder_frames, graph_specs
 from .jsonfile import strict_loads
+from .manifest_fields import field_type_problem
 
 # Bump whenever a graph's meaning or I/O changes, so older bundles are refused
 # with a rebuild hint instead of running with other semantics.
@@ -295,6 +296,11 @@ class Bundle:
             raise DysinkError(f"bundle {root} has format version {version!r}, this dysink-deploy reads "
                               f"version {BUNDLE_FORMAT_VERSION}; rebuild it with this version's dysink-export onnx"
                               f"{_hint_flags(manifest, root)}")
+        problem = field_type_problem(manifest)       # before any field is used (no AttributeError later)
+        if problem:
+            hint = _hint_flags(manifest, root)
+            raise DysinkError(f"bundle {root}: {MANIFEST_NAME} is malformed ({problem}); re-export the bundle"
+                              f"{hint if hint.startswith(':') else ': dysink-export onnx' + hint}")
         try:
             model = model_config_from_dict(manifest["model"])
             stream = stream_config_from_dict(manifest["stream"])

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import DysinkError
+from ..graph_files import read_graph
 from ..graphs import graph_specs
 from ..runtime.backends.onnxruntime_backend import load_session, resolve_providers, session_options
 from ..runtime.builder import open_streamer
@@ -93,15 +94,14 @@ def reference_models(bundle: Bundle):
 
 
 def _session(bundle: Bundle, name: str, provider: str, threads: int | None = None):
-    import onnx
     import onnxruntime as ort
 
     opts = session_options(ort, threads)
     path = str(bundle.graph_path(name))
     providers = list(resolve_providers(provider))
     if bundle.precision == "bf16" and providers[0] == "CPUExecutionProvider":
-        model = fp32_twin(onnx.load(path))
-        return load_session(ort, bundle, name, model.SerializeToString(), opts, providers)
+        model = fp32_twin(read_graph(bundle, name, load_external_data=True))
+        return load_session(ort, bundle, name, model.SerializeToString(), opts, providers, fp32_io=True)
     return load_session(ort, bundle, name, path, opts, providers)
 
 

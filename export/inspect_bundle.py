@@ -10,6 +10,7 @@ import os
 
 from ..bundle import GRAPH_STREAM_FIELDS, Bundle
 from ..errors import DysinkError
+from ..graph_files import read_graph
 from ..graphs import graph_specs
 from .trt_onnx import PLUGIN_DOMAIN as ONNX_DOMAIN   # = ops.gated_sink_attention.ONNX_DOMAIN, without torch
 
@@ -32,10 +33,13 @@ def io_specs_of(model_proto) -> tuple[list[tuple], list[tuple]]:
 
 def check_bundle(path: str | os.PathLike, verify_hashes: bool = True, run_checker: bool = True,
                  **expect) -> Bundle:
-    """`Bundle.load` plus the ONNX checker (full check) on every graph file."""
+    """`Bundle.load`, every graph file read and its I/O checked against the manifest's contract
+    (graph_files.read_graph: a truncated file is one line), plus the ONNX checker (full check)."""
     import onnx
 
     bundle = Bundle.load(path, verify_hashes=verify_hashes, **expect)
+    for name in bundle.graphs:
+        read_graph(bundle, name)
     if run_checker:
         for name in bundle.graphs:
             try:
@@ -53,8 +57,6 @@ def _mb(n: int) -> str:
 
 def describe_bundle(bundle: Bundle) -> list[str]:
     """Human-readable lines: configs, versions, and per graph its file, size, opsets, I/O, custom nodes."""
-    import onnx
-
     m, s = bundle.model, bundle.stream
     lines = [f"bundle {bundle.path}  (format {bundle.format_version}, {bundle.manifest.get('kind')}, "
              f"{bundle.precision})",
@@ -65,7 +67,7 @@ def describe_bundle(bundle: Bundle) -> list[str]:
              "versions: " + ", ".join(f"{k} {v}" for k, v in bundle.manifest.get("versions", {}).items())]
     total = 0
     for name, g in bundle.graphs.items():
-        proto = onnx.load(str(bundle.graph_path(name)), load_external_data=False)
+        proto = read_graph(bundle, name, check_io=False)      # one line for a file that is not ONNX
         opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
         files = g.file + "".join(f" + {d['file']}" for d in g.external_data)
         total += g.total_bytes

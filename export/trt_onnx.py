@@ -37,10 +37,12 @@ from pathlib import Path
 from ..atomic import staged_directory
 from ..bundle import MANIFEST_NAME, Bundle, confined_file, sha256_file
 from ..errors import DysinkError
+from ..graph_files import read_graph, read_onnx
 
 # = dysink_deploy.ops.gated_sink_attention.ONNX_DOMAIN (that module imports torch; a test compares them)
 PLUGIN_DOMAIN = "dysink"
 MARKER = "dysink_trt_onnx.json"
+_REEXPORT = "re-export the bundle (dysink-export onnx ... --overwrite)"
 
 
 def strip_plugin_functions(model):
@@ -66,9 +68,7 @@ def function_free_bytes(graph_path: str | os.PathLike) -> bytes:
     """The serialized graph at `graph_path` without its plugin-domain functions, its weights left
     where they are (external data is not loaded: pass `path=graph_path` to the parser so they
     resolve relative to the original file)."""
-    import onnx
-
-    model = onnx.load(str(graph_path), load_external_data=False)
+    model = read_onnx(graph_path, f"graph {Path(graph_path).stem}", _REEXPORT)
     return strip_plugin_functions(model).SerializeToString()
 
 
@@ -76,10 +76,9 @@ def native_bytes(graph_path: str | os.PathLike) -> bytes:
     """The serialized graph at `graph_path` with every dysink node replaced by its function body
     (standard ONNX ops only: no plugin is needed, and every TensorRT parser imports it alike), its
     weights left where they are (pass `path=graph_path` to the parser). For `build --no-plugins`."""
-    import onnx
-    from onnx import inliner
+    from onnx import inliner   # lazy: onnx
 
-    model = onnx.load(str(graph_path), load_external_data=False)
+    model = read_onnx(graph_path, f"graph {Path(graph_path).stem}", _REEXPORT)
     names = [(f.domain, f.name) for f in model.functions if f.domain == PLUGIN_DOMAIN]
     inlined = strip_plugin_functions(inliner.inline_selected_functions(model, names))
     left = [n.op_type for n in inlined.graph.node if n.domain == PLUGIN_DOMAIN]
@@ -163,8 +162,6 @@ def write_trt_onnx(bundle_path: str | os.PathLike, out: str | os.PathLike, graph
     graph file without its plugin-domain functions, the external data files it references under
     the same relative names (symbolic links to the bundle's, or copies: `copy_data`, or where the
     file system has no symbolic links), and `MARKER`."""
-    import onnx
-
     bundle = Bundle.load(bundle_path)
     names = list(graphs) if graphs else list(bundle.graphs)
     unknown = [g for g in names if g not in bundle.graphs]
@@ -177,7 +174,7 @@ def write_trt_onnx(bundle_path: str | os.PathLike, out: str | os.PathLike, graph
         placed: dict[str, str] = {}
         for name in names:
             src = bundle.graph_path(name)
-            model = onnx.load(str(src), load_external_data=False)
+            model = read_graph(bundle, name)           # one line for a truncated file; I/O = the contract
             entry = WrittenGraph(name, out / src.name, plugin_functions(model), external_data_locations(model))
             for loc in entry.external_data:
                 data = confined_file(bundle.path, loc, f"external data of graph {name}", bundle.rebuild_command())

@@ -35,6 +35,7 @@ import numpy as np
 
 from ...bundle import Bundle, rebuild_command
 from ...errors import DysinkError
+from ...graph_files import check_graph_io, session_io
 from ...rope import timestep_frequencies
 from .base import Backend
 
@@ -311,15 +312,19 @@ def session_options(ort, threads: int | None = None, profile_prefix: str | None 
     return opts
 
 
-def load_session(ort, bundle: Bundle, name: str, source, opts, providers):
-    """An InferenceSession for graph `name`; a file ONNX Runtime cannot load (truncated, not ONNX,
-    an op it lacks) is one line naming the graph and the rebuild command."""
+def load_session(ort, bundle: Bundle, name: str, source, opts, providers, fp32_io: bool = False):
+    """An InferenceSession for graph `name`, its inputs and outputs checked against the manifest's
+    I/O contract (names, dtypes, static shapes: graph_files.check_graph_io) before anything binds
+    them; a file ONNX Runtime cannot load (truncated, not ONNX, an op it lacks) is one line naming
+    the graph and the rebuild command. `fp32_io`: `source` is the float32 twin of a bf16 graph."""
     try:
-        return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
+        session = ort.InferenceSession(source, sess_options=opts, providers=list(providers))
     except Exception as exc:   # onnxruntime raises its own pybind classes (InvalidProtobuf, Fail, ...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
         raise DysinkError(f"bundle {bundle.path}: ONNX Runtime cannot load graph {name} ({first}); "
                           f"rebuild it: {bundle.rebuild_command()}") from None
+    check_graph_io(bundle, name, *session_io(session), fp32_io=fp32_io)
+    return session
 
 
 class _DeviceOps:
