@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 from .config import (MODEL_PRESETS, ModelConfig, StreamConfig, model_config_from_dict, model_preset,
                      stream_config_from_dict)
 from .errors import DysinkError
-from .graphs import PRECISIONS, GraphSpec, TensorSpec, check_encoder_frames, graph_specs
+from .graphs import PRECISIONS, GraphSpec, TensorSpec, check_encoder_frames, check_kv_cache_dtype, graph_specs
 from .jsonfile import strict_loads
 from .manifest_fields import field_type_problem
 
@@ -102,7 +102,8 @@ def export_flags(model: ModelConfig, stream: StreamConfig, precision: str,
 def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, out: str | os.PathLike,
                     model_source: str | os.PathLike | None = None, checkpoints: Mapping[str, Any] | None = None,
                     overwrite: bool | None = None, encoder_frames: Iterable[int] = (),
-                    interactive: bool = False, text_encoder: Mapping[str, Any] | None = None) -> str:
+                    interactive: bool = False, text_encoder: Mapping[str, Any] | None = None,
+                    kv_cache_dtype: str = "auto") -> str:
     """The export command for (model, stream, precision) into `out`; --overwrite when `out` exists
     (default: looked up), since the command would otherwise refuse it."""
     if overwrite is None:
@@ -118,6 +119,7 @@ def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, ou
             pass
     return shlex.join(["dysink-export", "onnx", *export_flags(model, stream, precision, model_source, checkpoints, encoder_frames, interactive,
                                     text_encoder),
+                       *(["--kv-cache-dtype", str(kv_cache_dtype)] if kv_cache_dtype != "auto" else []),
                        "--out", str(out), *(["--overwrite"] if overwrite else [])])
 
 
@@ -148,7 +150,8 @@ def write_manifest(directory: str | os.PathLike, model: ModelConfig, stream: Str
     directory = Path(directory)
     encoder_frames = check_encoder_frames(list(encoder_frames))
     specs = graph_specs(model, stream, precision, encoder_frames, interactive,
-                        text_encoder=bool(extra and extra.get("text_encoder")))
+                        text_encoder=bool(extra and extra.get("text_encoder")),
+                        kv_cache_dtype=(extra or {}).get("kv_cache_dtype", "auto"))
     entries = {}
     for name, info in graphs.items():
         if name not in specs:
@@ -231,6 +234,11 @@ class Bundle:
         return rec if isinstance(rec, dict) else None
 
     @property
+    def kv_cache_dtype(self) -> str:
+        """The K/V pages' storage the dit_step graph was exported for (auto | bf16 | fp8 | int8)."""
+        return self.manifest.get("kv_cache_dtype", "auto")
+
+    @property
     def interactive(self) -> bool:
         """Exported with --interactive (the dit_recache graph of prompt switches)."""
         return self.manifest.get("interactive") is True
@@ -256,7 +264,8 @@ class Bundle:
         return rebuild_command(self.model, self.stream, self.precision, self.path,
                                checkpoints=self.manifest.get("checkpoints"),
                                encoder_frames=self.manifest.get("encoder_frames") or (),
-                               interactive=self.interactive, text_encoder=self.manifest.get("text_encoder"))
+                               interactive=self.interactive, text_encoder=self.manifest.get("text_encoder"),
+                               kv_cache_dtype=self.kv_cache_dtype)
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect_model: ModelConfig | str | None = None,
@@ -334,8 +343,13 @@ class Bundle:
                                   encoder_frames=manifest.get("encoder_frames") or (), interactive=interactive,
                                   text_encoder=manifest.get("text_encoder") if isinstance(manifest.get("text_encoder"), dict) else None)
         try:
+            kv_dtype = check_kv_cache_dtype(manifest.get("kv_cache_dtype", "auto"))
+        except (TypeError, ValueError) as exc:
+            raise DysinkError(f"bundle {root}: malformed {MANIFEST_NAME} ({exc}); rebuild it: {rebuild}") from None
+        try:
             expected = graph_specs(model, stream, precision, manifest.get("encoder_frames") or (), interactive,
-                                   text_encoder=isinstance(manifest.get("text_encoder"), dict))
+                                   text_encoder=isinstance(manifest.get("text_encoder"), dict),
+                                   kv_cache_dtype=kv_dtype)
         except (TypeError, ValueError) as exc:
             raise DysinkError(f"bundle {root}: malformed {MANIFEST_NAME} (encoder_frames: {exc}); "
                               f"rebuild it: {rebuild}") from None

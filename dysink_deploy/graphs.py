@@ -27,20 +27,33 @@ KV_CACHE_DTYPES = ("auto", "bf16", "fp8", "int8")
 QUANTISED_KV_DTYPES = ("fp8", "int8")
 # dtype names are ONNX / numpy style strings; "model" resolves to the precision.
 _MODEL_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_PAGE_DTYPE = {"bf16": "bfloat16", "int8": "int8", "fp8": "float8e4m3fn"}
+
+
+def check_kv_cache_dtype(kv_cache_dtype) -> str:
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
+    return kv_cache_dtype
+
+
+def page_dtype_name(precision: str, kv_cache_dtype: str) -> str:
+    """The dtype name of the K/V pools: the model's under `auto`, else the page type's."""
+    return _MODEL_DTYPE[precision] if check_kv_cache_dtype(kv_cache_dtype) == "auto" else _PAGE_DTYPE[kv_cache_dtype]
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     shape: tuple[int, ...]
-    dtype: str  # float32 | float16 | bfloat16 | int64 | int32 | bool
+    dtype: str  # float32 | float16 | bfloat16 | int64 | int32 | bool | int8 | float8e4m3fn (8-bit K/V pages)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
     @property
     def nbytes(self) -> int:
-        size = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}[self.dtype]
+        size = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1, "int8": 1,
+                "float8e4m3fn": 1}[self.dtype]
         n = 1
         for d in self.shape:
             n *= d
@@ -122,13 +135,15 @@ def check_encoder_frames(counts) -> tuple[int, ...]:
 
 
 def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str,
-                encoder_frames=(), interactive: bool = False, text_encoder: bool = False) -> dict[str, GraphSpec]:
+                encoder_frames=(), interactive: bool = False, text_encoder: bool = False,
+                kv_cache_dtype: str = "auto") -> dict[str, GraphSpec]:
     """The graph contract of (model, stream, precision). `encoder_frames`: extra frame counts for
     which a memory_encoder_tN graph is exported beside the ones the stream uses (PE-Core on clips
     of other lengths, for callers). `interactive`: also `dit_recache`, the window recache of a
     prompt switch (models.dit.WindowRecache) over the widest window. `text_encoder`: also
     `umt5_encoder`, token ids -> prompt embeddings (float32 like the reference), so that bundle
-    backends encode prompts without torch."""
+    backends encode prompts without torch. `kv_cache_dtype`: the K/V pools' storage (ops/kv_pages.py);
+    fp8 / int8 pools come with float32 scale pools `k_scale_i` / `v_scale_i` [P, L, H] after them."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     md = _MODEL_DTYPE[precision]
@@ -139,6 +154,10 @@ def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str,
     latent = (d.in_dim, stream.block_frames, lat_h, lat_w)
     kv = (layers, L, heads, hd)
     pool = (stream.pool_pages, L, heads, hd)
+    pd = page_dtype_name(precision, kv_cache_dtype)
+    scales = () if kv_cache_dtype not in QUANTISED_KV_DTYPES else (
+        *[TensorSpec(f"k_scale_{i}", pool[:3], "float32") for i in range(layers)],
+        *[TensorSpec(f"v_scale_{i}", pool[:3], "float32") for i in range(layers)])
     text = (layers, d.text_len, heads, hd)
     feat = model.pe.output_dim or model.pe.width
     specs: dict[str, GraphSpec] = {}
@@ -154,8 +173,9 @@ def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str,
          TensorSpec("t_freq", (d.freq_dim,), "float32"),
          TensorSpec("text_k", text, md), TensorSpec("text_v", text, md),
          TensorSpec("rope", (2, L, hd // 2), "float32"),
-         *[TensorSpec(f"k_pool_{i}", pool, md) for i in range(layers)],
-         *[TensorSpec(f"v_pool_{i}", pool, md) for i in range(layers)],
+         *[TensorSpec(f"k_pool_{i}", pool, pd) for i in range(layers)],
+         *[TensorSpec(f"v_pool_{i}", pool, pd) for i in range(layers)],
+         *scales,
          TensorSpec("local_ids", (stream.local_slots,), "int64"),
          TensorSpec("sink_ids", (stream.sink_slots,), "int64")),
         (TensorSpec("x0", latent, "float32"), TensorSpec("k_new", kv, md), TensorSpec("v_new", kv, md),

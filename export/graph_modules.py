@@ -12,15 +12,17 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, StreamConfig
-from ..graphs import graph_specs
+from ..graphs import QUANTISED_KV_DTYPES, graph_specs
 from ..models.dit import DiTStep, WindowRecache
 from ..models.factory import DySinkModels
 from ..models.umt5 import build_text_encoder, text_encoder_preset
+from ..ops.kv_pages import quantise_page
 from ..ops.retrieve_sinks import retrieve_sinks_node
 from ..rope import rope_phases, timestep_frequencies
 
 _SPEC_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
+                "int64": torch.int64, "int32": torch.int32, "bool": torch.bool, "int8": torch.int8,
+                "float8e4m3fn": torch.float8_e4m3fn}
 
 
 # ---------------------------------------------------------------------------
@@ -41,16 +43,21 @@ class DiTStepGraph(nn.Module):
     """The contract's flat inputs (x_t, t, t_freq, text_k, text_v, rope, k_pool_0.., v_pool_0.., local_ids,
     sink_ids) -> (x0, k_new, v_new, ratios), through `DiTStep`."""
 
-    def __init__(self, models: DySinkModels, stream: StreamConfig):
+    def __init__(self, models: DySinkModels, stream: StreamConfig, kv_cache_dtype: str = "auto"):
         super().__init__()
         self.step = DiTStep(models.dit, stream)
         self.layers = models.dit.cfg.layers
+        self.quantised = kv_cache_dtype in QUANTISED_KV_DTYPES   # k_scale_i / v_scale_i after the pools
 
     def forward(self, x_t, t, t_freq, text_k, text_v, rope, *pools_and_ids):
         n = self.layers
         k_pools, v_pools = list(pools_and_ids[:n]), list(pools_and_ids[n:2 * n])
-        local_ids, sink_ids = pools_and_ids[2 * n:]
-        return self.step(x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids, t_freq=t_freq)
+        scales = {}
+        if self.quantised:
+            scales = {"k_scales": list(pools_and_ids[2 * n:3 * n]), "v_scales": list(pools_and_ids[3 * n:4 * n])}
+        local_ids, sink_ids = pools_and_ids[-2:]
+        return self.step(x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids, t_freq=t_freq,
+                         **scales)
 
 
 class RecacheGraph(nn.Module):
@@ -118,11 +125,11 @@ class MemoryEncoderGraph(nn.Module):
         return self.pe.block_feature(frames).float()
 
 
-def graph_module(name: str, models: DySinkModels, stream: StreamConfig) -> nn.Module:
+def graph_module(name: str, models: DySinkModels, stream: StreamConfig, kv_cache_dtype: str = "auto") -> nn.Module:
     if name == "text_encoder":
         return TextEncoderGraph(models)
     if name == "dit_step":
-        return DiTStepGraph(models, stream)
+        return DiTStepGraph(models, stream, kv_cache_dtype)
     if name == "retrieve":
         return RetrieveGraph(stream)
     if name == "dit_recache":
@@ -138,7 +145,7 @@ def graph_module(name: str, models: DySinkModels, stream: StreamConfig) -> nn.Mo
 # sample inputs (export tracing, tests, checks)
 # ---------------------------------------------------------------------------
 def sample_inputs(name: str, model: ModelConfig, stream: StreamConfig, precision: str,
-                  seed: int = 0) -> list[Tensor]:
+                  seed: int = 0, kv_cache_dtype: str = "auto") -> list[Tensor]:
     """Plausible inputs for graph `name`, in contract order (seeded).
 
     Page ids: half the local slots and every sink slot hold distinct valid
@@ -147,7 +154,7 @@ def sample_inputs(name: str, model: ModelConfig, stream: StreamConfig, precision
     """
     extra = (int(name[len("memory_encoder_t"):]),) if name.startswith("memory_encoder_t") else ()
     spec = graph_specs(model, stream, precision, extra, interactive=(name == "dit_recache"),
-                       text_encoder=(name == "umt5_encoder"))[name]
+                       text_encoder=(name == "umt5_encoder"), kv_cache_dtype=kv_cache_dtype)[name]
     g = torch.Generator().manual_seed(seed)
     d = model.dit
     pages = torch.randperm(stream.pool_pages, generator=g)
@@ -190,6 +197,10 @@ def sample_inputs(name: str, model: ModelConfig, stream: StreamConfig, precision
             x = torch.tensor(stream.window_frames(1), dtype=dtype)
         elif t.name == "frames":
             x = torch.rand(t.shape, generator=g) * 2 - 1
+        elif t.name.startswith(("k_pool_", "v_pool_")) and dtype in (torch.int8, torch.float8_e4m3fn):
+            x = quantise_page(torch.randn(t.shape, generator=g), kv_cache_dtype)[0]   # its scales follow
+        elif t.name.startswith(("k_scale_", "v_scale_")):
+            x = quantise_page(torch.randn(t.shape + (model.dit.head_dim,), generator=g), kv_cache_dtype)[1]
         else:
             x = torch.randn(t.shape, generator=g)
             if t.name.startswith("cache_"):

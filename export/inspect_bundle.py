@@ -19,7 +19,8 @@ def _elem_dtype_name(elem_type: int) -> str:
     import onnx
     return {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
             onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32",
-            onnx.TensorProto.BOOL: "bool"}.get(elem_type, f"onnx:{elem_type}")
+            onnx.TensorProto.BOOL: "bool", onnx.TensorProto.INT8: "int8",
+            onnx.TensorProto.FLOAT8E4M3FN: "float8e4m3fn"}.get(elem_type, f"onnx:{elem_type}")
 
 
 def io_specs_of(model_proto) -> tuple[list[tuple], list[tuple]]:

@@ -32,7 +32,7 @@ from ..bundle import MANIFEST_NAME, BUNDLE_FORMAT_VERSION, Bundle, rebuild_comma
 from ..config import ModelConfig, StreamConfig, model_preset
 from ..atomic import staged_directory
 from ..errors import DysinkError
-from ..graphs import GraphSpec, check_encoder_frames, graph_specs
+from ..graphs import KV_CACHE_DTYPES, GraphSpec, check_encoder_frames, graph_specs
 from ..models.dtypes import TORCH_DTYPES, torch_dtype  # noqa: F401  (TORCH_DTYPES: re-export, check.py)
 from ..models.factory import CheckpointPaths, build_models
 from ..models.umt5 import text_encoder_preset
@@ -144,7 +144,7 @@ def export_graph(module: nn.Module, spec: GraphSpec, args: Sequence[Tensor], pat
     import onnx_ir as ir
     import onnxscript
 
-    from ..ops.onnx_functions import function_protos  # lazy: onnxscript
+    from ..ops.onnx_functions import CALLS, function_protos  # lazy: onnxscript
 
     check_opset(opset, ir_version)
     path = Path(path)
@@ -163,6 +163,7 @@ def export_graph(module: nn.Module, spec: GraphSpec, args: Sequence[Tensor], pat
     onnxscript.optimizer.fold_constants(model)
     onnxscript.optimizer.remove_unused_nodes(model)
     used = sorted({n.op_type for n in model.graph.all_nodes() if n.domain == ONNX_DOMAIN})
+    used = sorted(set(used).union(*(CALLS.get(u, ()) for u in used)))
     if used:
         for proto in function_protos(opset):
             if proto.name in used:
@@ -206,7 +207,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
                 graphs: Iterable[str] | None = None, overwrite: bool = False, seed: int = 0,
                 log: Callable[[str], None] | None = None, opset: int | None = None,
                 ir_version: int | None = None, encoder_frames: Iterable[int] = (), interactive: bool = False,
-                text_encoder: dict | None = None, **stream_overrides) -> Path:
+                text_encoder: dict | None = None, kv_cache_dtype: str = "auto", **stream_overrides) -> Path:
     """Export every graph of the contract for one stream configuration into bundle `out`.
 
     model: preset name or ModelConfig. checkpoints: weights (random from `seed`
@@ -216,6 +217,8 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
     encoder_frames: extra memory_encoder_tN graphs (PE-Core on N frames) beside the stream's own.
     interactive: also the dit_recache graph that prompt switches need.
     text_encoder: {"preset", "checkpoint" or None, "random_seed"}: also the umt5_encoder graph.
+    kv_cache_dtype: the K/V pages' storage (auto | bf16 | fp8 | int8; ops/kv_pages.py), fixed by the
+    dit_step graph's pool inputs and recorded in the manifest.
     The bundle is written to a temporary sibling directory and renamed to
     `out` only when complete; on any error nothing is left behind.
     Returns the bundle path.
@@ -236,7 +239,10 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
         if width != cfg.dit.text_dim:
             raise DysinkError(f"the {text_encoder['preset']} text encoder gives width {width}, the model reads "
                               f"{cfg.dit.text_dim}; use the matching --text-encoder-preset")
-    specs = graph_specs(cfg, stream, precision, encoder_frames, interactive, text_encoder is not None)
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise DysinkError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
+    specs = graph_specs(cfg, stream, precision, encoder_frames, interactive, text_encoder is not None,
+                        kv_cache_dtype=kv_cache_dtype)
     names = list(specs) if graphs is None else list(graphs)
     unknown = [n for n in names if n not in specs]
     if unknown:
@@ -255,7 +261,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
         for name in names:
             t0 = time.perf_counter()
             module = (text_encoder_graph(text_encoder) if name == "umt5_encoder"
-                      else graph_module(name, models, stream).eval())
+                      else graph_module(name, models, stream, kv_cache_dtype).eval())
             args = trace_inputs(specs[name])
             entries[name] = export_graph(module, specs[name], args, tmp / f"{name}.onnx", opset, ir_version)
             log(f"exported {name} ({time.perf_counter() - t0:.1f}s)")
@@ -265,6 +271,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
             "ir_version": ir_version,
             "custom_op_domain": {"domain": ONNX_DOMAIN, "version": ONNX_DOMAIN_VERSION},
             "checkpoints": _checkpoint_record(checkpoints, seed),
+            **({"kv_cache_dtype": kv_cache_dtype} if kv_cache_dtype != "auto" else {}),
             **({"text_encoder": {"preset": text_encoder["preset"],
                                  "checkpoint": (str(Path(text_encoder["checkpoint"]).resolve())
                                                 if text_encoder.get("checkpoint") else None),

@@ -131,6 +131,10 @@ def build_engines(bundle_path: str, out: str | None = None, graphs: list[str] | 
     check_build_options(workspace_gb, opt_level, hardware_compat, native, plugins)
     bundle = Bundle.load(bundle_path)
     names = graphs or list(bundle.graphs)
+    if bundle.kv_cache_dtype != "auto" and "dit_step" in names:
+        raise DysinkError(f"bundle {bundle.path} stores {bundle.kv_cache_dtype} K/V pages: the TensorRT plugin "
+                          "(GatedSinkAttentionQ8) and the tensorrt backend's 8-bit page writes are not built in this "
+                          "version; run it with --backend onnxruntime, or export with --kv-cache-dtype auto for TensorRT")
     unknown = [g for g in names if g not in bundle.graphs]
     if unknown:
         raise DysinkError(f"--graph {', '.join(unknown)}: not in bundle {bundle.path} ({', '.join(bundle.graphs)})")

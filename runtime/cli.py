@@ -63,7 +63,8 @@ def _n(count: int, word: str) -> str:
 @shared("--precision", type=click.Choice(spec_choices("precision")), default=spec_default("precision"),
         note="torch backend.")
 @spec_option("kernels")
-@shared("--threads", type=int, default=None, default_text="all cores")
+@spec_option("kv_cache_dtype", default_text="auto; with --bundle: the bundle's")
+@shared("--threads", type=int, default=None, note="Used by torch and onnxruntime.", default_text="all cores")
 @spec_option("config_file", type=click.Path())
 @shared("--top-k", type=int, default=None, default_text=str(_DEFAULT.top_k))
 @shared("--local-attn-size", type=int, default=None, default_text=str(_DEFAULT.local_attn_size))

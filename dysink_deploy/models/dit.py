@@ -212,7 +212,8 @@ class DiTStep(nn.Module):
     """One denoising step of one block over the paged K/V cache (the `dit_step` graph).
 
     Inputs:  x_t [C, F, h, w]; t float32 []; text_k/text_v [layers, T, H, D];
-             rope float32 [2, L, D/2]; k_pools/v_pools: per layer [P, L, H, D];
+             rope float32 [2, L, D/2]; k_pools/v_pools: per layer [P, L, H, D] (the model dtype,
+             bf16, or 8-bit with k_scales/v_scales [P, L, H]: `kv_cache_dtype`);
              local_ids int64 [S_loc]; sink_ids int64 [S_sink]
     Outputs: x0 [C, F, h, w] float32 (x_t - sigma * flow, sigma = t / 1000, rounded
              to the model dtype like the reference),
@@ -230,10 +231,13 @@ class DiTStep(nn.Module):
         self.fixed_sinks = int(stream.fixed_sink_pages)  # sink slots [fixed | retrieved]
         self.attention = attention or gated_sink_attention_node
 
-    def forward(self, x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids, t_freq=None):
+    def forward(self, x_t, t, text_k, text_v, rope, k_pools, v_pools, local_ids, sink_ids, t_freq=None,
+                k_scales=None, v_scales=None):
+        """k_scales / v_scales: per layer float32 [P, L, H], with 8-bit pools (ops/kv_pages.py)."""
         def attend(i, q, k, v):
+            scales = {} if k_scales is None else {"k_scale": k_scales[i], "v_scale": v_scales[i]}
             return self.attention(q, k, v, k_pools[i], v_pools[i], local_ids, sink_ids,
-                                  self.threshold, self.sink_kv_bf16, self.fixed_sinks)
+                                  self.threshold, self.sink_kv_bf16, self.fixed_sinks, **scales)
 
         flow, k_new, v_new, ratios = self.dit.forward_block(x_t, t, text_k, text_v, rope, attend, t_freq)
         # The reference converts in float64 and rounds x0 to the model dtype.

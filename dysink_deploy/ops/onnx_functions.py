@@ -32,6 +32,7 @@ from .gated_sink_attention import ONNX_DOMAIN, ONNX_DOMAIN_VERSION, PLUGIN_ATTRS
 OPSET = 23            # the onnxscript opset the bodies are written in
 MIN_OPSET = 18        # the oldest opset the bodies are valid at (ReduceMean / ReduceSum with axes inputs)
 _FLOAT, _BOOL, _BF16 = onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL, onnx.TensorProto.BFLOAT16
+_FP16 = onnx.TensorProto.FLOAT16
 
 dysink = onnxscript.values.Opset(ONNX_DOMAIN, ONNX_DOMAIN_VERSION)
 
@@ -48,18 +49,19 @@ def GatedSinkAttention(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids,
     sink_valid = op.And(op.GreaterOrEqual(sink_ids, zero_id), op.Less(sink_ids, pages))
     local_safe = op.Where(local_valid, local_ids, zero_id)         # empty slots read page 0 (masked later)
     sink_safe = op.Where(sink_valid, sink_ids, zero_id)
-    k_local = op.Gather(k_pool, local_safe, axis=0)                # [S_loc, L, H, D]
-    v_local = op.Gather(v_pool, local_safe, axis=0)
-    k_sink_raw = op.Gather(k_pool, sink_safe, axis=0)              # [S_sink, L, H, D]
-    v_sink_raw = op.Gather(v_pool, sink_safe, axis=0)
+    # Pages are read in q's dtype: a no-op for model-precision pools, a cast for bf16 pages.
+    k_local = op.CastLike(op.Gather(k_pool, local_safe, axis=0), q)              # [S_loc, L, H, D]
+    v_local = op.CastLike(op.Gather(v_pool, local_safe, axis=0), q)
+    k_sink_raw = op.CastLike(op.Gather(k_pool, sink_safe, axis=0), q)            # [S_sink, L, H, D]
+    v_sink_raw = op.CastLike(op.Gather(v_pool, sink_safe, axis=0), q)
     # The reference rounds retrieved K/V through bf16 when asked; the first
     # `fixed_sinks` slots hold the fixed sink, which it never rounds.
     round_bf16 = op.Cast(op.Constant(value_int=sink_kv_bf16), to=_BOOL)
     slot = op.Range(op.Constant(value_int=0), op.Squeeze(op.Shape(sink_ids), [0]), op.Constant(value_int=1))
     retrieved = op.And(round_bf16, op.GreaterOrEqual(slot, op.Constant(value_int=fixed_sinks)))
     round_mask = op.Unsqueeze(retrieved, [1, 2, 3])                # [S_sink, 1, 1, 1]
-    k_sink = op.Where(round_mask, op.CastLike(op.Cast(k_sink_raw, to=_BF16), k_pool), k_sink_raw)
-    v_sink = op.Where(round_mask, op.CastLike(op.Cast(v_sink_raw, to=_BF16), v_pool), v_sink_raw)
+    k_sink = op.Where(round_mask, op.CastLike(op.Cast(k_sink_raw, to=_BF16), q), k_sink_raw)
+    v_sink = op.Where(round_mask, op.CastLike(op.Cast(v_sink_raw, to=_BF16), q), v_sink_raw)
 
     # -- gate (gate_ratios), float32 -------------------------------------------------
     qf = op.Cast(q, to=_FLOAT)
@@ -135,7 +137,41 @@ def RetrieveSinks(bank_feats, bank_start, queries, query_valid, current_start, w
     return slots, scores
 
 
-CUSTOM_OPS = {"GatedSinkAttention": GatedSinkAttention, "RetrieveSinks": RetrieveSinks}
+@onnxscript.script(dysink, default_opset=op)
+def GatedSinkAttentionQ8(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, k_scale, v_scale,
+                         threshold: float, sink_kv_bf16: int, fixed_sinks: int = 0):
+    """GatedSinkAttention over 8-bit pools (int8 / float8e4m3fn, `kv_cache_dtype` int8 / fp8) with
+    float32 scales k_scale, v_scale [P, L, H]: the pages the ids name are gathered and dequantised
+    (q * scale in float32, then q's dtype: ops/kv_pages.dequantise_pages) into a pool of their own,
+    [local pages | sink pages], over which GatedSinkAttention runs with the ids renumbered (empty
+    slots stay empty). Only the gathered pages are dequantised, never the whole pool."""
+    zero_id = op.Constant(value_int=0)
+    one_id = op.Constant(value_int=1)
+    pages = op.Shape(k_pool, start=0, end=1)                       # [1] = P
+    local_valid = op.And(op.GreaterOrEqual(local_ids, zero_id), op.Less(local_ids, pages))
+    sink_valid = op.And(op.GreaterOrEqual(sink_ids, zero_id), op.Less(sink_ids, pages))
+    ids = op.Concat(op.Where(local_valid, local_ids, zero_id), op.Where(sink_valid, sink_ids, zero_id), axis=0)
+    # ONNX's Gather takes no float8 type (up to opset 23): the pool is cast to float16 first (exact for
+    # e4m3 and int8 values), then the pages are gathered. The TensorRT plugin reads pages in place.
+    k_pages = op.Gather(op.Cast(k_pool, to=_FP16), ids, axis=0)
+    v_pages = op.Gather(op.Cast(v_pool, to=_FP16), ids, axis=0)
+    k_deq = op.Mul(op.Cast(k_pages, to=_FLOAT), op.Unsqueeze(op.Gather(k_scale, ids, axis=0), [3]))
+    v_deq = op.Mul(op.Cast(v_pages, to=_FLOAT), op.Unsqueeze(op.Gather(v_scale, ids, axis=0), [3]))
+    n_local = op.Squeeze(op.Shape(local_ids), [0])
+    n_sink = op.Squeeze(op.Shape(sink_ids), [0])
+    none = op.Constant(value_int=-1)
+    local_new = op.Where(local_valid, op.Range(zero_id, n_local, one_id), none)
+    sink_new = op.Where(sink_valid, op.Add(op.Range(zero_id, n_sink, one_id), n_local), none)
+    out, ratios = GatedSinkAttention(q, k_cur, v_cur, op.CastLike(k_deq, q), op.CastLike(v_deq, q),
+                                     local_new, sink_new, threshold=threshold, sink_kv_bf16=sink_kv_bf16,
+                                     fixed_sinks=fixed_sinks)
+    return out, ratios
+
+
+CUSTOM_OPS = {"GatedSinkAttention": GatedSinkAttention, "GatedSinkAttentionQ8": GatedSinkAttentionQ8,
+              "RetrieveSinks": RetrieveSinks}
+# A body that calls another custom op's body: both go into the model.
+CALLS = {"GatedSinkAttentionQ8": ("GatedSinkAttention",)}
 
 
 def function_protos(opset: int = OPSET) -> list[onnx.FunctionProto]:

@@ -34,9 +34,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...bundle import Bundle, rebuild_command
+from ...graphs import QUANTISED_KV_DTYPES
 from ...errors import DysinkError
 from ...graph_files import check_graph_io, session_io
 from ...rope import timestep_frequencies
+from ..pages import np_dequantise_pages, np_page_dtype, np_quantise_page
 from .base import Backend
 
 # --ort-provider NAME -> ONNX Runtime execution provider(s), in priority order.
@@ -46,6 +48,9 @@ PROVIDERS = {
     "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
 }
 _MODEL_NP = {"fp32": np.float32, "fp16": np.float16}
+# numpy (ml_dtypes) types ORT's Python API takes only as bits: ONNX TensorProto element types
+# BFLOAT16 = 16, FLOAT8E4M3FN = 17.
+_BIT_TYPES = {"bfloat16": 16, "float8_e4m3fn": 17}
 
 
 def _ort():
@@ -106,6 +111,14 @@ class OnnxRuntimeBackend(Backend):
                               f"onnxruntime backend of this version; export an fp16 bundle: "
                               f"{rebuild_command(bundle.model, bundle.stream, 'fp16', str(bundle.path) + '-fp16', bundle.path / 'bundle.json', bundle.manifest.get('checkpoints'))}")
         self.np_dtype = _MODEL_NP[bundle.precision]
+        # K/V pages (bundle.kv_cache_dtype): model precision, bf16, or 8-bit with float32 scales.
+        self.kv_cache_dtype = bundle.kv_cache_dtype
+        self.page_np = np_page_dtype(self.kv_cache_dtype, self.np_dtype)
+        self.quantised = self.kv_cache_dtype in QUANTISED_KV_DTYPES
+        if self.kv_cache_dtype != "auto" and not self.on_cpu:
+            raise DysinkError(f"bundle {bundle.path} stores {self.kv_cache_dtype} K/V pages, which this version writes "
+                              "on ONNX Runtime's CPU provider only; use --ort-provider cpu, or a bundle exported "
+                              "with --kv-cache-dtype auto")
         self.device = ("cpu", 0) if self.on_cpu else ("cuda", device_id)
         opts = session_options(ort, threads, profile_prefix=f"{profile_dir}/ort" if profile_dir else None)
         self.sessions = sessions if sessions is not None else {
@@ -146,7 +159,15 @@ class OnnxRuntimeBackend(Backend):
 
     def _zeros(self, shape, dtype) -> tuple[Any, np.ndarray | None]:
         host = np.zeros(shape, dtype=dtype)
+        if host.dtype.name in _BIT_TYPES:     # bf16 / e4m3 pages (CPU only): ORT wraps their bits, no copy
+            bits = host.view(np.uint8 if host.itemsize == 1 else np.uint16)
+            return _ort().OrtValue.ortvalue_from_numpy_with_onnx_type(
+                bits, onnx_element_type=_BIT_TYPES[host.dtype.name]), host
         return self._value(host), (host if self.on_cpu else None)
+
+    def _ones(self, shape) -> tuple[Any, np.ndarray]:
+        host = np.ones(shape, dtype=np.float32)
+        return self._value(host), host
 
     # -- Backend ---------------------------------------------------------------------------------
     def start(self, prompt_embeds: np.ndarray, num_pages: int) -> None:
@@ -158,13 +179,19 @@ class OnnxRuntimeBackend(Backend):
                               f"for {num_pages}; rebuild the bundle: {self.bundle.rebuild_command()}")
         text_k, text_v = self._run("text_encoder", {"prompt_embeds": self._value(prompt_embeds.astype(np.float32))})
         layers = self.model.dit.layers
-        self.k_pools = [self._zeros(pool_shape, self.np_dtype) for _ in range(layers)]
-        self.v_pools = [self._zeros(pool_shape, self.np_dtype) for _ in range(layers)]
+        self.k_pools = [self._zeros(pool_shape, self.page_np) for _ in range(layers)]
+        self.v_pools = [self._zeros(pool_shape, self.page_np) for _ in range(layers)]
         kv_shape = spec.output("k_new").shape
         self.k_new, self.v_new = self._zeros(kv_shape, self.np_dtype), self._zeros(kv_shape, self.np_dtype)
         self._fixed = {"text_k": text_k, "text_v": text_v,
                        **{f"k_pool_{i}": v for i, (v, _) in enumerate(self.k_pools)},
                        **{f"v_pool_{i}": v for i, (v, _) in enumerate(self.v_pools)}}
+        self.k_scales = self.v_scales = None
+        if self.quantised:           # one float32 scale per (token, head); an unwritten page reads as zeros
+            self.k_scales = [self._ones(pool_shape[:3]) for _ in range(layers)]
+            self.v_scales = [self._ones(pool_shape[:3]) for _ in range(layers)]
+            self._fixed.update({f"k_scale_{i}": v for i, (v, _) in enumerate(self.k_scales)})
+            self._fixed.update({f"v_scale_{i}": v for i, (v, _) in enumerate(self.v_scales)})
         self.vae_cache: dict = {}  # filled by the first block's cache_out_*
 
     def upload(self, array: np.ndarray) -> OrtTensor:
@@ -217,11 +244,14 @@ class OnnxRuntimeBackend(Backend):
 
     def write_page(self, page: int, k_new: OrtTensor, v_new: OrtTensor) -> None:
         """Copy k_new / v_new [layers, L, H, D] into page `page` of every layer's pool, in place."""
-        for pools, new in ((self.k_pools, k_new), (self.v_pools, v_new)):
+        for pools, scales, new in ((self.k_pools, self.k_scales, k_new), (self.v_pools, self.v_scales, v_new)):
             if self.on_cpu:
                 src = new.host if new.host is not None else new.value.numpy()
                 for i, (_, host) in enumerate(pools):
-                    host[page] = src[i]
+                    if self.quantised:       # quantised once, here (runtime/pages.np_quantise_page)
+                        host[page], scales[i][1][page] = np_quantise_page(src[i], self.kv_cache_dtype)
+                    else:                    # same dtype, or rounded to bf16 pages
+                        host[page] = src[i]
             else:
                 self._ops.copy_pages([v for v, _ in pools], page, new.value)
 
@@ -273,6 +303,9 @@ class OnnxRuntimeBackend(Backend):
         return slots.astype(np.int64), scores.astype(np.float32)
 
     def graph_state(self) -> dict[str, np.ndarray]:
+        if self.kv_cache_dtype != "auto":
+            raise DysinkError("--dump-block: numpy has no bfloat16 or 8-bit float; dump a run of a bundle exported "
+                              "with --kv-cache-dtype auto")
         return {k: np.array(v.numpy()) for k, v in self._fixed.items()}
 
     def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
@@ -280,11 +313,14 @@ class OnnxRuntimeBackend(Backend):
         for pools in (self.k_pools, self.v_pools):
             # On the CPU the pools are host arrays written in place; on a GPU .numpy() copies the pool.
             layers = [(host if host is not None else value.numpy())[page] for value, host in pools]
+            if self.quantised:               # what attention reads: the dequantised page
+                scales = self.k_scales if pools is self.k_pools else self.v_scales
+                layers = [np_dequantise_pages(q, s[1][page], np.float32) for q, s in zip(layers, scales)]
             out.append(np.stack(layers).astype(np.float32))
         return out[0], out[1]
 
     def close(self) -> None:
-        for name in ("k_pools", "v_pools", "k_new", "v_new", "_fixed", "vae_cache", "sessions", "_ops"):
+        for name in ("k_pools", "v_pools", "k_scales", "v_scales", "k_new", "v_new", "_fixed", "vae_cache", "sessions", "_ops"):
             if hasattr(self, name):
                 delattr(self, name)
 

@@ -41,6 +41,10 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, bundle: Bundle, plugins: str | None = None, cuda_graph: bool = False):
+        if bundle.kv_cache_dtype != "auto":
+            raise DysinkError(f"bundle {bundle.path} stores {bundle.kv_cache_dtype} K/V pages, which the tensorrt "
+                              "backend of this version does not write (no GatedSinkAttentionQ8 plugin yet); run it "
+                              "with --backend onnxruntime")
         try:
             import tensorrt as trt
         except ImportError:

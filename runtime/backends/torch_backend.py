@@ -25,6 +25,7 @@ from ...config import StreamConfig
 from ...models.factory import DySinkModels
 from ...models.dit import DiTStep, WindowRecache
 from ...errors import DysinkError
+from ...ops.kv_pages import dequantise_pages, is_quantised, page_storage, quantise_page
 from ...ops.retrieve_sinks import retrieve_sinks_ref
 from ...plugins.variants import check_head_dim, check_retrieval
 from ...rope import timestep_frequencies
@@ -122,14 +123,23 @@ class TorchBackend(Backend):
 
     def __init__(self, models: DySinkModels, stream: StreamConfig, device: str = "cpu",
                  dtype: torch.dtype = torch.float32, kernels: str = "auto", cuda_graph: bool = False,
-                 capture=None):
+                 capture=None, kv_cache_dtype: str = "auto"):
         """cuda_graph: replay each dit_step as one CUDA graph (GraphedStep; CUDA only). `capture`:
-        how a graph is made (default cuda_capture; the CPU tests pass eager_capture)."""
+        how a graph is made (default cuda_capture; the CPU tests pass eager_capture).
+        kv_cache_dtype: the pools' storage (ops/kv_pages.py): 8-bit pages are quantised once in
+        write_page and dequantised inside GatedSinkAttention."""
         self.device = torch.device(device)
         if cuda_graph and self.device.type != "cuda" and capture is None:
             raise DysinkError("cuda_graph on the torch backend needs a CUDA device (it replays GPU launches)")
         self.cuda_graph, self._capture = bool(cuda_graph), capture or cuda_capture
         self.kernels = resolve_kernels(kernels, self.device)
+        self.kv_cache_dtype = kv_cache_dtype
+        self.page_dtype = page_storage(kv_cache_dtype, dtype)
+        self.quantised = is_quantised(kv_cache_dtype)
+        if self.kernels == "triton" and kv_cache_dtype != "auto":
+            raise DysinkError(f"--kv-cache-dtype {kv_cache_dtype}: the Triton kernels read model-precision pages "
+                              "only (8-bit and bf16 pages are not written for them yet); use --kernels reference "
+                              "or --kv-cache-dtype auto")
         self.models = models.to(device=device, dtype=dtype).eval()
         self.stream = stream
         self.dtype = dtype
@@ -190,8 +200,13 @@ class TorchBackend(Backend):
         lat_h, lat_w = self.lat_hw
         tokens = self.stream.block_frames * (lat_h // cfg.patch[1]) * (lat_w // cfg.patch[2])
         shape = (num_pages, tokens, cfg.heads, cfg.head_dim)
-        self.k_pools = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.layers)]
-        self.v_pools = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.layers)]
+        self.k_pools = [torch.zeros(shape, dtype=self.page_dtype, device=self.device) for _ in range(cfg.layers)]
+        self.v_pools = [torch.zeros(shape, dtype=self.page_dtype, device=self.device) for _ in range(cfg.layers)]
+        # 8-bit pages: one float32 scale per (token, head); an unwritten page reads as zeros.
+        self.k_scales = self.v_scales = None
+        if self.quantised:
+            self.k_scales = [torch.ones(shape[:3], dtype=torch.float32, device=self.device) for _ in range(cfg.layers)]
+            self.v_scales = [torch.ones(shape[:3], dtype=torch.float32, device=self.device) for _ in range(cfg.layers)]
         self.vae_cache = self.models.vae.init_cache(1, lat_h, lat_w, dtype=self.dtype, device=self.device)
         # A graph captures these pools' and text K/V's addresses: a new stream captures anew.
         self._graphed = GraphedStep(self._eager_step, self._capture) if self.cuda_graph else None
@@ -226,11 +241,18 @@ class TorchBackend(Backend):
         return self._graphed(*args) if self._graphed is not None else self._eager_step(*args)
 
     def _eager_step(self, x, t, rope, local_ids, sink_ids):
-        return self.step_module(x, t, self.text_k, self.text_v, rope, self.k_pools, self.v_pools, local_ids, sink_ids)
+        return self.step_module(x, t, self.text_k, self.text_v, rope, self.k_pools, self.v_pools, local_ids, sink_ids,
+                                k_scales=self.k_scales, v_scales=self.v_scales)
 
     @torch.inference_mode()
     def write_page(self, page, k_new, v_new) -> None:
         for i in range(len(self.k_pools)):
+            if self.quantised:          # quantised once, here: every later read dequantises these bits
+                for pools, scales, new in ((self.k_pools, self.k_scales, k_new), (self.v_pools, self.v_scales, v_new)):
+                    q, scale = quantise_page(new[i], self.kv_cache_dtype)
+                    pools[i][page].copy_(q)
+                    scales[i][page].copy_(scale)
+                continue
             self.k_pools[i][page].copy_(k_new[i])
             self.v_pools[i][page].copy_(v_new[i])
 
@@ -271,19 +293,23 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.quantised:              # what attention reads: the dequantised page
+            return tuple(torch.stack([dequantise_pages(p[page], s[page], torch.float32) for p, s in zip(pools, scales)])
+                         .cpu().numpy() for pools, scales in ((self.k_pools, self.k_scales), (self.v_pools, self.v_scales)))
         return tuple(torch.stack([p[page] for p in pools]).float().cpu().numpy()
                      for pools in (self.k_pools, self.v_pools))
 
     def graph_state(self) -> dict[str, np.ndarray]:
-        if self.dtype == torch.bfloat16:
-            raise DysinkError("--dump-block: numpy has no bfloat16; dump an fp32 or fp16 run")
+        if self.dtype == torch.bfloat16 or self.kv_cache_dtype != "auto":
+            raise DysinkError("--dump-block: numpy has no bfloat16 or 8-bit float; dump an fp32 or fp16 run with "
+                              "--kv-cache-dtype auto")
         state = {"text_k": self.text_k, "text_v": self.text_v}
         state.update({f"k_pool_{i}": p for i, p in enumerate(self.k_pools)})
         state.update({f"v_pool_{i}": p for i, p in enumerate(self.v_pools)})
         return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
     def close(self) -> None:
-        for name in ("_graphed", "k_pools", "v_pools", "vae_cache", "text_k", "text_v", "models", "step_module"):
+        for name in ("_graphed", "k_pools", "v_pools", "k_scales", "v_scales", "vae_cache", "text_k", "text_v", "models", "step_module"):
             if hasattr(self, name):
                 delattr(self, name)
         if self.device.type == "cuda":

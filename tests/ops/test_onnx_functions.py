@@ -269,10 +269,11 @@ def test_retrieve_ties_keep_lower_slot_first():
 
 def test_function_protos_declare_opset_and_attributes():
     protos = {p.name: p for p in function_protos()}
-    assert set(protos) == {"GatedSinkAttention", "RetrieveSinks"}
-    for p in protos.values():
+    assert set(protos) == {"GatedSinkAttention", "GatedSinkAttentionQ8", "RetrieveSinks"}
+    for name, p in protos.items():
         assert p.domain == "dysink"
-        assert [(o.domain, o.version) for o in p.opset_import] == [("", OPSET)]
+        calls = [("dysink", 1)] if name == "GatedSinkAttentionQ8" else []   # its body calls GatedSinkAttention
+        assert sorted((o.domain, o.version) for o in p.opset_import) == sorted([("", OPSET)] + calls)
     gsa = protos["GatedSinkAttention"]
     declared = set(gsa.attribute) | {a.name for a in gsa.attribute_proto}
     assert declared == {"threshold", "sink_kv_bf16", "fixed_sinks", "plugin_namespace", "plugin_version"}
