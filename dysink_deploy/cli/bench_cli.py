@@ -6,6 +6,7 @@
   dysink-bench kernels [--markdown FILE]           GPU check: Triton kernels vs references, vs SDPA (exit 77: skipped)
   dysink-bench soak --bundle B --blocks 2000       long onnxruntime stream twice: RSS bounded, same decisions
   dysink-bench compare RUN_A RUN_B                  two runs' decisions, block by block (exit 1 if they differ)
+  dysink-bench export-memory --model M --precision P   peak host memory of dysink-export onnx (child process)
 
 The measurements themselves are `dysink_deploy.bench`; these commands check the flags and print.
 """
@@ -17,9 +18,13 @@ import sys
 import click
 
 from .. import bench
+from ..bench_export import check_threads, export_args, measure_export
+from ..config import model_preset
 from ..errors import DysinkError
 from ..exitcodes import SKIPPED
+from ..graphs import PRECISIONS
 from ..plugins import gpu_check
+from ..runtime.plan import BYTES, GB, check_export, parse_memory, weight_counts
 from .common import UserErrorGroup, shared, version_option
 
 
@@ -215,6 +220,50 @@ def serve(bundle_path, blocks, streams, threads):
     for r in rows:
         ratio = r.served / r.local
         click.echo(f"{r.streams:>8} {r.served:>16.2f} {r.median_ms:>16.0f} {r.local:>15.2f} {ratio:>6.2f}x")
+
+
+def _size(n: float) -> str:
+    return f"{n / GB:.2f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"
+
+
+@main.command("export-memory")
+@shared("--model", "model_name", default="tiny")
+@shared("--precision", type=click.Choice(PRECISIONS), default="fp32")
+@shared("--height", type=int, default=None, default_text="the preset's")
+@shared("--width", type=int, default=None, default_text="the preset's")
+@shared("--graph", "graph_names", multiple=True)
+@shared("--threads", type=int, default=None, note="OMP_NUM_THREADS of the export.", default_text="inherited")
+@click.option("--limit", default=None, help="Peak RSS to judge against, e.g. 8GB (PASSED/FAILED; exit 1 above it).")
+def export_memory(model_name, precision, height, width, graph_names, threads, limit):
+    """Peak host memory (RSS) of `dysink-export onnx` for a preset, precision and resolution: the export
+    runs in a child process into a temporary folder (removed afterwards); beside it, the weights' bytes
+    and the planner's estimate (runtime/plan.py)."""
+    export_args(model_name, precision, height, width, graph_names)     # every flag checked before the run
+    check_threads(threads)
+    try:
+        budget = None if limit is None else parse_memory(limit)
+    except DysinkError as exc:
+        raise DysinkError(str(exc).replace("--memory", "--limit")) from None
+    run = measure_export(model_name, precision, height, width, graph_names, threads, log=_stderr)
+    model = model_preset(model_name)
+    params = sum(weight_counts(model).values())
+    peak = run.peak_rss_bytes
+    click.echo(f"export: {run.command} ({len(run.graphs)} graph(s): {', '.join(run.graphs)}; "
+               f"OMP_NUM_THREADS={threads if threads is not None else 'inherited'})")
+    click.echo(f"peak RSS: {_size(peak)} ({peak / 2 ** 30:.2f} GiB; ru_maxrss of the export process)")
+    click.echo(f"wall time: {run.seconds:.1f} s (CPU {run.cpu_seconds:.1f} s)")
+    click.echo(f"weights: {_size(params * BYTES[precision])} ({params:,} weights in {precision}, the planner's "
+               "counts for DiT + VAE decoder + PE-Core)")
+    estimate = check_export(model, precision, available=sys.maxsize)      # the bytes the planner counts
+    click.echo(f"planner estimate: {_size(estimate)} (runtime/plan.py check_export: what dysink-export onnx "
+               "requires free before it builds)")
+    if budget is None:
+        click.echo("verdict: none (no --limit given)")
+        return
+    ok = peak <= budget
+    click.echo(f"{'PASSED' if ok else 'FAILED'} | peak RSS {_size(peak)} {'<=' if ok else '>'} limit {_size(budget)}")
+    if not ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
