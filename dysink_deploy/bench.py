@@ -289,16 +289,36 @@ class Comparison:
     b: list
     common: int
     differ: list
+    config_a: dict = dataclasses.field(default_factory=dict)
+    config_b: dict = dataclasses.field(default_factory=dict)
 
     def fields(self, i: int) -> list:
         """The decision fields in which block `i` differs."""
         return sorted(k for k in self.a[i] if self.a[i].get(k) != self.b[i].get(k))
 
+    def settings(self) -> list:
+        """(name, value in a, value in b) of every run setting (stats.json's config, nested keys
+        dotted: stream.top_k) that differs; the block count and the derived timesteps are left out."""
+        flat_a, flat_b = _flatten(self.config_a), _flatten(self.config_b)
+        names = sorted(set(flat_a) | set(flat_b))
+        return [(n, flat_a.get(n), flat_b.get(n)) for n in names
+                if n not in ("blocks", "timesteps") and flat_a.get(n) != flat_b.get(n)]
+
+
+def _flatten(config, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (config.items() if isinstance(config, dict) else ()):
+        if isinstance(v, dict):         # an empty one is as good as none
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
 
 def compare_runs(run_a: str, run_b: str, score_digits: int = 4) -> Comparison:
     """The decisions of two runs (their --out directories or stats.json files); retrieval scores
     rounded to `score_digits` digits."""
-    runs = []
+    runs, configs = [], []
     for path in (run_a, run_b):
         file = os.path.join(path, "stats.json") if os.path.isdir(path) else path
         stats = read_json_object(file, "run", 1 << 30, "stats.json of dysink-run")
@@ -308,8 +328,9 @@ def compare_runs(run_a: str, run_b: str, score_digits: int = 4) -> Comparison:
             runs.append(decisions(stats, score_digits))
         except (KeyError, TypeError) as exc:
             raise DysinkError(f"{file!r} is not a stats.json of dysink-run (block field {exc} missing)") from None
+        configs.append(stats.get("config") if isinstance(stats.get("config"), dict) else {})
     a, b = runs
-    return Comparison(a, b, min(len(a), len(b)), [i for i, (x, y) in enumerate(zip(a, b)) if x != y])
+    return Comparison(a, b, min(len(a), len(b)), [i for i, (x, y) in enumerate(zip(a, b)) if x != y], *configs)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import sys
 
@@ -68,13 +69,36 @@ class OutputCheck:
     def ok(self) -> bool:
         return bool(np.isfinite(self.max_abs)) and self.max_abs <= self.tol
 
-    def line(self) -> str:
-        mark = mark_for(self.ok)
+    @property
+    def margin(self) -> float:
+        """How close the output came to its tolerance: error / tol (mismatches for exact outputs)."""
         if self.exact:
-            return f"- [{mark}] {self.graph}/{self.output} {int(self.max_abs)} mismatching elements (tol 0)"
+            return self.max_abs
+        return self.max_abs / self.tol if self.tol > 0 else (0.0 if self.max_abs == 0 else math.inf)
+
+    def detail(self, rel: bool = True) -> str:
+        if self.exact:
+            return f"{self.output} {int(self.max_abs)} mismatching elements (tol 0)"
         sign = "<=" if self.ok else ">"
-        return (f"- [{mark}] {self.graph}/{self.output} max abs error {self.max_abs:.2e} {sign} tol {self.tol:.2e} "
-                f"(max rel error {self.max_rel:.1e}, informative only)")
+        return (f"{self.output} max abs error {self.max_abs:.2e} {sign} tol {self.tol:.2e}"
+                + (f" (max rel error {self.max_rel:.1e}, informative only)" if rel else ""))
+
+    def line(self) -> str:
+        return f"- [{mark_for(self.ok)}] {self.graph}/{self.detail()}"
+
+
+def graph_lines(name: str, checks: list[OutputCheck]) -> list[str]:
+    """The compact report of one graph: one line (its output count and the output closest to its
+    tolerance), after the full line of every output out of tolerance."""
+    bad = [c for c in checks if not c.ok]
+    lines = [c.line() for c in bad]
+    n = f"{len(checks)} output{'s' if len(checks) != 1 else ''}"
+    if bad:
+        lines.append(f"- [x] {name}: {len(bad)} of {n} out of tolerance")
+    elif checks:
+        closest = max(checks, key=lambda c: c.margin)
+        lines.append(f"- [{mark_for(True)}] {name}: {n} within tolerance (closest: {closest.detail(rel=False)})")
+    return lines
 
 
 def reference_models(bundle: Bundle):
@@ -112,9 +136,11 @@ def _errors(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cpu",
-                 log=lambda line: None, runner=None, threads: int | None = None) -> list[OutputCheck]:
+                 log=lambda line: None, runner=None, threads: int | None = None,
+                 verbose: bool = False) -> list[OutputCheck]:
     """Every output of every graph of `bundle` vs the float32 PyTorch reference (see module docstring).
-    `runner(name, feeds) -> outputs` replaces ONNX Runtime (the engines: TensorRTBackend.run_graph)."""
+    `runner(name, feeds) -> outputs` replaces ONNX Runtime (the engines: TensorRTBackend.run_graph).
+    `log` gets the graph_lines of each graph as it is done (verbose: one line per output)."""
     import torch
 
     from ..models.dtypes import TORCH_DTYPES                                     # lazy: torch
@@ -142,6 +168,7 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
         feeds = {s.name: (x.float() if x.dtype == torch.bfloat16 else x).numpy() for s, x in zip(spec.inputs, inputs)}
         got = runner(name, feeds) if runner else _session(bundle, name, provider, threads).run(
             [s.name for s in spec.outputs], feeds)
+        done = len(checks)
         for s, r, b, g in zip(spec.outputs, ref, base, got):
             r_np = r.float().numpy() if r.is_floating_point() else r.numpy()
             if not r.is_floating_point():
@@ -152,7 +179,8 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
                 tol = 2.0 * base_err + FLOOR * max(1.0, float(np.abs(r_np).max(initial=0.0)))
                 check = OutputCheck(name, s.name, *_errors(np.asarray(g, dtype=np.float32), r_np), tol)
             checks.append(check)
-            log(check.line())
+        for line in ([c.line() for c in checks[done:]] if verbose else graph_lines(name, checks[done:])):
+            log(line)
     return checks
 
 

@@ -25,13 +25,17 @@ from .trt_lint import lint_bundle_report
         note="Here above the release's 0.95: the random tiny model's blocks all look alike, and the bank must "
              "grow for blocks to retrieve.")
 @shared("--ort-provider", type=click.Choice(spec_choices("ort_provider")), default=spec_default("ort_provider"))
-@shared("--threads", type=int, default=None, default_text="all cores")
+@shared("--threads", type=int, default=None, note="Used by onnxruntime and the PyTorch reference.",
+        default_text="all cores")
 @click.option("--engines", is_flag=True,
               help="Check the bundle's TensorRT engines (dysink-export build) instead of its ONNX graphs.")
+@click.option("--verbose", is_flag=True,
+              help="One line per graph output (without it: one line per graph, and every output out of tolerance "
+                   "in full).")
 @click.option("--trt", "trt_versions", multiple=True, type=click.Choice(["10.3", "10.13", "11"]),
               help="Instead: lint every node against this TensorRT version's ONNX parser (operator matrix, dtypes, "
                    "opset, IR version, plugin attributes, 2^31 elements); repeatable; CPU only, no TensorRT needed.")
-def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, threads, engines, trt_versions):
+def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, threads, engines, verbose, trt_versions):
     """Compare every graph output of a bundle, then a short stream, with the PyTorch reference
     (or, with --trt, lint the bundle against TensorRT parsers)."""
     t0 = time.perf_counter()
@@ -41,10 +45,14 @@ def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, thre
     if blocks < 0:
         raise DysinkError(f"--blocks must be >= 0, got {blocks}")
     RunSpec(threads=threads)                # the one check of --threads
+    try:
+        import torch  # noqa: F401  # lazy: torch (the reference this command compares with)
+    except ImportError:
+        raise DysinkError("check compares the bundle with the PyTorch reference, which needs torch: pip install "
+                          "'dysink-deploy[torch]' (without torch: check --trt lints the bundle, dysink-run streams "
+                          "it)") from None
     bundle = Bundle.load(bundle_path)
     if threads:
-        import torch
-
         torch.set_num_threads(threads)      # the PyTorch reference too, not only ONNX Runtime
     trt_backend = None
     if engines:
@@ -57,7 +65,7 @@ def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, thre
                f"vs PyTorch fp32; tol = 2 x PyTorch {low} error + {FLOOR:g} x max(1, |ref|)")
     try:
         checks = check_graphs(bundle, models, seed=seed, provider=ort_provider, log=click.echo, threads=threads,
-                              runner=trt_backend.run_graph if trt_backend else None)
+                              runner=trt_backend.run_graph if trt_backend else None, verbose=verbose)
     finally:
         if trt_backend is not None:       # the stream below opens the engines again, in its own backend
             trt_backend.close()

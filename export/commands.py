@@ -21,12 +21,12 @@ from ..bundle import GRAPH_STREAM_FIELDS
 from ..config import FEATURE_MODES, StreamConfig, model_preset
 from ..graphs import PRECISIONS
 from ..cli.common import (HELP, checkpoint_file_options, model_config_option, preset_default_text, resolve_model,
-                          shared)
+                          shared, switch_default)
 from ..cli.prompt_cmd import text_encoder_options
 from ..errors import DysinkError
-from ..runtime.plan import (FP8_NOTE, GB, JETSON_PRECISION_NOTE, PLATFORMS, check_export, check_fits, flags,
-                             format_options, format_plan, parse_memory, plan, search)
-from ..runtime.spec import BANK_PLACEMENTS, KV_CACHE_DTYPES
+from ..runtime.plan import (FP8_NOTE, GB, JETSON_PRECISION_NOTE, PLATFORMS, check_export, check_fits, export_line,
+                             flags, format_options, format_plan, parse_memory, plan, search)
+from ..runtime.spec import BANK_PLACEMENTS, KV_CACHE_DTYPES, spec_default
 from .inspect_bundle import check_bundle, describe_bundle
 from .trt_build import PLUGIN_LIBRARY, build_engines
 from .trt_onnx import polygraphy_command, trtexec_command, write_trt_onnx
@@ -40,7 +40,7 @@ def _stream_options(fn):
         default = getattr(StreamConfig(), name)
         text = preset_default_text(name) if name in ("height", "width") else str(default)
         if isinstance(default, bool):
-            opt = shared(f"{flag}/--no-{flag[2:]}", name, default=None, default_text=str(default).lower())
+            opt = shared(f"{flag}/--no-{flag[2:]}", name, default=None, default_text=switch_default(flag, default))
         elif name == "feature_mode":
             opt = shared(flag, name, type=click.Choice(FEATURE_MODES), default=None, default_text=text)
         elif flag in HELP:
@@ -59,7 +59,7 @@ def _stream_options(fn):
 @model_config_option
 @checkpoint_file_options
 @shared("--use-ema", "ema", is_flag=True)
-@shared("--precision", type=click.Choice(PRECISIONS), default="fp32")
+@shared("--precision", type=click.Choice(PRECISIONS), default=spec_default("precision"))
 @click.option("--out", type=click.Path(), required=True, help="Bundle directory to create.")
 @shared("--overwrite", is_flag=True, note="A bundle is replaced only once the new one is complete.")
 @shared("--graph", "graphs", multiple=True)
@@ -126,7 +126,7 @@ def inspect_command(bundle_path, quick):
 
 @click.command("plan")
 @shared("--model", "model_name", required=True)
-@shared("--precision", type=click.Choice(PRECISIONS), default="bf16")
+@shared("--precision", type=click.Choice(PRECISIONS), default=spec_default("precision"))
 @shared("--height", type=int, default=None, default_text=preset_default_text("height") + "; searched down when not given")
 @shared("--width", type=int, default=None, default_text=preset_default_text("width"))
 @click.option("--memory", required=True, help="Device memory to plan for, e.g. 16GB, 24GB, 64GB (Jetson AGX Orin: "
@@ -159,6 +159,7 @@ def plan_command(model_name, precision, height, width, memory, bank_capacity, kv
     result = plan(model, stream, precision, budget, platform, kv_cache_dtype or "auto", bank_placement or "device")
     for line in format_plan(result):
         click.echo(line)
+    click.echo(export_line(model, precision))
     found = search(model, stream, precision, budget, platform,
                    kv_cache_dtypes=[kv_cache_dtype] if kv_cache_dtype else None,
                    placements=[bank_placement] if bank_placement else None,

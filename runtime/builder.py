@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -19,7 +20,7 @@ import numpy as np
 from ..bundle import GRAPH_STREAM_FIELDS, Bundle, rebuild_command
 from ..config import MODEL_PRESETS, ModelConfig, StreamConfig, model_config_from_file, model_preset, \
     stream_config_from_dict
-from ..errors import DysinkError
+from ..errors import ConfigError, DysinkError
 from ..jsonfile import read_json_object
 from .backends.onnxruntime_backend import OnnxRuntimeBackend
 from .backends.tensorrt_backend import TensorRTBackend
@@ -85,6 +86,30 @@ def _settings(spec: RunSpec) -> dict:
 
 
 def _model_and_stream(spec: RunSpec, bundle: Bundle | None) -> tuple[ModelConfig, StreamConfig]:
+    try:
+        return _resolve_model_and_stream(spec, bundle)
+    except ConfigError as exc:
+        raise _named_by_file_key(exc, spec) from None
+
+
+def _named_by_file_key(exc: ConfigError, spec: RunSpec) -> ConfigError:
+    """A bad value that came from the --config file is named by its key there (top_k), with the file,
+    not by the flag that would have set it; values from flags or settings keep their names."""
+    if not spec.config_file:
+        return exc
+    settings = spec.settings.to_dict() if isinstance(spec.settings, StreamConfig) else spec.settings
+    from_file = set(read_json_object(spec.config_file, "--config", MAX_CONFIG_BYTES, "file of stream settings"))
+    keys = sorted(from_file - set(settings), key=len, reverse=True)
+    message = str(exc)
+    if keys:
+        message = re.sub(r"StreamConfig\.(" + "|".join(map(re.escape, keys)) + r")\b", r"\1", message)
+    unknown = re.match(r"unknown stream setting\(s\): ([^;]+);", message)
+    if message == str(exc) and not (unknown and set(unknown.group(1).split(", ")) & set(keys)):
+        return exc
+    return ConfigError(f"RunSpec.config_file {spec.config_file}: {message}")
+
+
+def _resolve_model_and_stream(spec: RunSpec, bundle: Bundle | None) -> tuple[ModelConfig, StreamConfig]:
     if bundle is not None:
         if spec.model is not None and spec.model != bundle.model.name:
             raise DysinkError(f"RunSpec.model {spec.model} conflicts with bundle {bundle.path}, built for model "

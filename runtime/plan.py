@@ -266,7 +266,8 @@ def check_fits(p: Plan, stream: StreamConfig) -> None:
         raise DysinkError(
             f"bank capacity {p.bank_capacity} needs {p.total / GB:.1f} GB, more than {p.memory / GB:.1f} GB; "
             f"the largest that fits is {p.max_bank_capacity} (--bank-capacity {p.max_bank_capacity}), or see "
-            f"dysink-export plan --model {p.model} --memory {p.memory / GB:.0f}GB for other options")
+            f"dysink-export plan --model {p.model} --precision {p.precision} --memory {p.memory / GB:.0f}GB for "
+            "other options")
 
 
 def format_plan(p: Plan) -> list[str]:
@@ -369,18 +370,44 @@ def check_allocation(model: ModelConfig, stream: StreamConfig, precision: str, a
     raise DysinkError(f"this stream needs about {p.total / GB:.1f} GB ({model.name}, {stream.width}x{stream.height}, "
                       f"{precision}, {page_dtype(precision, kv_cache_dtype)} pages, bank capacity "
                       f"{stream.bank_capacity} on {bank_placement}) but {where} has {available / GB:.1f} GB "
-                      f"available; {hint} (dysink-export plan --model {model.name} --memory "
-                      f"{max(available / GB, 0.1):.1f}GB lists the options)")
+                      f"available; {hint} (dysink-export plan --model {model.name} --precision {precision} "
+                      f"--memory {max(available / GB, 0.1):.1f}GB lists the options)")
+
+
+def export_host_bytes(model: ModelConfig, precision: str) -> int:
+    """The least host memory `dysink-export onnx` needs: the networks' weights in float32 while they are
+    built, plus their `precision` copy (the example inputs and the ONNX serialisation come on top)."""
+    if precision not in BYTES:
+        raise DysinkError(f"--precision must be one of {', '.join(BYTES)}, got {precision!r}")
+    return sum(weight_counts(model).values()) * (4 + (BYTES[precision] if precision != "fp32" else 0))
+
+
+def bundle_weight_bytes(model: ModelConfig, precision: str) -> int:
+    """Weights a bundle of the default graphs holds on disk (estimate, from the parameter counts):
+    the DiT's (dit_step and text_encoder), the VAE decoder twice (vae_decode_first and vae_decode
+    each hold it) and PE-Core (memory_encoder_t9); --interactive, --encoder-frames and
+    --text-encoder add graphs."""
+    w = weight_counts(model)
+    return (w["dit"] + 2 * w["vae_decoder"] + w["memory_encoder"]) * BYTES[precision]
+
+
+def export_line(model: ModelConfig, precision: str) -> str:
+    """What the export itself takes on the machine that runs dysink-export onnx (host memory, disk)."""
+    params = sum(weight_counts(model).values())
+    return (f"export (dysink-export onnx --precision {precision}, on the machine that runs it): at least "
+            f"{export_host_bytes(model, precision) / GB:.1f} GB of free host memory (estimated by the planner: "
+            f"{params / 1e9:.2f} billion weights in float32 while built"
+            + (f", then {precision}" if precision != "fp32" else "")
+            + "; example inputs and the ONNX serialisation come on top), and about "
+            f"{bundle_weight_bytes(model, precision) / GB:.1f} GB of disk for the bundle's weights (estimate)")
 
 
 def check_export(model: ModelConfig, precision: str, available: int) -> int:
     """Refuse, before a network is built, an export whose weights alone exceed host memory: the
     networks are built in float32 and cast to `precision` (both copies counted; the example inputs
     and the ONNX serialisation come on top). Returns the bytes counted."""
-    if precision not in BYTES:
-        raise DysinkError(f"--precision must be one of {', '.join(BYTES)}, got {precision!r}")
+    need = export_host_bytes(model, precision)
     params = sum(weight_counts(model).values())
-    need = params * (4 + (BYTES[precision] if precision != "fp32" else 0))
     if need > available:
         raise DysinkError(f"exporting {model.name} needs at least {need / GB:.1f} GB of host memory for its "
                           f"{params / 1e9:.2f} billion weights (float32 while built, then {precision}); this machine "

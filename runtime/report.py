@@ -22,6 +22,9 @@ STATS_SCHEMA = 2
 UNITS = {
     "start_frame, window_frames, frames_recached, evicted_start_frame, retrieved[].start_frame": "latent frames "
     "(a block is 3; latent frame f starts at video frame 4f - 3, frame 0 at 0)",
+    "window_frames": "the local window's capacity, not the frames it holds: local_attn_size + block_frames x the "
+    "retrieval slots the bank cannot fill yet (top_k - bank_size while positive), the current block included; "
+    "15 at block 0 with the released settings, when only the current block exists",
     "frames, summary.video_frames": "video frames (16 fps)",
     "timings_ms, summary.*_ms, prompt_switch.ms": "milliseconds",
     "gate[].ratios, gate[].dropped": "[denoising step][DiT layer]: the fraction of attention heads whose mean "

@@ -1,7 +1,7 @@
 """`dysink-bench`: speed and memory numbers, printed (never asserted by timed tests).
 
   dysink-bench stream  --model tiny --blocks 20      blocks/s and per-phase medians
-  dysink-bench memory  --blocks 300 --bank-capacity 16   peak RSS at block 100 vs the end
+  dysink-bench memory  --blocks 300 --bank-capacity 16   RSS after malloc_trim at block 100 vs the end
   dysink-bench graphs  --model tiny [--mid]        per-graph latency, onnxruntime CPU vs torch eager
   dysink-bench kernels [--markdown FILE]           GPU check: Triton kernels vs references, vs SDPA (exit 77: skipped)
   dysink-bench soak --bundle B --blocks 2000       long onnxruntime stream twice: RSS bounded, same decisions
@@ -45,7 +45,7 @@ def main():
 @shared("--bundle", "bundle_path", type=click.Path(), default=None, note="For --backend onnxruntime.")
 @shared("--blocks", type=int, default=20)
 @click.option("--warmup", type=int, default=2, show_default=True, help="Blocks excluded from the numbers.")
-@shared("--threads", type=int, default=None, default_text="all cores")
+@shared("--threads", type=int, default=None, note="Used by torch and onnxruntime.", default_text="all cores")
 @shared("--feature-mode", type=click.Choice(["block-alone", "streamed"]), default="block-alone")
 def stream(model_name, backend, bundle_path, blocks, warmup, threads, feature_mode):
     """Blocks per second of the torch or onnxruntime backend on this machine's CPU."""
@@ -66,6 +66,11 @@ def stream(model_name, backend, bundle_path, blocks, warmup, threads, feature_mo
         click.echo(f"  {k:<11} median {v:8.1f} ms")
 
 
+# What `dysink-bench memory` judges (its --measure-block and --tolerance say so).
+_TRIMMED = ("Here: the RSS right after malloc_trim, what the process holds (peak RSS only where malloc_trim or "
+            "/proc is missing).")
+
+
 def _echo_point(p: bench.RssPoint) -> None:
     click.echo(f"block {p.block}: peak RSS {p.peak_mb:.1f} MB, RSS after malloc_trim "
                + ("n/a" if p.live_mb is None else f"{p.live_mb:.1f} MB")
@@ -75,12 +80,12 @@ def _echo_point(p: bench.RssPoint) -> None:
 @main.command()
 @shared("--model", "model_name", default="tiny")
 @shared("--blocks", type=int, default=300)
-@shared("--measure-block", "checkpoint_block", type=int, default=100)
+@shared("--measure-block", "checkpoint_block", type=int, default=100, note=_TRIMMED)
 @shared("--bank-capacity", type=int, default=16)
 @shared("--dedup-threshold", type=float, default=0.99,
         note="Here above the release's 0.95 so that the random tiny model's blocks get stored, and the bank "
              "fills and evicts.")
-@shared("--tolerance", type=float, default=0.05)
+@shared("--tolerance", type=float, default=0.05, note=_TRIMMED)
 def memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold, tolerance):
     """Host memory stays bounded: RSS at --measure-block vs at the end.
 
@@ -112,7 +117,7 @@ def memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold,
                                           "PE-Core configs, 128x128 (random weights).")
 @shared("--graph", "graph_names", multiple=True)
 @click.option("--runs", type=int, default=10, show_default=True, help="Timed runs per graph and backend.")
-@shared("--threads", type=int, default=None, default_text="all cores")
+@shared("--threads", type=int, default=None, note="Used by torch and onnxruntime.", default_text="all cores")
 @click.option("--profile", "profile_dir", type=click.Path(), default=None,
               help="Also profile onnxruntime per node into this folder and print the top op types per graph.")
 def graphs(model_name, mid, graph_names, runs, threads, profile_dir):
@@ -155,10 +160,10 @@ def kernels(markdown):
 @main.command()
 @shared("--bundle", "bundle_path", type=click.Path(), required=True)
 @shared("--blocks", type=int, default=2000)
-@shared("--measure-block", "checkpoint_block", type=int, default=200)
+@shared("--measure-block", "checkpoint_block", type=int, default=200, note="Here: peak RSS.")
 @shared("--dedup-threshold", type=float, default=0.99,
         note="Here above the release's 0.95 so that the bank fills and evicts.")
-@shared("--tolerance", type=float, default=0.05)
+@shared("--tolerance", type=float, default=0.05, note="Here: peak RSS.")
 def soak(bundle_path, blocks, checkpoint_block, dedup_threshold, tolerance):
     """A long stream on onnxruntime CPU, twice: peak RSS bounded, every value finite (the stream stops
     otherwise), and the two runs' decisions identical."""
@@ -188,6 +193,10 @@ def compare(run_a, run_b, score_digits):
     windows, retrievals, gate drops, bank stores and evictions; exit 1 when they differ."""
     cmp = bench.compare_runs(run_a, run_b, score_digits)
     a, b, common, differ = cmp.a, cmp.b, cmp.common, cmp.differ
+    settings = cmp.settings()
+    if settings:        # what may explain a difference (a backend, a seed, a stream setting)
+        click.echo(f"settings that differ ({len(settings)}): "
+                   + "; ".join(f"{name} {va!r} vs {vb!r}" for name, va, vb in settings))
     if len(a) != len(b):
         click.echo(f"block counts differ: {len(a)} vs {len(b)} (compared the first {common})")
     if differ:
@@ -206,7 +215,8 @@ def compare(run_a, run_b, score_digits):
 @shared("--bundle", "bundle_path", type=click.Path(), required=True)
 @shared("--blocks", type=int, default=8, note="Per stream.")
 @click.option("--streams", default="1,2,4", show_default=True, help="Concurrent stream counts to measure.")
-@shared("--threads", type=int, default=1, note="Per stream on the server and in the local run.")
+@shared("--threads", type=int, default=1, note="Used by onnxruntime; per stream on the server and in the "
+        "local run.")
 def serve(bundle_path, blocks, streams, threads):
     """Triton Inference Server (CPU) vs one local process: aggregate blocks/s and per-block latency for
     1, 2, 4 concurrent streams (needs tritonserver: dysink-serve --fetch-server)."""

@@ -104,6 +104,8 @@ _SPEC_OPTIONS = ("model", "model_config", "precision", "bundle", "blocks", "seed
                  "text_encoder_preset", "prompt")
 HELP = {
     **{flag_of(name): spec_help(name) for name in _SPEC_OPTIONS},
+    # Which libraries' threads: a note per command (the served model runs onnxruntime only).
+    "--threads": "CPU threads (pin it on a busy machine).",
     "--overwrite": "Replace what --out already holds (only this project's own outputs).",
     "--dedup-threshold": "Bank dedup: a block whose feature has cosine above this with a bank entry is not "
                          "stored.",
@@ -113,8 +115,8 @@ HELP = {
     "--feature-mode": "Bank feature from a block-alone decode (the reference's way) or the streamed frames.",
     "--graph": "Only this graph (repeatable; default: all).",
     "--arch": "Compute capabilities x 10, comma-separated.",
-    "--tolerance": "Allowed peak-RSS growth between the measure block and the end.",
-    "--measure-block": "Block at which peak RSS is first measured.",
+    "--tolerance": "Allowed growth of the judged RSS between the measure block and the end.",
+    "--measure-block": "Block at which the judged RSS is first measured.",
     "--markdown": "Also write the table to this Markdown file.",
     "--top-k": "Retrieved sinks per block.",
     "--local-attn-size": "Local window in latent frames, the current block included.",
@@ -141,11 +143,20 @@ def shared(*decls: str, default_text: str | None = None, note: str | None = None
         kw.setdefault("type", click.Choice(sorted(MODEL_PRESETS)))
     if note:
         text = f"{text} {note}"
+    if default_text is None and "/" in decls[0] and isinstance(kw.get("default"), bool):
+        default_text = switch_default(decls[0], kw["default"])
     if default_text is not None:
         text = f"{text} [default: {default_text}]"
     elif "default" in kw and kw["default"] is not None and not kw.get("is_flag") and "show_default" not in kw:
         kw["show_default"] = True
     return click.option(*decls, help=text, **kw)
+
+
+def switch_default(decl: str, value: bool) -> str:
+    """The one spelling of a --x/--no-x switch's default in help texts: the flag that is on by default
+    ('--sink-kv-bf16' or '--no-sink-kv-bf16'), never 'true' or click's bare 'sink-kv-bf16'."""
+    on, _, off = decl.partition("/")
+    return on if value else (off or "--no-" + on[2:])
 
 
 def preset_default_text(field: str) -> str:

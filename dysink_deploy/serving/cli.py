@@ -27,7 +27,8 @@ from .server import TritonServer, fetch_server as fetch
 @click.option("--gpus", default=None, help="--kind gpu: device ids, comma-separated. [default: 0]")
 @click.option("--max-streams", type=int, default=None,
               help="Concurrent streams per instance. [default: 2 on the CPU; on a GPU, from the memory planner]")
-@shared("--threads", type=int, default=1, note="Per stream on the server.")
+@shared("--threads", type=int, default=1, note="Used by onnxruntime (the served model runs no torch); per "
+        "stream on the server.")
 @shared("--tokenizer", type=click.Path(), default=None, note="Lets requests carry PROMPT text (the bundle needs "
         "its umt5_encoder graph).")
 @shared("--overwrite", is_flag=True)

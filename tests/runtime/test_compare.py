@@ -71,3 +71,23 @@ def test_bad_stats_one_line(tmp_path, content, message):
 def test_missing_run(tmp_path):
     r = CliRunner().invoke(main, ["compare", str(tmp_path / "nope"), str(tmp_path / "nope2")])
     assert r.exit_code == 2 and "cannot read run" in r.output
+
+
+def test_settings_that_differ_are_named(tmp_path):
+    """Two runs with other settings: compare says which settings differ (nested keys dotted), not
+    only DIFFERENT; the block count and the derived timesteps are left out; an empty dict counts as none."""
+    a = copy.deepcopy(STATS)
+    a["config"] = {"backend": "torch", "seed": 0, "blocks": 3, "checkpoints": {}, "timesteps": [1000.0],
+                   "stream": {"top_k": 2, "dedup_threshold": 0.95}}
+    b = copy.deepcopy(a)
+    b["config"].update(seed=1, blocks=4, timesteps=[999.0])
+    b["config"].pop("checkpoints")
+    b["config"]["stream"]["top_k"] = 3
+    b["blocks"][1]["retrieved"] = [{"start_frame": 0, "score": 0.5}, {"start_frame": 3, "score": 0.4}]
+    r = CliRunner().invoke(main, ["compare", _write(tmp_path, "a", a), _write(tmp_path, "b", b)])
+    assert r.exit_code == 1
+    lines = r.output.splitlines()
+    assert lines[0] == "settings that differ (2): seed 0 vs 1; stream.top_k 2 vs 3", r.output
+    assert lines[1].startswith("DIFFERENT | 1 of 3 blocks; first: block 1 (retrieved)")
+    same = CliRunner().invoke(main, ["compare", _write(tmp_path, "c", a), _write(tmp_path, "d", a)])
+    assert same.exit_code == 0 and same.output.strip() == "SAME | 3 blocks, identical decisions"

@@ -113,15 +113,17 @@ def test_cli_fits_and_refuses():
     assert ok.exit_code == 0, ok.output
     assert "K/V pool: 21 pages x 0.863 GB" in ok.output and ok.output.strip().splitlines()[-1].startswith("PASSED")
     assert "TensorRT 10.3" in ok.output and "saves nothing" in ok.output
-    small = CliRunner().invoke(export_main, ["plan", "--model", "wan2.1-t2v-1.3b", "--memory", "6GB", "--height", "480",
-                                             "--width", "832"])
+    # plan's --precision default is fp32, as onnx's and dysink-run's: the 1.3B figures below are bf16's
+    small = CliRunner().invoke(export_main, ["plan", "--model", "wan2.1-t2v-1.3b", "--precision", "bf16", "--memory",
+                                             "6GB", "--height", "480", "--width", "832"])
     assert small.exit_code == 2 and "does not fit in 6.0 GB" in small.output
-    big_bank = CliRunner().invoke(export_main, ["plan", "--model", "wan2.1-t2v-1.3b", "--memory", "24GB",
+    big_bank = CliRunner().invoke(export_main, ["plan", "--model", "wan2.1-t2v-1.3b", "--precision", "bf16",
+                                                "--memory", "24GB",
                                                 "--bank-capacity", "40", "--kv-cache-dtype", "auto",
                                                 "--bank-placement", "device", "--height", "480",
                                                 "--width", "832"])
     assert big_bank.exit_code == 2 and "the largest that fits is" in big_bank.output
-    desk = CliRunner().invoke(export_main, ["plan", "--model", "wan2.1-t2v-1.3b", "--memory", "16GB", "--platform",
-                                            "desktop", "--height", "480", "--width", "832", "--bank-capacity", "16"])
+    desk = CliRunner().invoke(export_main, ["plan", "--model", "wan2.1-t2v-1.3b", "--precision", "bf16", "--memory",
+                                            "16GB", "--platform", "desktop", "--height", "480", "--width", "832", "--bank-capacity", "16"])
     assert desk.exit_code == 0, desk.output
     assert "--bank-placement host --bank-capacity 16 --height 480 --width 832" in desk.output

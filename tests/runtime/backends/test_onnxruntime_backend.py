@@ -304,7 +304,7 @@ def test_check_passes_on_good_bundle(bundles):
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
     assert lines[-1].startswith("PASSED | 59 outputs | Runtime: ")
-    assert "- [✓] dit_step/x0 max abs" in res.output and "- [✓] retrieve/slots 0 mismatching" in res.output
+    assert "- [✓] dit_step: 4 outputs within tolerance" in res.output and "- [✓] retrieve: 2 outputs" in res.output
     assert "- [✓] stream of 6 blocks: 0 blocks with different decisions" in res.output
     assert "[x]" not in res.output
 
@@ -329,5 +329,5 @@ def test_check_fails_on_tampered_weights(bundles, tmp_path):
     res = _check(path)
     assert res.exit_code == 1, res.output
     assert "- [x] dit_step/x0" in res.output
-    assert "- [✓] vae_decode/frames" in res.output, "graphs after the failing one are still checked"
+    assert "- [✓] vae_decode: 25 outputs within tolerance" in res.output, "graphs after the failing one are still checked"
     assert res.output.strip().splitlines()[-1].startswith("FAILED | ")
