@@ -188,7 +188,8 @@ _CHECKPOINT_KEYS = ("checkpoint", "lora", "vae", "pe", "use_ema")
 
 
 def _spec(bundle, backend, model, checkpoints, weights_seed, device, precision, kernels, ort_provider, cuda_graph,
-          threads, prompt_embeds, seed, settings, prompts, kv_cache_dtype="auto") -> RunSpec:
+          threads, prompt_embeds, seed, settings, prompts, kv_cache_dtype="auto",
+          bank_placement="device") -> RunSpec:
     """open_stream's keyword arguments as a RunSpec (the flexible ones translated: `model` may be a
     file, a dict or a ModelConfig; `checkpoints` a dict)."""
     backend = backend or ("onnxruntime" if bundle is not None else "torch")
@@ -220,7 +221,7 @@ def _spec(bundle, backend, model, checkpoints, weights_seed, device, precision, 
                    device=device, precision=precision, kernels=kernels, ort_provider=ort_provider,
                    cuda_graph=cuda_graph, threads=threads, seed=seed, prompt_embeds=prompt_embeds,
                    prompts=None if prompts is None else list(prompts), settings=dict(settings or {}),
-                   kv_cache_dtype=kv_cache_dtype)
+                   kv_cache_dtype=kv_cache_dtype, bank_placement=bank_placement)
 
 
 def open_stream(bundle: str | os.PathLike | RunSpec | None = None, *, backend: str | None = None,
@@ -233,7 +234,7 @@ def open_stream(bundle: str | os.PathLike | RunSpec | None = None, *, backend: s
                 noise: NoiseSource | None = None, features: FeatureSource | None = None,
                 observer: StepObserver | None = None,
                 prompts: list[tuple[int, Any]] | None = None, spec: RunSpec | None = None,
-                kv_cache_dtype: str = "auto") -> Stream:
+                kv_cache_dtype: str = "auto", bank_placement: str = "device") -> Stream:
     """Open a stream.
 
     From a RunSpec (`dysink_deploy.runtime.spec`, what dysink-run builds from its flags):
@@ -249,6 +250,8 @@ def open_stream(bundle: str | os.PathLike | RunSpec | None = None, *, backend: s
     (fp32 / fp16 / bf16), `kernels` (auto / triton / reference); `settings` any stream settings.
     kv_cache_dtype: the K/V pages' storage, auto (the model precision) / bf16 / fp8 / int8 (8 bits
     with per-token-and-head scales); a bundle fixes it at export ("auto" takes the bundle's).
+    bank_placement: device, or host (the bank's K/V pages in host memory, the device pool cut to the
+    window, the block being made and top_k staging slots); a bundle fixes it at export.
 
     prompt_embeds: umT5 output [text_len, text_dim] as an array or a .safetensors file (the tiny
     random model has an embedded default). seed: the noise seed.
@@ -267,7 +270,8 @@ def open_stream(bundle: str | os.PathLike | RunSpec | None = None, *, backend: s
             raise DysinkError(f"{name} must be callable, got {type(fn).__name__}")
     if spec is None:
         spec = _spec(bundle, backend, model, checkpoints, weights_seed, device, precision, kernels, ort_provider,
-                     cuda_graph, threads, prompt_embeds, seed, settings, prompts, kv_cache_dtype)
+                     cuda_graph, threads, prompt_embeds, seed, settings, prompts, kv_cache_dtype,
+                     bank_placement)
     elif not isinstance(spec, RunSpec):
         raise DysinkError(f"spec must be a RunSpec, got {type(spec).__name__}")
     elif bundle is not None:

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 from .config import (MODEL_PRESETS, ModelConfig, StreamConfig, model_config_from_dict, model_preset,
                      stream_config_from_dict)
 from .errors import DysinkError
-from .graphs import PRECISIONS, GraphSpec, TensorSpec, check_encoder_frames, check_kv_cache_dtype, graph_specs
+from .graphs import BANK_PLACEMENTS, PRECISIONS, GraphSpec, TensorSpec, check_encoder_frames, check_kv_cache_dtype, graph_specs
 from .jsonfile import strict_loads
 from .manifest_fields import field_type_problem
 
@@ -103,7 +103,7 @@ def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, ou
                     model_source: str | os.PathLike | None = None, checkpoints: Mapping[str, Any] | None = None,
                     overwrite: bool | None = None, encoder_frames: Iterable[int] = (),
                     interactive: bool = False, text_encoder: Mapping[str, Any] | None = None,
-                    kv_cache_dtype: str = "auto") -> str:
+                    kv_cache_dtype: str = "auto", bank_placement: str = "device") -> str:
     """The export command for (model, stream, precision) into `out`; --overwrite when `out` exists
     (default: looked up), since the command would otherwise refuse it."""
     if overwrite is None:
@@ -120,6 +120,7 @@ def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, ou
     return shlex.join(["dysink-export", "onnx", *export_flags(model, stream, precision, model_source, checkpoints, encoder_frames, interactive,
                                     text_encoder),
                        *(["--kv-cache-dtype", str(kv_cache_dtype)] if kv_cache_dtype != "auto" else []),
+                       *(["--bank-placement", str(bank_placement)] if bank_placement != "device" else []),
                        "--out", str(out), *(["--overwrite"] if overwrite else [])])
 
 
@@ -151,7 +152,8 @@ def write_manifest(directory: str | os.PathLike, model: ModelConfig, stream: Str
     encoder_frames = check_encoder_frames(list(encoder_frames))
     specs = graph_specs(model, stream, precision, encoder_frames, interactive,
                         text_encoder=bool(extra and extra.get("text_encoder")),
-                        kv_cache_dtype=(extra or {}).get("kv_cache_dtype", "auto"))
+                        kv_cache_dtype=(extra or {}).get("kv_cache_dtype", "auto"),
+                        bank_placement=(extra or {}).get("bank_placement", "device"))
     entries = {}
     for name, info in graphs.items():
         if name not in specs:
@@ -234,6 +236,11 @@ class Bundle:
         return rec if isinstance(rec, dict) else None
 
     @property
+    def bank_placement(self) -> str:
+        """device, or host: the dit_step pools hold only the device slots (runtime/host_bank.py)."""
+        return self.manifest.get("bank_placement", "device")
+
+    @property
     def kv_cache_dtype(self) -> str:
         """The K/V pages' storage the dit_step graph was exported for (auto | bf16 | fp8 | int8)."""
         return self.manifest.get("kv_cache_dtype", "auto")
@@ -265,7 +272,7 @@ class Bundle:
                                checkpoints=self.manifest.get("checkpoints"),
                                encoder_frames=self.manifest.get("encoder_frames") or (),
                                interactive=self.interactive, text_encoder=self.manifest.get("text_encoder"),
-                               kv_cache_dtype=self.kv_cache_dtype)
+                               kv_cache_dtype=self.kv_cache_dtype, bank_placement=self.bank_placement)
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect_model: ModelConfig | str | None = None,
@@ -344,12 +351,15 @@ class Bundle:
                                   text_encoder=manifest.get("text_encoder") if isinstance(manifest.get("text_encoder"), dict) else None)
         try:
             kv_dtype = check_kv_cache_dtype(manifest.get("kv_cache_dtype", "auto"))
+            placement = manifest.get("bank_placement", "device")
+            if placement not in BANK_PLACEMENTS:
+                raise ValueError(f"bank_placement must be one of {', '.join(BANK_PLACEMENTS)}, got {placement!r}")
         except (TypeError, ValueError) as exc:
             raise DysinkError(f"bundle {root}: malformed {MANIFEST_NAME} ({exc}); rebuild it: {rebuild}") from None
         try:
             expected = graph_specs(model, stream, precision, manifest.get("encoder_frames") or (), interactive,
                                    text_encoder=isinstance(manifest.get("text_encoder"), dict),
-                                   kv_cache_dtype=kv_dtype)
+                                   kv_cache_dtype=kv_dtype, bank_placement=placement)
         except (TypeError, ValueError) as exc:
             raise DysinkError(f"bundle {root}: malformed {MANIFEST_NAME} (encoder_frames: {exc}); "
                               f"rebuild it: {rebuild}") from None

@@ -36,6 +36,20 @@ def check_kv_cache_dtype(kv_cache_dtype) -> str:
     return kv_cache_dtype
 
 
+BANK_PLACEMENTS = ("device", "host")
+
+
+def device_pool_pages(stream: StreamConfig, bank_placement: str = "device") -> int:
+    """Pages of the K/V pool on the device: every page (device), or the window history, the block
+    being made, the fixed sink and top_k staging slots for the retrieved entries (host: the bank's
+    pages live in host memory, runtime/host_bank.py)."""
+    if bank_placement not in BANK_PLACEMENTS:
+        raise ValueError(f"bank_placement must be one of {', '.join(BANK_PLACEMENTS)}, got {bank_placement!r}")
+    if bank_placement == "host":
+        return stream.window_history + 1 + stream.fixed_sink_pages + stream.top_k
+    return stream.pool_pages
+
+
 def page_dtype_name(precision: str, kv_cache_dtype: str) -> str:
     """The dtype name of the K/V pools: the model's under `auto`, else the page type's."""
     return _MODEL_DTYPE[precision] if check_kv_cache_dtype(kv_cache_dtype) == "auto" else _PAGE_DTYPE[kv_cache_dtype]
@@ -136,14 +150,15 @@ def check_encoder_frames(counts) -> tuple[int, ...]:
 
 def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str,
                 encoder_frames=(), interactive: bool = False, text_encoder: bool = False,
-                kv_cache_dtype: str = "auto") -> dict[str, GraphSpec]:
+                kv_cache_dtype: str = "auto", bank_placement: str = "device") -> dict[str, GraphSpec]:
     """The graph contract of (model, stream, precision). `encoder_frames`: extra frame counts for
     which a memory_encoder_tN graph is exported beside the ones the stream uses (PE-Core on clips
     of other lengths, for callers). `interactive`: also `dit_recache`, the window recache of a
     prompt switch (models.dit.WindowRecache) over the widest window. `text_encoder`: also
     `umt5_encoder`, token ids -> prompt embeddings (float32 like the reference), so that bundle
     backends encode prompts without torch. `kv_cache_dtype`: the K/V pools' storage (ops/kv_pages.py);
-    fp8 / int8 pools come with float32 scale pools `k_scale_i` / `v_scale_i` [P, L, H] after them."""
+    fp8 / int8 pools come with float32 scale pools `k_scale_i` / `v_scale_i` [P, L, H] after them.
+    `bank_placement`: host cuts the pools to the device slots (`device_pool_pages`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     md = _MODEL_DTYPE[precision]
@@ -153,7 +168,7 @@ def graph_specs(model: ModelConfig, stream: StreamConfig, precision: str,
     lat_h, lat_w = stream.latent_hw
     latent = (d.in_dim, stream.block_frames, lat_h, lat_w)
     kv = (layers, L, heads, hd)
-    pool = (stream.pool_pages, L, heads, hd)
+    pool = (device_pool_pages(stream, bank_placement), L, heads, hd)
     pd = page_dtype_name(precision, kv_cache_dtype)
     scales = () if kv_cache_dtype not in QUANTISED_KV_DTYPES else (
         *[TensorSpec(f"k_scale_{i}", pool[:3], "float32") for i in range(layers)],

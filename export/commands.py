@@ -21,7 +21,7 @@ from ..bundle import GRAPH_STREAM_FIELDS
 from ..config import FEATURE_MODES, StreamConfig, model_preset
 from ..graphs import PRECISIONS
 from ..cli.common import (HELP, checkpoint_file_options, model_config_option, preset_default_text, resolve_model,
-                          shared, switch_default)
+                          shared, switch_default, spec_option)
 from ..cli.prompt_cmd import text_encoder_options
 from ..errors import DysinkError
 from ..runtime.plan import (FP8_NOTE, GB, JETSON_PRECISION_NOTE, PLATFORMS, check_export, check_fits, export_line,
@@ -74,10 +74,12 @@ def _stream_options(fn):
 @text_encoder_options
 @click.option("--interactive", is_flag=True,
               help="Also export dit_recache, the graph prompt switches need (dysink-run --prompts).")
+@spec_option("kv_cache_dtype")
+@spec_option("bank_placement")
 @_stream_options
 def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, precision, out, overwrite, graphs, seed,
                  opset, ir_version, encoder_frames, tokenizer, text_encoder, text_encoder_preset, interactive,
-                 **stream_flags):
+                 kv_cache_dtype, bank_placement, **stream_flags):
     """Export the ONNX graphs of one stream configuration into a bundle directory."""
     from ..models.factory import CheckpointPaths  # lazy: torch
     from .onnx_export import export_onnx  # lazy: torch
@@ -94,7 +96,7 @@ def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, preci
                        seed=seed, log=lambda m: click.echo(m, err=True), opset=opset, ir_version=ir_version,
                        encoder_frames=encoder_frames, interactive=interactive,
                        text_encoder=_text_encoder_record(tokenizer, text_encoder, text_encoder_preset, seed),
-                       **overrides)
+                       kv_cache_dtype=kv_cache_dtype, bank_placement=bank_placement, **overrides)
     click.echo(f"wrote {path}")
     click.echo(f"DONE | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
 
@@ -132,10 +134,10 @@ def inspect_command(bundle_path, quick):
 @click.option("--memory", required=True, help="Device memory to plan for, e.g. 16GB, 24GB, 64GB (Jetson AGX Orin: "
                                                "give what is free, not the board's total).")
 @shared("--bank-capacity", type=int, default=None, default_text="16, the release's; smaller ones searched when not given")
-@click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=None,
-              help="K/V page storage to plan. [default: search auto, bf16, fp8 (desktop), int8]")
-@click.option("--bank-placement", type=click.Choice(BANK_PLACEMENTS), default=None,
-              help="Where the bank's pages live. [default: search device and host (desktop); device on Jetson]")
+@shared("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=None,
+        default_text="search auto, bf16, fp8 (desktop), int8")
+@shared("--bank-placement", type=click.Choice(BANK_PLACEMENTS), default=None,
+        default_text="search device and host (desktop); device on Jetson")
 @click.option("--platform", type=click.Choice(list(PLATFORMS)), default="desktop", show_default=True,
               help="desktop: a discrete GPU (fp8 pages on sm_89+, a host-side bank saves device memory); jetson: "
                    "Orin (sm_87: int8 pages, one memory for CPU and GPU).")

@@ -32,7 +32,7 @@ from ..bundle import MANIFEST_NAME, BUNDLE_FORMAT_VERSION, Bundle, rebuild_comma
 from ..config import ModelConfig, StreamConfig, model_preset
 from ..atomic import staged_directory
 from ..errors import DysinkError
-from ..graphs import KV_CACHE_DTYPES, GraphSpec, check_encoder_frames, graph_specs
+from ..graphs import BANK_PLACEMENTS, KV_CACHE_DTYPES, GraphSpec, check_encoder_frames, graph_specs
 from ..models.dtypes import TORCH_DTYPES, torch_dtype  # noqa: F401  (TORCH_DTYPES: re-export, check.py)
 from ..models.factory import CheckpointPaths, build_models
 from ..models.umt5 import text_encoder_preset
@@ -207,7 +207,8 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
                 graphs: Iterable[str] | None = None, overwrite: bool = False, seed: int = 0,
                 log: Callable[[str], None] | None = None, opset: int | None = None,
                 ir_version: int | None = None, encoder_frames: Iterable[int] = (), interactive: bool = False,
-                text_encoder: dict | None = None, kv_cache_dtype: str = "auto", **stream_overrides) -> Path:
+                text_encoder: dict | None = None, kv_cache_dtype: str = "auto", bank_placement: str = "device",
+                **stream_overrides) -> Path:
     """Export every graph of the contract for one stream configuration into bundle `out`.
 
     model: preset name or ModelConfig. checkpoints: weights (random from `seed`
@@ -218,7 +219,8 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
     interactive: also the dit_recache graph that prompt switches need.
     text_encoder: {"preset", "checkpoint" or None, "random_seed"}: also the umt5_encoder graph.
     kv_cache_dtype: the K/V pages' storage (auto | bf16 | fp8 | int8; ops/kv_pages.py), fixed by the
-    dit_step graph's pool inputs and recorded in the manifest.
+    dit_step graph's pool inputs and recorded in the manifest. bank_placement: host cuts the pools to
+    the device slots (the bank's pages live in host memory at run time: runtime/host_bank.py).
     The bundle is written to a temporary sibling directory and renamed to
     `out` only when complete; on any error nothing is left behind.
     Returns the bundle path.
@@ -241,8 +243,10 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
                               f"{cfg.dit.text_dim}; use the matching --text-encoder-preset")
     if kv_cache_dtype not in KV_CACHE_DTYPES:
         raise DysinkError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
+    if bank_placement not in BANK_PLACEMENTS:
+        raise DysinkError(f"--bank-placement must be one of {', '.join(BANK_PLACEMENTS)}, got {bank_placement!r}")
     specs = graph_specs(cfg, stream, precision, encoder_frames, interactive, text_encoder is not None,
-                        kv_cache_dtype=kv_cache_dtype)
+                        kv_cache_dtype=kv_cache_dtype, bank_placement=bank_placement)
     names = list(specs) if graphs is None else list(graphs)
     unknown = [n for n in names if n not in specs]
     if unknown:
@@ -272,6 +276,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
             "custom_op_domain": {"domain": ONNX_DOMAIN, "version": ONNX_DOMAIN_VERSION},
             "checkpoints": _checkpoint_record(checkpoints, seed),
             **({"kv_cache_dtype": kv_cache_dtype} if kv_cache_dtype != "auto" else {}),
+            **({"bank_placement": bank_placement} if bank_placement != "device" else {}),
             **({"text_encoder": {"preset": text_encoder["preset"],
                                  "checkpoint": (str(Path(text_encoder["checkpoint"]).resolve())
                                                 if text_encoder.get("checkpoint") else None),

@@ -34,7 +34,7 @@ def layer(module: str) -> int:
         return RUNTIME
     if sub == "export":
         return EXPORT
-    if sub in ("api", "serving", "bench", "gpukit"):
+    if sub in ("api", "serving", "bench", "gpukit") or sub.startswith("bench_"):     # bench_kv, bench_export
         return FRONT
     return CORE
 

@@ -101,7 +101,7 @@ def resolve_model(model_name: str | None, model_config: str | None, default: str
 # Options that are RunSpec fields take their help from it (runtime/spec.py: the one source).
 _SPEC_OPTIONS = ("model", "model_config", "precision", "bundle", "blocks", "seed", "weights_seed", "use_ema",
                  "threads", "ort_provider", "checkpoint", "lora", "vae", "pe", "tokenizer", "text_encoder",
-                 "text_encoder_preset", "prompt")
+                 "text_encoder_preset", "prompt", "kv_cache_dtype", "bank_placement")
 HELP = {
     **{flag_of(name): spec_help(name) for name in _SPEC_OPTIONS},
     # Which libraries' threads: a note per command (the served model runs onnxruntime only).
@@ -124,6 +124,8 @@ HELP = {
     "--gate-threshold": "Sink anomaly gate: a sink is dropped where more than this fraction of heads prefer it.",
     "--sink-kv-bf16": "Round retrieved sink K/V to bf16 like the reference.",
     "--quiet": "No progress bar.",
+    "--mid": "A mid-size model: 4 DiT layers at the 1.3B width, the real VAE and PE-Core configs, 128x128 "
+             "(random weights).",
     "--version": "Show the version and exit.",
 }
 

@@ -302,6 +302,38 @@ class OnnxRuntimeBackend(Backend):
         slots, scores = self.sessions["retrieve"].run(["slots", "scores"], feeds)
         return slots.astype(np.int64), scores.astype(np.float32)
 
+    # -- the page interface of a host-side bank (runtime/host_bank.py): CPU only ------------------
+    def _page_parts(self) -> list[list[np.ndarray]]:
+        if not self.on_cpu:
+            raise DysinkError("--bank-placement host on onnxruntime needs the CPU provider in this version (device "
+                              "page copies for GPU providers are not written); use --ort-provider cpu")
+        parts = [self.k_pools, self.v_pools] + ([self.k_scales, self.v_scales] if self.quantised else [])
+        return [[host for _, host in pools] for pools in parts]
+
+    def host_store(self, entries: int) -> list[np.ndarray]:
+        if not self.on_cpu:
+            self._page_parts()
+        spec = self.specs["dit_step"]
+        layers = self.model.dit.layers
+        shapes = [spec.input("k_pool_0").shape[1:]] * 2 + ([spec.input("k_scale_0").shape[1:]] * 2 if self.quantised else [])
+        dtypes = [self.page_np] * 2 + [np.float32] * (2 if self.quantised else 0)
+        return [np.zeros((entries, layers, *shape), dtype=dt) for shape, dt in zip(shapes, dtypes)]
+
+    def page_to_host(self, page: int, store, entry: int) -> None:
+        for host, pools in zip(store, self._page_parts()):
+            for i, pool in enumerate(pools):
+                host[entry, i] = pool[page]
+
+    def page_from_host(self, store, entry: int, page: int) -> None:
+        for host, pools in zip(store, self._page_parts()):
+            for i, pool in enumerate(pools):
+                pool[page] = host[entry, i]
+
+    def read_host_page(self, store, entry: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.quantised:
+            return tuple(np_dequantise_pages(store[j][entry], store[j + 2][entry], np.float32) for j in (0, 1))
+        return tuple(store[j][entry].astype(np.float32) for j in (0, 1))
+
     def graph_state(self) -> dict[str, np.ndarray]:
         if self.kv_cache_dtype != "auto":
             raise DysinkError("--dump-block: numpy has no bfloat16 or 8-bit float; dump a run of a bundle exported "

@@ -337,6 +337,52 @@ class TensorRTBackend(Backend):
             result.append(pair)
         return result
 
+    # -- the page interface of a host-side bank (runtime/host_bank.py). Written to the CUDA runtime
+    # API, never run here (no GPU, no TensorRT): the copies are queued on the engines' own stream
+    # (ordered with the launches, no host sync; not overlapped with them as a side stream would be).
+    def _page_geometry(self):
+        pool = self.specs["dit_step"].input("k_pool_0")
+        page_bytes = DeviceTensor(0, tuple(pool.shape[1:]), pool.dtype).nbytes
+        return pool, page_bytes, self.model.dit.layers
+
+    def host_store(self, entries: int) -> dict:
+        _, page_bytes, layers = self._page_geometry()
+        nbytes = entries * 2 * layers * page_bytes
+        ptr = int(self.cuda._ok(self.cuda.rt.cudaMallocHost(max(nbytes, 1)), f"cudaMallocHost({nbytes} bytes)"))
+        self._host_stores = getattr(self, "_host_stores", []) + [ptr]
+        return {"ptr": ptr, "entry_bytes": 2 * layers * page_bytes}
+
+    def _page_copies(self, page: int, store: dict, entry: int):
+        _, page_bytes, layers = self._page_geometry()
+        host = store["ptr"] + entry * store["entry_bytes"]
+        for j, kind in enumerate(("k", "v")):
+            for i in range(layers):
+                device = self.buffers[("dit_step", f"{kind}_pool_{i}")].ptr + page * page_bytes
+                yield device, host + (j * layers + i) * page_bytes, page_bytes
+
+    def page_to_host(self, page: int, store: dict, entry: int) -> None:
+        for device, host, n in self._page_copies(page, store, entry):
+            self.cuda._ok(self.cuda.rt.cudaMemcpyAsync(host, device, n, self.cuda.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                                                       self.cuda.stream), "page to host")
+
+    def page_from_host(self, store: dict, entry: int, page: int) -> None:
+        for device, host, n in self._page_copies(page, store, entry):
+            self.cuda._ok(self.cuda.rt.cudaMemcpyAsync(device, host, n, self.cuda.rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                                       self.cuda.stream), "page from host")
+
+    def read_host_page(self, store: dict, entry: int) -> tuple[np.ndarray, np.ndarray]:
+        import ctypes
+
+        pool, page_bytes, layers = self._page_geometry()
+        self.cuda.sync()
+        raw = (ctypes.c_char * store["entry_bytes"]).from_address(store["ptr"] + entry * store["entry_bytes"])
+        arr = np.frombuffer(raw, dtype=np.uint8).copy()
+        dt = {"float32": np.float32, "float16": np.float16}.get(pool.dtype)
+        if dt is None:
+            raise DysinkError(f"read_page of {pool.dtype} host pages: numpy has no such type; read an fp16 or fp32 run")
+        kv = arr.view(dt).reshape(2, layers, *pool.shape[1:]).astype(np.float32)
+        return kv[0], kv[1]
+
     def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
         spec = self.specs["dit_step"]
         pool = spec.input("k_pool_0")
@@ -360,6 +406,9 @@ class TensorRTBackend(Backend):
 
     def close(self) -> None:
         self.cuda.sync()
+        for ptr in getattr(self, "_host_stores", []):      # after the sync: no copy still reads them
+            self.cuda.rt.cudaFreeHost(ptr)
+        self._host_stores = []
         if self.graphs is not None:
             self.graphs.close()
         self.cuda.close()

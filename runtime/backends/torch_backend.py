@@ -299,6 +299,52 @@ class TorchBackend(Backend):
         return tuple(torch.stack([p[page] for p in pools]).float().cpu().numpy()
                      for pools in (self.k_pools, self.v_pools))
 
+    # -- the page interface of a host-side bank (runtime/host_bank.py) ----------------------------
+    def _page_parts(self) -> list[list[torch.Tensor]]:
+        return [self.k_pools, self.v_pools] + ([self.k_scales, self.v_scales] if self.quantised else [])
+
+    def host_store(self, entries: int) -> list[torch.Tensor]:
+        """Host tensors for `entries` pages in the pools' storage (pinned on CUDA: async copies)."""
+        pin = self.device.type == "cuda"
+        if pin and not hasattr(self, "_copy_stream"):
+            self._copy_stream = torch.cuda.Stream(self.device)
+        return [torch.empty((entries, len(pools), *pools[0].shape[1:]), dtype=pools[0].dtype, pin_memory=pin)
+                for pools in self._page_parts()]
+
+    @contextlib.contextmanager
+    def _copy_scope(self):
+        """CUDA: the copies run on a side stream that waits for the work queued so far, and the main
+        stream waits for the copies before its next launch (stream waits: no host sync)."""
+        if self.device.type != "cuda":
+            yield
+            return
+        main = torch.cuda.current_stream(self.device)
+        self._copy_stream.wait_stream(main)
+        with torch.cuda.stream(self._copy_stream):
+            yield
+        main.wait_stream(self._copy_stream)
+
+    @torch.inference_mode()
+    def page_to_host(self, page: int, store, entry: int) -> None:
+        with self._copy_scope():
+            for host, pools in zip(store, self._page_parts()):
+                for i, pool in enumerate(pools):
+                    host[entry, i].copy_(pool[page], non_blocking=True)
+
+    @torch.inference_mode()
+    def page_from_host(self, store, entry: int, page: int) -> None:
+        with self._copy_scope():
+            for host, pools in zip(store, self._page_parts()):
+                for i, pool in enumerate(pools):
+                    pool[page].copy_(host[entry, i], non_blocking=True)
+
+    def read_host_page(self, store, entry: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.device.type == "cuda":
+            self._copy_stream.synchronize()          # a host read: the pending copies first
+        if self.quantised:
+            return tuple(dequantise_pages(store[j][entry], store[j + 2][entry], torch.float32).numpy() for j in (0, 1))
+        return tuple(store[j][entry].float().numpy() for j in (0, 1))
+
     def graph_state(self) -> dict[str, np.ndarray]:
         if self.dtype == torch.bfloat16 or self.kv_cache_dtype != "auto":
             raise DysinkError("--dump-block: numpy has no bfloat16 or 8-bit float; dump an fp32 or fp16 run with "
