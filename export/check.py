@@ -129,6 +129,20 @@ def _session(bundle: Bundle, name: str, provider: str, threads: int | None = Non
     return load_session(ort, bundle, name, path, opts, providers)
 
 
+def _feed(x):
+    """A sample input as ONNX Runtime takes it: bf16 as float32 (the fp32 twin), e4m3 pages as an
+    OrtValue over their bits (numpy has no float8)."""
+    import torch
+
+    if x.dtype == torch.bfloat16:
+        return x.float().numpy()
+    if x.dtype == torch.float8_e4m3fn:
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(x.view(torch.uint8).numpy(), onnx_element_type=17)
+    return x.numpy()
+
+
 def _errors(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
     rel = diff / np.maximum(np.abs(ref.astype(np.float64)), 1e-6)
@@ -150,10 +164,12 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
     low = "fp16" if bundle.precision == "fp32" else bundle.precision
     low_models = copy.deepcopy(models).to(TORCH_DTYPES[low])
     low_specs = graph_specs(bundle.model, bundle.stream, low, bundle.encoder_frames, bundle.interactive,
-                            bundle.text_encoder is not None)   # which inputs the low-precision run casts
+                            bundle.text_encoder is not None, kv_cache_dtype=bundle.kv_cache_dtype,
+                            bank_placement=bundle.bank_placement)   # which inputs the low-precision run casts
     checks: list[OutputCheck] = []
     for name, spec in bundle.specs.items():
-        inputs = sample_inputs(name, bundle.model, bundle.stream, bundle.precision, seed=seed)
+        inputs = sample_inputs(name, bundle.model, bundle.stream, bundle.precision, seed=seed,
+                               kv_cache_dtype=bundle.kv_cache_dtype, bank_placement=bundle.bank_placement)
         ref_in = [x.float() if x.is_floating_point() else x for x in inputs]
         low_in = [x.to(TORCH_DTYPES[low]) if x.is_floating_point() and s.dtype != "float32" else x
                   for x, s in zip(ref_in, low_specs[name].inputs)]
@@ -163,9 +179,9 @@ def check_graphs(bundle: Bundle, models=None, seed: int = 0, provider: str = "cp
                 ref = (ref_mod(*ref_in),)
                 base = (copy.deepcopy(ref_mod).half()(*low_in),)
             else:
-                ref = graph_module(name, models, bundle.stream).eval()(*ref_in)
-                base = graph_module(name, low_models, bundle.stream).eval()(*low_in)
-        feeds = {s.name: (x.float() if x.dtype == torch.bfloat16 else x).numpy() for s, x in zip(spec.inputs, inputs)}
+                ref = graph_module(name, models, bundle.stream, bundle.kv_cache_dtype).eval()(*ref_in)
+                base = graph_module(name, low_models, bundle.stream, bundle.kv_cache_dtype).eval()(*low_in)
+        feeds = {s.name: _feed(x) for s, x in zip(spec.inputs, inputs)}
         got = runner(name, feeds) if runner else _session(bundle, name, provider, threads).run(
             [s.name for s in spec.outputs], feeds)
         done = len(checks)
@@ -195,7 +211,8 @@ def compare_streams(bundle: Bundle, models=None, blocks: int = 6, dedup_threshol
     torch_spec = RunSpec(model_config=bundle.model, checkpoint=rec.get("dit"), lora=rec.get("lora"),
                          vae=rec.get("vae"), pe=rec.get("pe"), use_ema=bool(rec.get("use_ema", False)),
                          weights_seed=int(rec.get("random_seed", 0)), precision=bundle.precision, seed=seed,
-                         threads=threads, prompt_embeds=prompt, settings={**bundle.stream.to_dict(), "dedup_threshold": dedup_threshold})
+                         threads=threads, prompt_embeds=prompt, kv_cache_dtype=bundle.kv_cache_dtype,
+                         settings={**bundle.stream.to_dict(), "dedup_threshold": dedup_threshold})
     other_spec = RunSpec(backend=other, bundle=str(bundle.path), seed=seed, prompt_embeds=prompt,
                          threads=threads if other == "onnxruntime" else None,
                          ort_provider=provider if other == "onnxruntime" else "cpu",

@@ -145,7 +145,7 @@ def graph_module(name: str, models: DySinkModels, stream: StreamConfig, kv_cache
 # sample inputs (export tracing, tests, checks)
 # ---------------------------------------------------------------------------
 def sample_inputs(name: str, model: ModelConfig, stream: StreamConfig, precision: str,
-                  seed: int = 0, kv_cache_dtype: str = "auto") -> list[Tensor]:
+                  seed: int = 0, kv_cache_dtype: str = "auto", bank_placement: str = "device") -> list[Tensor]:
     """Plausible inputs for graph `name`, in contract order (seeded).
 
     Page ids: half the local slots and every sink slot hold distinct valid
@@ -154,10 +154,11 @@ def sample_inputs(name: str, model: ModelConfig, stream: StreamConfig, precision
     """
     extra = (int(name[len("memory_encoder_t"):]),) if name.startswith("memory_encoder_t") else ()
     spec = graph_specs(model, stream, precision, extra, interactive=(name == "dit_recache"),
-                       text_encoder=(name == "umt5_encoder"), kv_cache_dtype=kv_cache_dtype)[name]
+                       text_encoder=(name == "umt5_encoder"), kv_cache_dtype=kv_cache_dtype,
+                       bank_placement=bank_placement)[name]
     g = torch.Generator().manual_seed(seed)
     d = model.dit
-    pages = torch.randperm(stream.pool_pages, generator=g)
+    pages = torch.randperm(spec.input("k_pool_0").shape[0] if name == "dit_step" else stream.pool_pages, generator=g)
     out: list[Tensor] = []
     for t in spec.inputs:
         dtype = _SPEC_DTYPES[t.dtype]

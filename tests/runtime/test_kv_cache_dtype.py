@@ -153,3 +153,15 @@ def test_dysink_run_flag(int8_bundle, tmp_path):
     res = CliRunner().invoke(run_cli.main, ["--quiet", "--bundle", str(int8_bundle), "--kv-cache-dtype", "fp8",
                                             "--blocks", "1", "--out", str(tmp_path / "p")])
     assert res.exit_code == 2 and "conflicts with bundle" in res.output and not (tmp_path / "p").exists()
+
+
+def test_export_check_passes_on_an_int8_bundle(int8_bundle):
+    """`dysink-export check` feeds the graphs 8-bit pools with their scales and streams the torch
+    reference on the same page type (before: the check fed no scales and failed)."""
+    from click.testing import CliRunner
+
+    from dysink_deploy.cli.export_cli import main as export_main
+
+    res = CliRunner().invoke(export_main, ["check", "--bundle", str(int8_bundle), "--blocks", "2", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "PASSED" in res.output and "dit_step: 4 outputs within tolerance" in res.output
