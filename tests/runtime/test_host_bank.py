@@ -53,14 +53,14 @@ def test_torch_host_bank_is_bit_identical(kv):
     assert backend.copies_in <= stream.top_k * BLOCKS         # at most the retrieved pages come in
 
 
-def test_onnxruntime_host_bank_is_bit_identical(tmp_path):
+def test_onnxruntime_host_bank_is_bit_identical(tmp_path, bundles):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from dysink_deploy.bundle import Bundle
     from dysink_deploy.export.onnx_export import export_onnx
 
-    dev_b = export_onnx("tiny", precision="fp32", out=tmp_path / "dev", graphs=None, bank_capacity=5)
-    host_b = export_onnx("tiny", precision="fp32", out=tmp_path / "host", bank_capacity=5, bank_placement="host")
+    dev_b = bundles("fp32")                       # the shared tiny bundle: released stream, bank capacity 16
+    host_b = export_onnx("tiny", precision="fp32", out=tmp_path / "host", bank_placement="host")
     b = Bundle.load(host_b)
     assert b.bank_placement == "host" and "--bank-placement host" in b.rebuild_command()
     assert b.specs["dit_step"].input("k_pool_0").shape[0] == device_pool_pages(b.stream, "host")
