@@ -40,6 +40,7 @@ from ..ops.gated_sink_attention import ONNX_DOMAIN, ONNX_DOMAIN_VERSION
 from .fp32_twin import fp32_twin  # noqa: F401  (re-export: check.py imports it from here)
 from .graph_modules import graph_module, sample_inputs, text_encoder_graph
 from .inspect_bundle import check_bundle, io_specs_of  # noqa: F401  (check_bundle: re-export, documented here)
+from .owned import bundle_owned
 
 # torch's exporter warns, on every export, that torchvision's ops cannot be
 # registered; we use none of them, so the warnings only bury real output.
@@ -259,8 +260,9 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
                           "nothing was touched: choose another --out")
     log = log or (lambda msg: None)
 
-    models = build_models(cfg, checkpoints, seed=seed).to(dtype).eval()
-    with staged_directory(out) as tmp:
+    # Checked and locked before the weights are built: a foreign file, a lost graph, another export.
+    with staged_directory(out, bundle_owned(names if graphs is not None else None), "dysink-export onnx") as tmp:
+        models = build_models(cfg, checkpoints, seed=seed).to(dtype).eval()
         entries = {}
         for name in names:
             t0 = time.perf_counter()

@@ -34,7 +34,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import staged_directory
+from ..atomic import manifest_owned, staged_directory
 from ..bundle import MANIFEST_NAME, Bundle, confined_file, sha256_file
 from ..errors import DysinkError
 from ..graph_files import read_graph, read_onnx
@@ -144,6 +144,19 @@ def _place(src: Path, dst: Path, copy: bool) -> str:
     return "copied"
 
 
+def _marker_files(marker: dict):
+    """The graph files and external data a trt-onnx marker lists: what --overwrite may replace."""
+    graphs = marker.get("graphs")
+    for entry in graphs.values() if isinstance(graphs, dict) else ():
+        if isinstance(entry, dict):
+            yield entry.get("file")
+            data = entry.get("external_data")
+            yield from data if isinstance(data, dict) else ()
+
+
+TRT_ONNX_OWNED = manifest_owned(MARKER, _marker_files, "a dysink-export trt-onnx folder")
+
+
 def _check_out(out: Path, bundle_dir: Path, overwrite: bool) -> None:
     resolved, home = out.resolve(), bundle_dir.resolve()
     if resolved == home or resolved in home.parents:
@@ -170,7 +183,7 @@ def write_trt_onnx(bundle_path: str | os.PathLike, out: str | os.PathLike, graph
     out = Path(out)
     _check_out(out, bundle.path, overwrite)
     written: list[WrittenGraph] = []
-    with staged_directory(out) as tmp:
+    with staged_directory(out, TRT_ONNX_OWNED, "dysink-export trt-onnx") as tmp:
         placed: dict[str, str] = {}
         for name in names:
             src = bundle.graph_path(name)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import staged_directory
+from ..atomic import manifest_owned, staged_directory
 from ..bundle import confined_file
 from ..config import ModelConfig, StreamConfig, model_config_from_dict, stream_config_from_dict
 from ..errors import DysinkError
@@ -40,6 +40,17 @@ from . import variants as V
 
 MANIFEST = "kernels.json"
 FORMAT_VERSION = 1
+
+
+def _kernel_files(manifest: dict):
+    entries = manifest.get("kernels")
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, dict):
+            yield entry.get("file")
+
+
+# What --overwrite may replace in a kernel directory: kernels.json and the cubins it lists.
+KERNEL_DIR_OWNED = manifest_owned(MANIFEST, _kernel_files, "a kernel directory")
 POINTER_ALIGN = 16
 
 # Argument types of every kernel, in the kernel's own order (constexprs excluded).
@@ -295,7 +306,7 @@ def compile_kernels(model: ModelConfig, stream: StreamConfig, precisions: list[s
         raise DysinkError(f"{out} exists and is not a kernel directory (no {MANIFEST}); "
                           "refusing to replace it, choose another --out")
     ptxas = {f"sm{arch}": ptxas_for(arch) for arch in archs}   # a bad path fails before any work
-    with staged_directory(out) as tmp:
+    with staged_directory(out, KERNEL_DIR_OWNED, "dysink-export kernels") as tmp:
         entries = []
         with _compile_mode() as modules:
             for arch in archs:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DysinkError
+from .aot import KERNEL_DIR_OWNED
 from .embed import embedded_source
 
 CPP_DIR = Path(__file__).parent / "cpp"
@@ -86,3 +87,13 @@ def build_library(kernel_dir: Path, build_dir: Path, include: Path,
     log("cmake build")
     _run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)], "cmake build")
     return build_dir / LIBRARY
+
+
+def plugin_dir_files(root: Path) -> set[str]:
+    """The files `dysink-export plugins` wrote in `root` (for --overwrite): the two libraries and the
+    kernels/ folder its kernels.json describes."""
+    names = {LIBRARY, AUTOREG_LIBRARY}
+    kernels = root / "kernels"
+    if kernels.is_dir() and not kernels.is_symlink():
+        names |= {f"kernels/{n}" for n in KERNEL_DIR_OWNED(kernels)}
+    return names

@@ -16,7 +16,7 @@ from ..config import model_preset
 from ..errors import DysinkError
 from ..graphs import PRECISIONS
 from . import aot, report as rep, variants as V
-from .build import (AUTOREG_LIBRARY, HEADERS_HINT, LIBRARY, build_library, find_tensorrt_include,
+from .build import (AUTOREG_LIBRARY, HEADERS_HINT, LIBRARY, build_library, find_tensorrt_include, plugin_dir_files,
                     tensorrt_header_version, tensorrt_target)
 
 
@@ -144,7 +144,7 @@ def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
         raise DysinkError(f"TensorRT headers not found; {HEADERS_HINT}")
     model, stream, precisions = _what_to_compile(bundle_path, model_name, list(precisions), sink_kv_bf16)
     archs = aot.parse_archs(arch_text)
-    with staged_directory(out_path) as tmp:
+    with staged_directory(out_path, plugin_dir_files, "dysink-export plugins") as tmp:
         click.echo(f"[1/3] kernels: {model.name} ({', '.join(precisions)}) for "
                    f"{', '.join(f'sm_{a}' for a in archs)}", err=True)
         aot.compile_kernels(model, stream, precisions, archs, tmp / "kernels", log=lambda m: click.echo(f"  {m}", err=True))

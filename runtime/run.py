@@ -7,7 +7,6 @@ early keeps every block it finished.
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import time
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..atomic import HeldLock, take_lock
 from ..config import ModelConfig, StreamConfig, model_preset
 from ..signals import StopHold, exit_code, signals_deferred
 from ..errors import DysinkError
@@ -26,41 +26,13 @@ OUTPUT_FILES = ("video.mp4", "stats.json", "timeline.png")
 LOCK_NAME = ".dysink-run.lock"
 
 
-class OutDirLock:
-    """The held lock of an output directory; `close()` removes the lock file, then releases it (a
-    finished run leaves only its outputs behind)."""
-
-    def __init__(self, handle, path: str):
-        self.handle, self.path = handle, path
-
-    def close(self) -> None:
-        if self.handle.closed:
-            return
-        try:
-            os.remove(self.path)            # while still held: nobody can take a lock on it meanwhile
-        except OSError:
-            pass
-        self.handle.close()
+OutDirLock = HeldLock      # the held lock of an output directory (atomic.take_lock: exports take it too)
 
 
-def lock_out_dir(out: str) -> OutDirLock:
-    """An exclusive lock on --out for this run (released by `close()` or when the process ends); a
-    second run is refused with one line naming the holder's pid."""
-    path = os.path.join(out, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    handle = os.fdopen(fd, "r+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise DysinkError(f"--out {out!r} is in use by another dysink-run (pid {holder}); wait for it or choose "
-                          "another directory") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return OutDirLock(handle, path)
+def lock_out_dir(out: str) -> HeldLock:
+    """An exclusive lock on --out for this run (released by `close()`, which removes the lock file, or
+    when the process ends); a second run is refused with one line naming the holder's pid."""
+    return take_lock(os.path.join(out, LOCK_NAME), f"--out {out!r}", "dysink-run", holder="dysink-run")
 
 
 def open_out_dir(out: str, overwrite: bool) -> OutDirLock:
