@@ -15,7 +15,7 @@ from ..runtime.report import format_summary, summarize
 from ..runtime.spec import RunSpec
 from .client import stream_to_dir
 from .repo import write_repo
-from .server import TritonServer, fetch_server as fetch
+from .server import DEFAULT_HOST, TritonServer, check_host, check_ports, fetch_server as fetch
 
 
 @click.command("triton-repo")
@@ -54,19 +54,28 @@ def triton_repo_command(bundle_path, out, instances, kind, gpus, max_streams, th
                    "(x86-64 Linux; no GPU needed).")
 @click.option("--grpc-port", type=int, default=8001, show_default=True, help="gRPC port (0: a free one).")
 @click.option("--http-port", type=int, default=8000, show_default=True, help="HTTP port (0: a free one).")
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="The address HTTP, gRPC and metrics listen on: 127.0.0.1 is this machine only; 0.0.0.0 (every "
+                   "interface) or an interface's address lets other machines stream, with no authentication or "
+                   "TLS (see docs/serving.md before exposing it).")
 @click.option("--log", "log_file", type=click.Path(), default=None, help="Write the server's log here.")
-def serve_main(repo, binary, fetch_server, grpc_port, http_port, log_file):
+def serve_main(repo, binary, fetch_server, grpc_port, http_port, host, log_file):
     """Start Triton Inference Server on REPO, wait until it is ready, print the endpoints; Ctrl-C or
     SIGTERM stops it."""
     install_stop_signals()
     try:
+        check_host(host)                    # before --fetch-server downloads anything
+        check_ports({"--grpc-port": grpc_port, "--http-port": http_port})
         if fetch_server:
             click.echo(f"tritonserver: {fetch()}")
-        server = TritonServer(repo, binary, grpc_port or None, http_port or None, log_file).start()
+        server = TritonServer(repo, binary, grpc_port, http_port, log_file, host=host).start()
     except DysinkError as exc:
         click.echo(f"error: {flag_names(str(exc))}", err=True)
         sys.exit(2)
-    click.echo(f"ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics 127.0.0.1:{server.metrics_port}")
+    click.echo(f"ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
+    if host != DEFAULT_HOST:
+        click.echo(f"note: listening on {host}, not only on this machine: anyone who reaches it can stream "
+                   "(no authentication or TLS; see docs/serving.md)")
     click.echo(f"stream with: dysink-client --url {server.grpc_url} --blocks 12 --out out/")
     try:
         while server.proc.poll() is None:
