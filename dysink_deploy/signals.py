@@ -6,7 +6,9 @@ Core (no click): the runtime's stream loop and every CLI share these.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import threading
 
 
 class StopSignal(KeyboardInterrupt):
@@ -50,36 +52,75 @@ def signals_deferred():
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _raises(handler) -> bool:
+    """Whether a handler stops the program with KeyboardInterrupt (Python's Ctrl-C, or StopSignal)."""
+    return handler is signal.default_int_handler or handler is _raise_stop
+
+
 class StopHold:
     """From `begin()` to `end()`, Ctrl-C / SIGTERM / SIGHUP are recorded in `signals` instead of raised:
     a cleanup that has begun (closing the video, writing stats.json) finishes whatever arrives during
-    it. `end()` puts the previous handlers back; the recorded signals are not raised again (the run
-    they would stop is already stopping or done). Main thread only: elsewhere `begin()` does nothing."""
+    it. `arm()` before the work that the first signal stops: that signal still raises (a StopSignal),
+    and its handler begins the hold before it does, so no second one can cut the cleanup, not even in
+    the instants before the code that catches the first has run.
+
+    `end()` puts the previous handlers back. A recorded signal whose previous handler raises is not
+    raised again (the run it would stop is already stopping or done); one whose previous action was
+    the default (end the process: SIGTERM in a program that never set a handler) is sent again, so a
+    cleanup delays that end but never cancels it. `ignore_until_exit()` instead of `end()` in a process
+    about to exit: nothing after it is cut, interpreter shutdown included. Main thread only: elsewhere
+    these do nothing."""
 
     def __init__(self):
         self.signals: list[int] = []
         self._old: dict | None = None
+        self.holding = False
 
     def _record(self, signum, frame) -> None:
         self.signals.append(signum)
 
-    def begin(self) -> "StopHold":
+    def _first(self, signum, frame) -> None:
+        self.begin()
+        raise StopSignal(signum)
+
+    def _install(self, handlers: dict) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
         if self._old is None:
-            old = {}
-            try:
-                for sig in STOPS:
-                    old[sig] = signal.signal(sig, self._record)
-            except ValueError:      # not the main thread
-                for sig, handler in old.items():
-                    signal.signal(sig, handler)
-                old = {}
-            self._old = old
+            self._old = {sig: signal.getsignal(sig) for sig in STOPS}
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+    def arm(self) -> "StopHold":
+        """Until `end()`: the first Ctrl-C / SIGTERM / SIGHUP that would raise here raises StopSignal
+        and begins the hold (signals whose handler does not raise are left as they are)."""
+        if not self.holding:
+            current = {sig: signal.getsignal(sig) for sig in STOPS}
+            self._install({sig: self._first for sig, h in current.items() if _raises(h) or h == self._first})
+        return self
+
+    def begin(self) -> "StopHold":
+        if not self.holding:
+            self._install({sig: self._record for sig in STOPS})
+            self.holding = threading.current_thread() is threading.main_thread()
         return self
 
     def end(self) -> None:
-        for sig, handler in (self._old or {}).items():
-            signal.signal(sig, handler)
-        self._old = None
+        old, self._old, self.holding = self._old, None, False
+        for sig, handler in (old or {}).items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        resend = [sig for sig in dict.fromkeys(self.signals) if old and old.get(sig) == signal.SIG_DFL]
+        self.signals = []
+        for sig in resend:
+            os.kill(os.getpid(), sig)
+
+    def ignore_until_exit(self) -> None:
+        """The process is about to exit: Ctrl-C / SIGTERM / SIGHUP are ignored from now on (Python
+        keeps ignored signals ignored while it shuts down; it would reset handlers to the default)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOPS:
+                signal.signal(sig, signal.SIG_IGN)
+        self._old, self.holding = None, False
 
     def __enter__(self) -> "StopHold":
         return self.begin()

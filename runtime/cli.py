@@ -38,7 +38,17 @@ def _n(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
+class _RunCommand(OneLineCommand):
+    """dysink-run's command: started as the process's own command line (`args` None, as the console
+    script and `python -m` do), the stop signals stay held until the process is gone once the run has
+    begun to stop; called in process (`main.main(args)`, click's test runner) they are restored."""
+
+    def main(self, args=None, *rest, **kw):
+        self.own_process = args is None
+        return super().main(args, *rest, **kw)
+
+
+@click.command(cls=_RunCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @version_option
 @shared("--model", "model", default=None, default_text="tiny; with --bundle: the bundle's")
 @model_config_option
@@ -90,11 +100,14 @@ def main(**kw):
     kw["_given"] = {name for name in kw
                     if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
     install_stop_signals()
-    hold = StopHold()       # begun by stream_to_dir when the block loop ends: the report below is not cut
+    hold = StopHold()       # armed by stream_to_dir for its block loop: the report below is not cut
     try:
         _report(kw, hold, started, command)
     finally:
-        hold.end()
+        if hold.holding and getattr(ctx.command, "own_process", False):
+            hold.ignore_until_exit()        # nor is the exit: a signal now would print a traceback from atexit
+        else:
+            hold.end()
 
 
 def _report(kw: dict, hold: StopHold, started: float, command: str) -> None:

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..atomic import HeldLock, take_lock
+from ..atomic import HeldLock, fsync_dir, take_lock
 from ..config import ModelConfig, StreamConfig, model_preset
 from ..signals import StopHold, exit_code, signals_deferred
 from ..errors import DysinkError
 from .report import plot_timeline, write_stats
 from .stream import Streamer
-from .video import VideoWriter, remove_stale_partials
+from .video import STATS_PARTIAL_PREFIX, VideoWriter, remove_stale_partials
 
 OUTPUT_FILES = ("video.mp4", "stats.json", "timeline.png")
 LOCK_NAME = ".dysink-run.lock"
@@ -37,11 +37,12 @@ def lock_out_dir(out: str) -> HeldLock:
 
 def open_out_dir(out: str, overwrite: bool) -> OutDirLock:
     """Create and lock --out. With `overwrite` the previous run's outputs stay until the new run has
-    its first block (`stream_to_dir` replaces them then: ours only, never through a symbolic link).
+    its first block complete on disk (`stream_to_dir` replaces them then: ours only, never through a
+    symbolic link).
     Close the returned lock when the run ends."""
     prepare_out_dir(out, overwrite)
     lock = lock_out_dir(out)
-    remove_stale_partials(out)          # videos of runs killed before their first block (the lock is ours)
+    remove_stale_partials(out)          # staged files of runs killed before their first block (the lock is ours)
     return lock
 
 
@@ -104,26 +105,60 @@ def _extra(stats: dict) -> dict:
 
 
 def _replace_previous(out: str) -> None:
-    """The new run has its first block: the previous run's stats.json and timeline.png go (regular
-    files only; check_out_dir refused symbolic links), then the staged video replaces video.mp4."""
+    """The new run has its first block on disk: the previous run's stats.json and timeline.png go (regular
+    files only; check_out_dir refused symbolic links), durably, before the staged video replaces
+    video.mp4: at no instant, power loss included, does a stats.json list blocks of another video."""
+    removed = False
     for name in ("stats.json", "timeline.png"):
         path = os.path.join(out, name)
         if os.path.isfile(path) and not os.path.islink(path):
             os.remove(path)
+            removed = True
+    if removed:
+        fsync_dir(out)
+
+
+def _publish(writer, out: str, stats_path: str, run_config: dict, stats: dict) -> int:
+    """The new run's first block is complete on disk: it replaces the previous run's files. The new
+    stats.json is written first, staged (a full disk then leaves the previous run untouched), then the
+    old stats.json and timeline.png go, the video and the staged stats.json are renamed into place,
+    each step durable before the next. Returns the blocks listed."""
+    kept = writer.durable_blocks
+    staged = os.path.join(out, f"{STATS_PARTIAL_PREFIX}{os.getpid()}")
+    try:
+        try:
+            write_stats(staged, run_config, stats["blocks"][:kept], _extra(stats))
+        except OSError as exc:          # the line names stats.json, not the staged file
+            raise OSError(exc.errno, exc.strerror, stats_path) from None
+        _replace_previous(out)
+        writer.publish()
+        os.replace(staged, stats_path)
+        fsync_dir(out)
+    finally:
+        if os.path.isfile(staged) and not os.path.islink(staged):
+            os.remove(staged)
+    return kept
 
 
 def _settle(writer, stats, stats_path, run_config, out, listed: int) -> int:
     """After the run stopped for any reason: make video.mp4 and stats.json hold exactly the same blocks
     and return how many. The video is completed if the disk allows, stats.json rewritten for the
     complete blocks; if that fails (a full disk), the video is cut back to the blocks the stats.json
-    on disk lists. No block kept: neither file is left."""
-    if not writer.published:                 # stopped before the first block: the previous run's files stay
-        writer.discard()
-        return 0
+    on disk lists. No block complete on disk: the previous run's files (--overwrite) stay as they were,
+    and no new file is left."""
     try:
         writer.close()
     except OSError:
         pass
+    if not writer.published:
+        if writer.durable_blocks:
+            try:
+                listed = _publish(writer, out, stats_path, run_config, stats)
+            except OSError:
+                pass
+        if not writer.published:
+            writer.discard()
+            return 0
     kept = writer.durable_blocks
     if kept and (kept != listed or not os.path.isfile(stats_path)):
         try:
@@ -147,8 +182,9 @@ def _settle(writer, stats, stats_path, run_config, out, listed: int) -> int:
 def stream_to_dir(streamer: Streamer, model: ModelConfig, stream: StreamConfig, blocks: int, out: str,
                   run_config: dict, progress: bool = True, fps: int = FPS, hold: StopHold | None = None) -> RunResult:
     """Run `blocks` blocks and write the outputs. Ctrl-C / SIGTERM / SIGHUP stop it after the files
-    are settled; signals during that cleanup are held (`hold`, begun when the loop ends: a caller
-    that passes one ends it when its own reporting is done)."""
+    are settled; from the first of them on, further ones are held (`hold`, armed for the block loop:
+    the first signal's own handler begins it, and the loop's end does; a caller that passes one ends
+    it when its own reporting is done)."""
     if blocks < 1:
         raise DysinkError(f"--blocks must be >= 1, got {blocks}")
     own_hold = hold is None
@@ -159,36 +195,38 @@ def stream_to_dir(streamer: Streamer, model: ModelConfig, stream: StreamConfig, 
     t0 = time.perf_counter()
     interrupted, code, failure, listed = False, 0, None, 0
     bar = None
+    hold.arm()
     try:
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=blocks, unit="block", desc=f"{model.name} [{streamer.backend.name}]")
-        for record in streamer.blocks(blocks):
-            with signals_deferred():        # a block's frames and its stats entry go together
-                writer.write_block(record.frames)
-                stats["blocks"].append(record.to_json())
-                if not writer.published:
-                    _replace_previous(out)
-                    writer.publish()
-            # Only the blocks already complete in the video, and only after their fragments are
-            # fsynced: a SIGKILL or power loss leaves a stats.json whose every block decodes (the
-            # video may hold one block more: see README, "What happens when").
-            write_stats(stats_path, run_config, stats["blocks"][:writer.durable_blocks], _extra(stats))
-            listed = writer.durable_blocks
-            if bar is not None:
-                bar.set_postfix(bank=streamer.bank.size, sinks=len(record.retrieved))
-                bar.update(1)
-    except KeyboardInterrupt as exc:      # Ctrl-C, or SIGTERM / SIGHUP (signals.StopSignal)
-        interrupted, code = True, exit_code(exc)
-    except OSError as exc:                # disk full, I/O error: stop now, keep what is consistent
-        failure = exc
-    except BaseException:
-        with hold:
+        try:
+            if progress:
+                from tqdm import tqdm
+                bar = tqdm(total=blocks, unit="block", desc=f"{model.name} [{streamer.backend.name}]")
+            for record in streamer.blocks(blocks):
+                with signals_deferred():        # a block's frames and its stats entry go together
+                    writer.write_block(record.frames)
+                    stats["blocks"].append(record.to_json())
+                    if not writer.published and writer.durable_blocks:     # the first block is on disk
+                        listed = _publish(writer, out, stats_path, run_config, stats)
+                # Only the blocks already complete in the video, and only after their fragments are
+                # fsynced: a SIGKILL or power loss leaves a stats.json whose every block decodes (the
+                # video may hold one block more: see README, "What happens when").
+                if writer.published and writer.durable_blocks != listed:
+                    write_stats(stats_path, run_config, stats["blocks"][:writer.durable_blocks], _extra(stats))
+                    listed = writer.durable_blocks
+                if bar is not None:
+                    bar.set_postfix(bank=streamer.bank.size, sinks=len(record.retrieved))
+                    bar.update(1)
+            hold.begin()                        # inside the try: a signal before it is caught below
+        except KeyboardInterrupt as exc:      # Ctrl-C, or SIGTERM / SIGHUP (signals.StopSignal)
+            interrupted, code = True, exit_code(exc)
+        except OSError as exc:                # disk full, I/O error: stop now, keep what is consistent
+            failure = exc
+        except BaseException:
+            hold.begin()
             _close_bar(bar)
             _settle(writer, stats, stats_path, run_config, out, listed)
-        raise
-    hold.begin()
-    try:
+            raise
+        hold.begin()
         _close_bar(bar)
         kept = _settle(writer, stats, stats_path, run_config, out, listed)
     finally:

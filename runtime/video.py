@@ -15,7 +15,7 @@ k complete blocks (the run does it after a full disk; nothing torn is left).
 
 With `staged=True` the frames go to a hidden `.video.mp4.partial-PID` until
 `publish()` renames it into place (`--overwrite` keeps the previous video until
-the new run has its first block); `discard()` removes it.
+the new run has its first block complete on disk); `discard()` removes it.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ import os
 
 import numpy as np
 
+from ..atomic import fsync_dir
 from ..errors import DysinkError
 
 PARTIAL_PREFIX = ".video.mp4.partial-"
+STATS_PARTIAL_PREFIX = ".stats.json.partial-"      # the first stats.json of a run, staged (run._publish)
 
 
 class _DurableFile:
@@ -68,10 +70,12 @@ class _DurableFile:
 
 
 def remove_stale_partials(out: str) -> None:
-    """Partial videos of runs killed before their first block (call with the --out lock held)."""
-    for path in glob.glob(os.path.join(glob.escape(out), PARTIAL_PREFIX + "*")):
-        if os.path.isfile(path) and not os.path.islink(path):
-            os.remove(path)
+    """Partial videos (and staged stats.json) of runs killed before their first block was published
+    (call with the --out lock held: no other run writes there)."""
+    for prefix in (PARTIAL_PREFIX, STATS_PARTIAL_PREFIX):
+        for path in glob.glob(os.path.join(glob.escape(out), prefix + "*")):
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
 
 
 class VideoWriter:
@@ -138,10 +142,12 @@ class VideoWriter:
             pass
 
     def publish(self) -> None:
-        """Move a staged video into place (the caller removed what it replaces)."""
+        """Move a staged video into place (the caller removed what it replaces); durable before
+        stats.json can list a block of it."""
         if not self.published:
             os.replace(self.file_path, self.path)
             self.file_path, self.published = self.path, True
+            fsync_dir(os.path.dirname(os.path.abspath(self.path)))
 
     def discard(self) -> None:
         """Close and remove the file (a run stopped before its first block)."""

@@ -69,7 +69,8 @@ def test_sigterm_during_export_leaves_nothing(tmp_path):
 
 
 def test_sigkill_leaves_a_video_with_every_listed_frame(tmp_path):
-    """No handler runs on SIGKILL: the file on disk must already decode exactly what stats.json lists."""
+    """No handler runs on SIGKILL: the file on disk must already decode what stats.json lists (the kill
+    may come after a block's fragment reached the video and before stats.json lists it)."""
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "dysink_deploy.runtime.cli", "--quiet", "--model", "tiny",
                              "--feature-mode", "streamed", "--blocks", "200", "--out", str(out)],
@@ -87,5 +88,6 @@ def test_sigkill_leaves_a_video_with_every_listed_frame(tmp_path):
         proc.wait(timeout=60)
     finally:
         proc.kill()
-    n = listed()
-    assert read_frame_count(str(out / "video.mp4")) == 9 + 12 * (n - 1)
+    n = listed()        # the README's rule: every listed block decodes, and at most the next one beyond them
+    decoded = read_frame_count(str(out / "video.mp4"), strict=False)
+    assert 9 + 12 * (n - 1) <= decoded <= 9 + 12 * n, (n, decoded)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 
 import pytest
 
@@ -22,7 +23,7 @@ from tests.runtime.fake_backend import FakeBackend
 BLOCKS = 4
 
 
-def _run(out, budget=None, monkeypatch=None):
+def _run(out, budget=None, monkeypatch=None, seed=3):
     if budget is not None:
         left = [budget]
         real_video, real_atomic = video_mod._DurableFile.write, report_mod.write_atomic
@@ -46,7 +47,7 @@ def _run(out, budget=None, monkeypatch=None):
         monkeypatch.setattr(report_mod, "write_atomic", atomic)
     model = model_preset("tiny")
     stream = model.default_stream(dedup_threshold=0.5)
-    streamer = Streamer(FakeBackend(stream), model.dit, stream, default_prompt_embeds(model), seed=3)
+    streamer = Streamer(FakeBackend(stream), model.dit, stream, default_prompt_embeds(model), seed=seed)
     return run_mod.stream_to_dir(streamer, model, stream, BLOCKS, str(out), {"model": "tiny"}, progress=False)
 
 
@@ -106,3 +107,38 @@ def test_overwrite_keeps_previous_files_until_the_first_block(tmp_path, monkeypa
     finally:
         lock.close()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_disk_full_under_overwrite_keeps_the_previous_run_or_a_whole_new_one(tmp_path, monkeypatch):
+    """--overwrite on a disk that fills up: until the new run has a block complete on disk, the previous
+    run's files stay byte for byte (a first block still in the muxer's buffer is not one); from then on
+    video.mp4 and stats.json are the new run's and agree."""
+    monkeypatch.setattr(run_mod, "plot_timeline", lambda stats, path: open(path, "wb").close())
+    prev = tmp_path / "prev"
+    prev.mkdir()
+    _run(prev, seed=7)
+    before = {p.name: p.read_bytes() for p in prev.iterdir()}
+    (tmp_path / "new").mkdir()
+    _run(tmp_path / "new")
+    # the first two blocks' fragments and two stats.json: past the point where the first block is on disk
+    limit = 2 * (tmp_path / "new" / "video.mp4").stat().st_size // BLOCKS + 2 * (tmp_path / "new" / "stats.json").stat().st_size
+    kept_seen = set()
+    for budget in range(0, limit, max(1, limit // 16)):
+        out = tmp_path / f"o{budget}"
+        shutil.copytree(prev, out)
+        with monkeypatch.context() as m:
+            lock = run_mod.open_out_dir(str(out), overwrite=True)
+            try:
+                kept = _run(out, budget, m).blocks
+            except DysinkError as exc:
+                kept = int(str(exc).split("(")[1].split(" blocks complete")[0])
+            finally:
+                lock.close()
+        files = {p.name: p.read_bytes() for p in out.iterdir()}
+        if kept == 0:
+            assert files == before, f"budget {budget}: the previous run's files changed with no new block kept"
+        else:
+            assert _check_consistent(out) == kept and files["video.mp4"] != before["video.mp4"], budget
+            assert not list(out.glob(".*.partial-*")), budget
+        kept_seen.add(kept)
+    assert 0 in kept_seen and len(kept_seen) >= 2, sorted(kept_seen)
