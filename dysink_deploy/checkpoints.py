@@ -277,6 +277,10 @@ def check_lora(pairs: Mapping[str, Mapping[str, Tensor]], bad_keys: Iterable[str
         report.pairs += 1
         a, b = ab["A"], ab["B"]
         wkey = f"{target}.weight"
+        for side, t in (("A", a), ("B", b)):
+            if t.dtype not in WEIGHT_DTYPES:
+                problems.append(("wrong dtype", f"{target}: lora_{side} is {_dtype_name(t.dtype)} (LoRA weights must "
+                                                "be float16, bfloat16 or float32)"))
         if a.dim() != 2 or b.dim() != 2:
             problems.append(("mis-shaped", f"{target}: A {_shape(a)} and B {_shape(b)} must both be 2-D"))
             continue
@@ -311,6 +315,9 @@ def merge_lora(state: dict[str, Tensor], path: str, rank: int, alpha: float) -> 
         first = "; ".join(" ".join(line.split()) for line in report.lines()[:3])
         raise CheckpointError(f"LoRA checkpoint {path!r} does not fit this model ({report.summary()}: {first}); "
                               "check --model, or run `dysink-export verify-checkpoint` for the full list")
+    bad = first_non_finite({f"{t}.lora_{side}": ab[side] for t, ab in pairs.items() for side in ab})
+    if bad:
+        raise CheckpointError(f"LoRA checkpoint {path!r} holds non-finite weights ({bad}): use an undamaged file")
     merged = dict(state)
     scale = alpha / rank
     for target, ab in pairs.items():
@@ -342,6 +349,25 @@ def pe_state_dict(path: str) -> dict[str, Tensor]:
 # ---------------------------------------------------------------------------
 # Comparing and loading
 # ---------------------------------------------------------------------------
+# Weights may come in any of these (cast once to the model's dtype); an int8 or fp8 tensor holds
+# quantised values whose scales are not in the file: casting it would give other weights, silently.
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_problem(file_dtype, model_dtype) -> str | None:
+    """Why a file tensor of `file_dtype` cannot fill a model tensor of `model_dtype` (None: it can)."""
+    if model_dtype.is_floating_point:
+        if file_dtype in WEIGHT_DTYPES:
+            return None
+        return (f"file {_dtype_name(file_dtype)}, model {_dtype_name(model_dtype)} (weights must be float16, "
+                "bfloat16 or float32)")
+    return None if file_dtype == model_dtype else f"file {_dtype_name(file_dtype)}, model {_dtype_name(model_dtype)}"
+
+
 @dataclass
 class KeyReport:
     """Differences between a checkpoint and a module's parameters."""
@@ -350,20 +376,23 @@ class KeyReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # "key: file [..] vs model [..]"
+    wrong_dtype: list[str] = field(default_factory=list)  # "key: file int8, model float32 (...)"
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.wrong_dtype)
 
     def lines(self) -> list[str]:
         out = [f"missing     {self.what}: {k}" for k in self.missing]
         out += [f"unexpected  {self.what}: {k}" for k in self.unexpected]
         out += [f"mis-shaped  {self.what}: {k}" for k in self.mismatched]
+        out += [f"wrong dtype {self.what}: {k}" for k in self.wrong_dtype]
         return out
 
     def summary(self) -> str:
         return (f"{self.what}: {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
-                f"{len(self.mismatched)} mis-shaped keys")
+                f"{len(self.mismatched)} mis-shaped" + (f", {len(self.wrong_dtype)} wrong-dtype" if self.wrong_dtype
+                                                        else "") + " keys")
 
 
 def natural_key(key: str) -> list:
@@ -373,14 +402,30 @@ def natural_key(key: str) -> list:
 
 def compare_keys(module: nn.Module, state: Mapping[str, Tensor], what: str) -> KeyReport:
     """Works on a meta-device module too: only names and shapes are read."""
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    params = module.state_dict()
+    expected = {k: tuple(v.shape) for k, v in params.items()}
     report = KeyReport(what)
     report.missing = sorted(set(expected) - set(state), key=natural_key)
     report.unexpected = sorted(set(state) - set(expected), key=natural_key)
     for k in sorted(set(expected) & set(state), key=natural_key):
         if tuple(state[k].shape) != expected[k]:
             report.mismatched.append(f"{k}: file {list(state[k].shape)} vs model {list(expected[k])}")
+        problem = dtype_problem(state[k].dtype, params[k].dtype)
+        if problem:
+            report.wrong_dtype.append(f"{k}: {problem}")
     return report
+
+
+def first_non_finite(state: Mapping[str, Tensor]) -> str | None:
+    """'key: N of M values are NaN or Inf' for the first floating tensor holding any (None: all finite).
+    Reads every value (a memory-mapped file is read once)."""
+    for key in sorted(state, key=natural_key):
+        t = state[key]
+        if isinstance(t, Tensor) and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                return f"{key}: {bad} of {t.numel()} values are NaN or Inf"
+    return None
 
 
 def load_into(module: nn.Module, state: Mapping[str, Tensor], what: str, path: str) -> None:
@@ -390,4 +435,8 @@ def load_into(module: nn.Module, state: Mapping[str, Tensor], what: str, path: s
         first = "; ".join(" ".join(line.split()) for line in report.lines()[:3])
         raise CheckpointError(f"{path!r} does not match the {what} of this model preset ({report.summary()}: "
                               f"{first}); check --model, or run `dysink-export verify-checkpoint` for the full list")
+    bad = first_non_finite(state)       # before anything runs or is exported from these weights
+    if bad:
+        raise CheckpointError(f"{what} checkpoint {path!r} holds non-finite weights ({bad}): every frame would be "
+                              "NaN; use an undamaged checkpoint (`dysink-export verify-checkpoint` lists every tensor)")
     module.load_state_dict(state, strict=True)

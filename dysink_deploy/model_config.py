@@ -1,6 +1,8 @@
 """Model presets: the three networks + the resolution they stream at, read from presets or JSON.
 
-Torch-free. `ModelConfig.from_dict` is strict (unknown, missing, mistyped fields refused by name).
+Torch-free. `ModelConfig.from_dict` is strict (unknown, missing, mistyped fields refused by name): a
+model configuration lists every field of DiTConfig, VAEConfig and PEConfig, as `to_dict` and a
+bundle.json write them; none is defaulted (a DiT without `layers` is not the 1.3B's 30 layers).
 """
 
 from __future__ import annotations
@@ -70,12 +72,18 @@ class ModelConfig:
         for key in ("height", "width"):
             if not typed(data[key], "int") or data[key] <= 0:
                 raise ConfigError(f"{where}: ModelConfig.{key} must be a positive integer, got {data[key]!r}")
+        for key, cls_ in parts.items():     # a misspelt field first, in any part: it explains a missing one
+            known = [f.name for f in dataclasses.fields(cls_)]
+            unknown = sorted(set(data.get(key) or ()) - set(known)) if isinstance(data.get(key), Mapping) else []
+            if unknown:
+                raise ConfigError(f"{where}: {cls_.__name__} has unknown field(s) {', '.join(unknown)}; known: "
+                                  f"{', '.join(known)}")
         built = {}
         for key, cls_ in parts.items():
             if key not in data:
                 raise ConfigError(f"{where}: ModelConfig is missing field {key}")
             try:
-                built[key] = strict_from_dict(cls_, data[key], where)
+                built[key] = strict_from_dict(cls_, data[key], where, optional=())   # no silent defaults
             except ConfigError as exc:
                 text = str(exc)
                 raise ConfigError(text if text.startswith(where) else f"{where}: {text}") from None

@@ -7,6 +7,7 @@ Torch-free (the numpy-only runtime reads these too); every dataclass checks itse
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -48,11 +49,14 @@ class DiTConfig:
                 f"DiTConfig.dim ({self.dim}) must be divisible by DiTConfig.heads ({self.heads})")
         require(self.head_dim % 2 == 0 and self.head_dim >= 12,
                 f"DiTConfig.dim / heads = {self.head_dim} must be even and >= 12 (3D RoPE splits it)")
-        require(len(self.patch) == 3 and all(isinstance(p, int) and p > 0 for p in self.patch),
+        require(len(self.patch) == 3 and all(is_int(p) and p > 0 for p in self.patch),
                 f"DiTConfig.patch must be three positive integers, got {self.patch!r}")
         require(self.patch[0] == 1, "DiTConfig.patch[0] must be 1: the stream works on whole latent frames")
         require(self.freq_dim % 2 == 0, f"DiTConfig.freq_dim must be even, got {self.freq_dim}")
-        require(self.eps > 0, f"DiTConfig.eps must be > 0, got {self.eps}")
+        for name in ("eps", "rope_theta", "lora_alpha"):     # numbers, not booleans; all of them read
+            value = getattr(self, name)
+            require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    and value > 0, f"DiTConfig.{name} must be a finite number > 0, got {value!r}")
 
     @property
     def head_dim(self) -> int:

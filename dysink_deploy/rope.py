@@ -14,10 +14,10 @@ import numpy as np
 from .config import DiTConfig
 
 
-def _inv_freq(pairs: int) -> np.ndarray:
-    # Each axis uses its own sub-dimension (2 * pairs) in the exponent.
+def _inv_freq(pairs: int, theta: float = 10000.0) -> np.ndarray:
+    # Each axis uses its own sub-dimension (2 * pairs) in the exponent; theta: DiTConfig.rope_theta.
     dim = 2 * pairs
-    return 1.0 / np.power(10000.0, np.arange(0, dim, 2, dtype=np.float64) / dim)
+    return 1.0 / np.power(float(theta), np.arange(0, dim, 2, dtype=np.float64) / dim)
 
 
 def rope_angles(cfg: DiTConfig, start_frame: int, frames: int, grid_h: int, grid_w: int) -> np.ndarray:
@@ -29,9 +29,10 @@ def rope_angles(cfg: DiTConfig, start_frame: int, frames: int, grid_h: int, grid
     if start_frame < 0:
         raise ValueError(f"start_frame must be >= 0, got {start_frame}")
     pt, ph, pw = cfg.rope_split
-    t = np.arange(start_frame, start_frame + frames, dtype=np.float64)[:, None] * _inv_freq(pt)
-    h = np.arange(grid_h, dtype=np.float64)[:, None] * _inv_freq(ph)
-    w = np.arange(grid_w, dtype=np.float64)[:, None] * _inv_freq(pw)
+    theta = cfg.rope_theta
+    t = np.arange(start_frame, start_frame + frames, dtype=np.float64)[:, None] * _inv_freq(pt, theta)
+    h = np.arange(grid_h, dtype=np.float64)[:, None] * _inv_freq(ph, theta)
+    w = np.arange(grid_w, dtype=np.float64)[:, None] * _inv_freq(pw, theta)
     shape = (frames, grid_h, grid_w)
     ang = np.concatenate(
         [

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ConfigError
-from .validation import positive_ints, require
+from .validation import is_int, positive_ints, require
 
 __all__ = ["EVICTION_RULES", "FEATURE_MODES", "StreamConfig", "flow_match_table", "stream_config_from_dict"]
 
@@ -126,7 +126,7 @@ class StreamConfig:
         require(-1.0 <= self.dedup_threshold <= 1.0,
                 f"StreamConfig.dedup_threshold must lie in [-1, 1], got {self.dedup_threshold}")
         steps = self.denoising_steps
-        require(len(steps) > 0 and all(isinstance(s, int) and 0 < s <= 1000 for s in steps),
+        require(len(steps) > 0 and all(is_int(s) and 0 < s <= 1000 for s in steps),    # True is not a step
                 f"StreamConfig.denoising_steps must be integers in (0, 1000], got {steps!r}")
         require(all(a > b_ for a, b_ in zip(steps, steps[1:])),
                 f"StreamConfig.denoising_steps must be strictly decreasing, got {steps!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from .errors import ConfigError
 
@@ -53,8 +53,10 @@ def typed(value: Any, kind: str) -> bool:
     return True
 
 
-def strict_from_dict(cls, values: Any, where: str):
-    """cls(**values) with unknown, missing and mistyped fields refused by name (ConfigError)."""
+def strict_from_dict(cls, values: Any, where: str, optional: Collection[str] | None = None):
+    """cls(**values) with unknown, missing and mistyped fields refused by name (ConfigError).
+    optional: the fields that may be left out (they take the dataclass default); None: every field
+    that has a default."""
     name = cls.__name__
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where}: {name} must be a JSON object, got {type(values).__name__}")
@@ -62,9 +64,12 @@ def strict_from_dict(cls, values: Any, where: str):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: {name} has unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
-    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in values]
+    missing = [n for n, f in fields.items() if n not in values and (
+        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING if optional is None
+        else n not in optional)]
     if missing:
-        raise ConfigError(f"{where}: {name} is missing field(s) {', '.join(missing)}")
+        rule = "" if optional is None else "; every field must be given (to_dict writes them all: none is defaulted)"
+        raise ConfigError(f"{where}: {name} is missing field(s) {', '.join(missing)}{rule}")
     for key, value in values.items():
         kind = fields[key].type
         if not typed(value, kind):

@@ -11,6 +11,7 @@ import click
 from ..bundle import Bundle
 from ..cli.common import shared
 from ..errors import DysinkError
+from ..limits import check_blocks
 from ..runtime.backends.tensorrt_backend import TensorRTBackend
 from ..runtime.spec import RunSpec, spec_choices, spec_default
 from .check import FLOOR, _coverage, check_graphs, compare_streams, mark_for, reference_models
@@ -42,8 +43,7 @@ def check_command(bundle_path, seed, blocks, dedup_threshold, ort_provider, thre
     if trt_versions:
         _lint_command(bundle_path, trt_versions, t0)
         return
-    if blocks < 0:
-        raise DysinkError(f"--blocks must be >= 0, got {blocks}")
+    check_blocks(blocks, low=0)
     RunSpec(threads=threads)                # the one check of --threads
     try:
         import torch  # noqa: F401  # lazy: torch (the reference this command compares with)

@@ -22,10 +22,12 @@ from ..config import MODEL_PRESETS, ModelConfig, StreamConfig, model_config_from
     stream_config_from_dict
 from ..errors import ConfigError, DysinkError
 from ..jsonfile import read_json_object
+from ..limits import BLOCKS_WHY, MAX_BLOCKS
 from .backends.onnxruntime_backend import OnnxRuntimeBackend
 from .backends.tensorrt_backend import TensorRTBackend
 from .plan import check_allocation
-from .prompts import PromptEncoder, default_prompt_embeds, embeds_of, load_prompt_schedule, needs_real_prompt
+from .prompts import (PromptEncoder, check_switches, default_prompt_embeds, embeds_of, load_prompt_schedule,
+                      needs_real_prompt)
 from .run import blocks_for_seconds
 from .spec import DEFAULT_BLOCKS, RunSpec
 from .stream import Streamer
@@ -129,8 +131,16 @@ def _switch_pairs(prompts, model: ModelConfig) -> list:
     for item in prompts:
         if not isinstance(item, (list, tuple)) or len(item) != 2:
             raise DysinkError(f"prompts entries must be (frame, embeddings) pairs, got {item!r:.80}")
+        check_switches([item[0]], 1, None)                    # an integer frame >= 0, before its file is read
         out.append((item[0], embeds_of(item[1], model)))
     return out
+
+
+def _check_switches(switches: list, stream: StreamConfig, blocks: int, spec: RunSpec) -> None:
+    """Against the run's length where it has one: an API stream given no blocks goes on as long as it
+    is asked (dysink-run checks its default length itself)."""
+    check_switches([frame for frame, _ in switches], stream.block_frames,
+                   blocks if spec.blocks is not None or spec.seconds is not None else None)
 
 
 def resolve_run(spec: RunSpec, bundle: Bundle | None = None) -> ResolvedRun:
@@ -143,6 +153,9 @@ def resolve_run(spec: RunSpec, bundle: Bundle | None = None) -> ResolvedRun:
                 else spec.has_checkpoints)
     blocks = (spec.blocks if spec.blocks is not None else
               blocks_for_seconds(spec.seconds, stream.block_frames) if spec.seconds is not None else DEFAULT_BLOCKS)
+    if blocks > MAX_BLOCKS:       # --seconds with blocks of fewer than 3 latent frames
+        raise DysinkError(f"RunSpec.seconds {spec.seconds:g} needs {blocks} blocks of {stream.block_frames} latent "
+                          f"frame(s), more than {MAX_BLOCKS} ({BLOCKS_WHY})")
     encode = PromptEncoder(model, spec.tokenizer, spec.text_encoder, spec.text_encoder_preset, bundle)
     if (spec.prompt is not None or isinstance(spec.prompts, (str, os.PathLike))) and has_ckpt and spec.tokenizer \
             and not spec.text_encoder:
@@ -152,6 +165,7 @@ def resolve_run(spec: RunSpec, bundle: Bundle | None = None) -> ResolvedRun:
     switches: list = []
     if isinstance(spec.prompts, (str, os.PathLike)):          # a schedule file; its frame 0 is the first prompt
         switches = load_prompt_schedule(os.fspath(spec.prompts), model, encode)
+        _check_switches(switches, stream, blocks, spec)       # frame 0 included: a second one at 0 is refused
         if switches[0][0] == 0:
             if spec.prompt_embeds is not None:
                 raise DysinkError("RunSpec.prompts sets the prompt of frame 0 and RunSpec.prompt_embeds does too; "
@@ -159,6 +173,7 @@ def resolve_run(spec: RunSpec, bundle: Bundle | None = None) -> ResolvedRun:
             initial = switches.pop(0)[1]
     elif spec.prompts is not None:                            # (frame, embeddings) pairs: every one a switch
         switches = _switch_pairs(spec.prompts, model)
+        _check_switches(switches, stream, blocks, spec)
     if switches and bundle is not None:
         bundle.require_interactive()
     if initial is None:
@@ -199,7 +214,17 @@ def check_memory(model: ModelConfig, stream: StreamConfig, precision: str, devic
     available, where = _available(spec)
     if available is None:
         return
-    check_allocation(model, stream, precision, available, where, spec.kv_cache_dtype, spec.bank_placement)
+    check_allocation(model, stream, precision, available, where, spec.kv_cache_dtype, spec.bank_placement,
+                     scores=materialises_scores(spec))
+
+
+def materialises_scores(spec: RunSpec) -> bool:
+    """Does this backend's attention hold its float32 scores (plan.attention_scores_bytes)? The reference
+    op does (torch on the CPU, or --kernels reference), and so does the ONNX function body ONNX Runtime
+    runs; the Triton kernels and the TensorRT plugin do not."""
+    if spec.backend == "torch":
+        return spec.kernels == "reference" or spec.kernels == "auto" and not spec.device.startswith("cuda")
+    return spec.backend == "onnxruntime"
 
 
 def _torch_backend(run: ResolvedRun, models=None):

@@ -22,6 +22,7 @@ from ..errors import DysinkError
 from ..signals import StopHold, exit_code, install_stop_signals
 from .builder import open_streamer, resolve_run
 from .dump import BlockDumper
+from .prompts import check_switches
 from .report import format_summary, summarize
 from .run import check_out_dir, open_out_dir, stream_to_dir
 from .spec import DEFAULT_BLOCKS, RunSpec, spec_choices, spec_default
@@ -146,11 +147,13 @@ def run_cli(kw: dict, hold: StopHold | None = None):
     # run fail before anything is written.
     check_out_dir(kw["out"], kw["overwrite"])
     run = resolve_run(spec)
+    if spec.blocks is None and spec.seconds is None:      # the default length: a switch past it would never apply
+        check_switches([frame for frame, _ in run.switches], run.stream.block_frames, run.blocks)
     streamer, run_config = open_streamer(spec, resolved=run)
     blocks = run.blocks
     if kw["dump_block"]:
         block, dump_dir = kw["dump_block"]
-        if block >= blocks:
+        if not 0 <= block < blocks:
             raise DysinkError(f"--dump-block {block}: the run has only {blocks} blocks (0..{blocks - 1})")
         if os.path.exists(dump_dir) and os.listdir(dump_dir):
             raise DysinkError(f"--dump-block directory {dump_dir!r} is not empty; choose an empty or new one")

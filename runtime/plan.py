@@ -9,7 +9,9 @@ them against the modules), K/V bytes per page (one block's clean-pass K and V in
 the page dtype, plus the scales of 8-bit pages, the pool pages on the device, the host-side bank
 (`bank_placement host`), the cross-attention text K/V, the VAE decoder's streaming cache, the bank
 features. Estimates, labelled so: the activation peak of the largest graph (engines run one at a
-time) and a fixed reserve for the CUDA context, TensorRT and the plugin library.
+time; where the attention materialises its float32 scores, the reference op and ONNX Runtime's
+function body, those count too: they grow with the window and the block) and a fixed reserve for
+the CUDA context, TensorRT and the plugin library.
 
 8-bit pages (`kv_cache_dtype` fp8 / int8) hold one byte per element plus one float32 scale per
 (layer, K or V, token, head): 2 * layers * tokens * heads * 4 bytes a page (SCALE_BYTES).
@@ -155,6 +157,18 @@ def scale_bytes(model: ModelConfig, stream: StreamConfig, kv_cache_dtype: str) -
     return 2 * d.layers * tokens_per_block(model, stream) * d.heads * SCALE_BYTES
 
 
+def attention_scores_bytes(model: ModelConfig, stream: StreamConfig) -> int:
+    """The float32 working set of a GatedSinkAttention that materialises its scores (the reference op,
+    on the CPU or with --kernels reference; the ONNX function body in ONNX Runtime), which grows with
+    the window and the block: scores and their softmax [heads, tokens, keys] and the pages' K and V
+    gathered, then concatenated [keys, heads, head_dim], keys = the tokens of every sink, local and
+    current-block slot (the fused kernels and the TensorRT plugin hold none of it)."""
+    d = model.dit
+    tokens = tokens_per_block(model, stream)
+    keys = (stream.sink_slots + stream.local_slots + 1) * tokens
+    return 4 * (2 * d.heads * tokens * keys + 2 * 2 * keys * d.heads * d.head_dim)
+
+
 def device_pages(stream: StreamConfig, bank_placement: str = "device") -> int:
     """Pool pages on the device: all of them (device), or the window history, the block being made,
     the fixed sink and top_k staging pages for the retrieved entries (host)."""
@@ -207,8 +221,9 @@ def _check_choices(precision: str, kv_cache_dtype: str, bank_placement: str, pla
 
 
 def plan(model: ModelConfig, stream: StreamConfig, precision: str, memory: int, platform: str = "desktop",
-         kv_cache_dtype: str = "auto", bank_placement: str = "device") -> Plan:
-    """Bytes for this stream with stream.bank_capacity entries, and the largest capacity that fits `memory`."""
+         kv_cache_dtype: str = "auto", bank_placement: str = "device", scores: bool = False) -> Plan:
+    """Bytes for this stream with stream.bank_capacity entries, and the largest capacity that fits `memory`.
+    scores: the attention materialises its scores (see `attention_scores_bytes`): counted in the DiT's peak."""
     _check_choices(precision, kv_cache_dtype, bank_placement, platform)
     b = BYTES[precision]
     d = model.dit
@@ -241,8 +256,11 @@ def plan(model: ModelConfig, stream: StreamConfig, precision: str, memory: int, 
     vae_peak = 3 * frames * model.vae.dim * model.vae.dim_mult[0] * stream.height * stream.width * b
     dit_peak = tokens * (4 * d.dim * 4 + 3 * d.dim * b + 2 * d.ffn_dim * b)
     gate_ws = 4 * (stream.sink_slots + stream.local_slots + 2) * d.heads * 8 * d.head_dim
+    dit_peak += gate_ws + (attention_scores_bytes(model, stream) if scores else 0)
+    peak = ("activations: peak engine (estimate; the DiT step with float32 attention scores over the widest window)"
+            if scores and dit_peak > vae_peak else "activations: peak engine (estimate; VAE decode at full resolution)")
     p.estimates = {
-        "activations: peak engine (estimate; VAE decode at full resolution)": max(vae_peak, dit_peak + gate_ws),
+        peak: max(vae_peak, dit_peak),
         f"CUDA context, TensorRT, plugins (estimate, {platform})": RESERVE_BYTES[platform],
     }
     # The largest bank: on the device each entry is a page; a host bank costs the device nothing more
@@ -311,7 +329,8 @@ def searched_dtypes(precision: str, platform: str) -> list[str]:
 
 
 def search(model: ModelConfig, stream: StreamConfig, precision: str, memory: int, platform: str = "desktop",
-           kv_cache_dtypes=None, placements=None, resolutions=None, capacity_fixed: bool = False) -> list[Plan]:
+           kv_cache_dtypes=None, placements=None, resolutions=None, capacity_fixed: bool = False,
+           scores: bool = False) -> list[Plan]:
     """Every configuration that fits `memory`, best first (see BEST). `stream` carries the requested
     resolution and bank capacity; None for a dimension: search it (resolutions: the requested one
     and the smaller RESOLUTIONS; capacities: the requested one, else the largest that fits)."""
@@ -328,10 +347,10 @@ def search(model: ModelConfig, stream: StreamConfig, precision: str, memory: int
             continue
         for kv in dtypes:
             for place in places:
-                p = plan(model, s, precision, memory, platform, kv, place)
+                p = plan(model, s, precision, memory, platform, kv, place, scores)
                 if not p.fits and not capacity_fixed and s.top_k <= p.max_bank_capacity < wanted:
                     p = plan(model, replace(s, bank_capacity=p.max_bank_capacity), precision, memory, platform,
-                             kv, place)
+                             kv, place, scores)
                 if p.fits:
                     found.append(p)
     pixels = stream.height * stream.width
@@ -359,13 +378,14 @@ def format_options(found: list[Plan], memory: int, limit: int = 12) -> list[str]
 
 def check_allocation(model: ModelConfig, stream: StreamConfig, precision: str, available: int, where: str,
                      kv_cache_dtype: str = "auto", bank_placement: str = "device",
-                     platform: str = "desktop") -> Plan:
+                     platform: str = "desktop", scores: bool = False) -> Plan:
     """Refuse, before anything is allocated, a stream `where` cannot hold: one line with the planner's
-    figure and the best configuration that fits (from formulas: nothing is built)."""
-    p = plan(model, stream, precision, available, platform, kv_cache_dtype, bank_placement)
+    figure and the best configuration that fits (from formulas: nothing is built). scores: the
+    backend's attention materialises its scores (`attention_scores_bytes`)."""
+    p = plan(model, stream, precision, available, platform, kv_cache_dtype, bank_placement, scores)
     if p.fits:
         return p
-    best = search(model, stream, precision, available, platform)
+    best = search(model, stream, precision, available, platform, scores=scores)
     hint = (f"what fits: {flags(best[0])}" if best else "nothing fits there: a smaller model or more memory")
     raise DysinkError(f"this stream needs about {p.total / GB:.1f} GB ({model.name}, {stream.width}x{stream.height}, "
                       f"{precision}, {page_dtype(precision, kv_cache_dtype)} pages, bank capacity "

@@ -98,6 +98,35 @@ def load_prompt_schedule(path: str, cfg: ModelConfig, encode=None) -> list[tuple
     return out
 
 
+def switch_block(frame: int, block_frames: int) -> int:
+    """The block whose top applies a switch at latent `frame`: the first block starting at or after
+    it (runtime.stream), ceil(frame / block_frames)."""
+    return -(-frame // block_frames)
+
+
+def check_switches(frames, block_frames: int, blocks: int | None, where: str = "RunSpec.prompts") -> None:
+    """Prompt switch frames checked against the run: integers >= 0, each in a block of its own (a block
+    applies one switch: a second one in the same block would slip to the next block), and none past the
+    last of `blocks` blocks (it would never apply); None: a stream with no set length."""
+    seen: dict[int, int] = {}
+    for frame in frames:
+        if not isinstance(frame, (int, np.integer)) or isinstance(frame, bool) or frame < 0:
+            raise DysinkError(f"{where}: a switch frame must be an integer >= 0 (a latent frame), got {frame!r}")
+        block = switch_block(int(frame), block_frames)
+        if block in seen:
+            raise DysinkError(
+                f"{where}: the switches at latent frames {seen[block]} and {frame} both fall in block {block} (a "
+                f"switch applies at the first block starting at or after its frame; block {block} starts at frame "
+                f"{block * block_frames}) and a block takes one prompt: drop one, or move it to another block's first "
+                f"frame (a multiple of {block_frames})")
+        seen[block] = int(frame)
+        if blocks is not None and block >= blocks:
+            raise DysinkError(
+                f"{where}: the switch at latent frame {frame} would apply at block {block}, past the run's last block "
+                f"{blocks - 1} ({blocks} blocks: latent frames 0..{blocks * block_frames - 1}); give RunSpec.blocks "
+                f"{block + 1} or more, or an earlier frame")
+
+
 def needs_real_prompt(model: ModelConfig, has_checkpoints: bool) -> bool:
     """The embedded default prompt is for random weights only: not with checkpoints, nor for the
     released presets other than tiny (a custom --model-config with random weights may use it)."""

@@ -10,7 +10,6 @@ CLI defaults and help texts are read from the fields' metadata (`spec_default`, 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 from ..config import MODEL_PRESETS
 from ..errors import DysinkError
 from ..graphs import KV_CACHE_DTYPES, PRECISIONS
+from ..limits import check_blocks, check_seconds, check_threads
 from .backends import BACKENDS
 from .backends.onnxruntime_backend import PROVIDERS
 
@@ -115,15 +115,16 @@ class RunSpec:
             raise DysinkError("give RunSpec.blocks or RunSpec.seconds, not both")
         for name, what in (("seed", "noise seed"), ("weights_seed", "weights seed")):
             _check_seed(name, what, getattr(self, name))
-        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
-            raise DysinkError(f"RunSpec.threads must be >= 1, got {self.threads!r} (an integer: CPU threads)")
+        check_threads(self.threads, "RunSpec.threads")
+        for name in ("use_ema", "cuda_graph"):     # a flag: 1 or "no" would pass as truthy and mean nothing
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise DysinkError(f"RunSpec.{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
             raise DysinkError(f"RunSpec.device must be cpu, cuda or cuda:N, got {self.device!r}")
-        if self.blocks is not None and (not _is_int(self.blocks) or self.blocks < 1):
-            raise DysinkError(f"RunSpec.blocks must be >= 1, got {self.blocks}")
-        if self.seconds is not None and (isinstance(self.seconds, bool) or not isinstance(self.seconds, (int, float))
-                                         or not (self.seconds > 0 and math.isfinite(self.seconds))):
-            raise DysinkError(f"RunSpec.seconds must be a finite number > 0, got {self.seconds}")
+        if self.blocks is not None:
+            check_blocks(self.blocks, "RunSpec.blocks")
+        if self.seconds is not None:
+            check_seconds(self.seconds, "RunSpec.seconds")
         for name in ("backend", "precision", "kernels", "ort_provider", "kv_cache_dtype", "bank_placement"):
             choices = _metadata(name)["choices"]
             if getattr(self, name) not in choices:

@@ -22,6 +22,7 @@ from ..bench_export import check_threads, export_args, measure_export
 from ..config import model_preset
 from ..errors import DysinkError
 from ..exitcodes import SKIPPED
+from ..limits import check_blocks, check_int, check_number, check_threads as check_thread_count
 from ..graphs import PRECISIONS
 from ..plugins import gpu_check
 from ..runtime.plan import BYTES, GB, check_export, parse_memory, weight_counts
@@ -49,8 +50,9 @@ def main():
 @shared("--feature-mode", type=click.Choice(["block-alone", "streamed"]), default="block-alone")
 def stream(model_name, backend, bundle_path, blocks, warmup, threads, feature_mode):
     """Blocks per second of the torch or onnxruntime backend on this machine's CPU."""
-    if blocks <= warmup:
-        raise DysinkError(f"--blocks ({blocks}) must exceed --warmup ({warmup})")
+    check_blocks(blocks)
+    check_int(warmup, "--warmup", 0, blocks - 1, "blocks left out of the numbers; at least one block must be timed")
+    check_thread_count(threads)
     if backend == "onnxruntime" and not bundle_path:
         raise DysinkError("--backend onnxruntime needs --bundle DIR (dysink-export onnx)")
     if backend != "onnxruntime" and bundle_path:
@@ -64,6 +66,26 @@ def stream(model_name, backend, bundle_path, blocks, warmup, threads, feature_mo
                "the timers, and a median ignores slow outliers):")
     for k, v in rate.phases.items():
         click.echo(f"  {k:<11} median {v:8.1f} ms")
+
+
+MAX_RUNS = 10_000          # --runs of `graphs`: timed runs per graph and backend
+MAX_STREAMS = 256         # a --streams count of `serve`: concurrent streams on one server
+
+
+def _check_rss_flags(blocks: int, measure_block: int, tolerance: float) -> None:
+    """memory / soak: --blocks bounded, --measure-block inside the run, --tolerance a finite growth."""
+    check_blocks(blocks, low=2)
+    if not 0 < measure_block < blocks:
+        raise DysinkError(f"--measure-block must lie between 0 and --blocks ({blocks}), exclusive, got {measure_block}")
+    check_number(tolerance, "--tolerance", 0.0, 10.0, "the allowed RSS growth as a fraction: 0.05 is 5%")
+
+
+def stream_counts(text: str) -> list[int]:
+    """--streams "1,2,4" -> [1, 2, 4]: comma-separated integers in 1..MAX_STREAMS, one line otherwise."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or not all(p.isdigit() and len(p) <= 6 for p in parts):
+        raise DysinkError(f"--streams must be comma-separated stream counts such as 1,2,4, got {text!r}")
+    return [check_int(int(p), "every --streams count", 1, MAX_STREAMS, "concurrent streams") for p in parts]
 
 
 # What `dysink-bench memory` judges (its --measure-block and --tolerance say so).
@@ -94,8 +116,7 @@ def memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold,
     also counts one block's temporaries and the heap glibc kept between trims) is printed
     beside it; where malloc_trim or /proc is missing the verdict falls back to it.
     """
-    if not 0 < checkpoint_block < blocks:
-        raise DysinkError("--measure-block must lie between 0 and --blocks")
+    _check_rss_flags(blocks, checkpoint_block, tolerance)
     res = bench.measure_memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold,
                                log=_stderr, on_point=_echo_point)
     mid, end = res.points
@@ -122,10 +143,8 @@ def memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold,
               help="Also profile onnxruntime per node into this folder and print the top op types per graph.")
 def graphs(model_name, mid, graph_names, runs, threads, profile_dir):
     """Median latency per graph: onnxruntime CPU vs the torch reference, same inputs, same process."""
-    if runs < 1:
-        raise DysinkError(f"--runs must be >= 1, got {runs}")
-    if threads is not None and threads < 1:
-        raise DysinkError(f"--threads must be >= 1, got {threads}")
+    check_int(runs, "--runs", 1, MAX_RUNS, "timed runs per graph and backend")
+    check_thread_count(threads)
 
     printed = []
 
@@ -167,8 +186,7 @@ def kernels(markdown):
 def soak(bundle_path, blocks, checkpoint_block, dedup_threshold, tolerance):
     """A long stream on onnxruntime CPU, twice: peak RSS bounded, every value finite (the stream stops
     otherwise), and the two runs' decisions identical."""
-    if not 0 < checkpoint_block < blocks:
-        raise DysinkError("--measure-block must lie between 0 and --blocks")
+    _check_rss_flags(blocks, checkpoint_block, tolerance)
     res = bench.soak(bundle_path, blocks, checkpoint_block, dedup_threshold, log=click.echo)
     rss = res.rss
     growth = (rss[blocks] - rss[checkpoint_block]) / rss[checkpoint_block]
@@ -220,9 +238,9 @@ def compare(run_a, run_b, score_digits):
 def serve(bundle_path, blocks, streams, threads):
     """Triton Inference Server (CPU) vs one local process: aggregate blocks/s and per-block latency for
     1, 2, 4 concurrent streams (needs tritonserver: dysink-serve --fetch-server)."""
-    counts = [int(c) for c in streams.split(",")]
-    if blocks < 2 or min(counts) < 1:
-        raise DysinkError("--blocks must be >= 2 and every --streams count >= 1")
+    check_blocks(blocks, low=2)
+    counts = stream_counts(streams)
+    check_thread_count(threads)
     rows = bench.measure_serve(bundle_path, blocks, counts, threads, log=_stderr)
     click.echo(f"bundle {bundle_path} | {blocks} blocks per stream | {threads} thread(s) per stream | "
                "tritonserver (CPU, Python backend) vs one local process, streams in turn")

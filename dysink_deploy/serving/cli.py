@@ -11,6 +11,7 @@ import click
 from ..cli.common import OneLineCommand, flag_names, install_stop_signals, shared, version_option
 from ..errors import DysinkError
 from ..jsonfile import read_json_object
+from ..limits import port_of_url
 from ..runtime.report import format_summary, summarize
 from ..runtime.spec import RunSpec
 from .client import stream_to_dir
@@ -105,9 +106,8 @@ def client_main(url, blocks, seed, out, overwrite, prompt_embeds, prompt, config
     install_stop_signals()
     t0 = time.perf_counter()
     try:
-        if blocks < 1:
-            raise DysinkError(f"--blocks must be >= 1, got {blocks}")
-        RunSpec(seed=seed)                  # the one check of a noise seed
+        RunSpec(seed=seed, blocks=blocks)   # the one check of a noise seed and of a block count
+        port_of_url(url)                    # a port beyond 65535 is one line, not a gRPC error
         settings = read_json_object(config_file, "--config") if config_file else None
         emb = None
         if prompt_embeds:

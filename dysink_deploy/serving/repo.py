@@ -26,6 +26,7 @@ from pathlib import Path
 from ..atomic import staged_directory
 from ..bundle import Bundle, sha256_file
 from ..errors import DysinkError
+from ..limits import check_threads
 from ..runtime.plan import plan
 
 MODEL_NAME = "dysink"
@@ -78,8 +79,7 @@ def write_repo(bundle_path: str, out: str, instances: int = 1, kind: str = "cpu"
                tokenizer: str | None = None) -> Path:
     if not 1 <= instances <= 64:
         raise DysinkError(f"--instances must lie in 1..64, got {instances}")
-    if threads < 1:
-        raise DysinkError(f"--threads must be >= 1, got {threads}")
+    check_threads(threads)
     bundle = Bundle.load(bundle_path)
     if kind == "gpu" and not gpus:
         gpus = [0]

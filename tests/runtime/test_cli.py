@@ -102,9 +102,9 @@ def _write_embeds(path, shape=(512, 4096), dtype=np.float32, name="prompt_embeds
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--blocks", 0], "--blocks must be >= 1"),
+    (["--blocks", 0], "--blocks must be an integer in 1..10000, got 0"),
     (["--blocks", 2, "--seconds", 1], "not both"),
-    (["--seconds", -1], "--seconds must be a finite number > 0"),
+    (["--seconds", -1], "--seconds must be a finite number in (0, 7499.8125]"),
     (["--model", "wan2.2-14b"], "Invalid value for '--model': 'wan2.2-14b' is not one of"),
     (["--top-k", -1], "--top-k must be an integer >= 0"),
     (["--local-attn-size", 10], "--local-attn-size (10) must be a multiple of --block-frames"),
