@@ -256,7 +256,8 @@ def staged_directory(out: str | os.PathLike, owned: Owned | None = None, label: 
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
         except OSError as exc:
-            raise _one_line(exc, out, flag) from None
+            raise DysinkError(f"{flag} {out}: cannot create its staging folder in {out.parent} ({exc.strerror}); "
+                              "nothing was written, choose a writable directory") from None
         umask = os.umask(0)
         os.umask(umask)
         try:

@@ -21,7 +21,7 @@ from ..config import EVICTION_RULES, FEATURE_MODES, StreamConfig
 from ..errors import DysinkError
 from ..signals import StopHold, exit_code, install_stop_signals
 from .builder import open_streamer, resolve_run
-from .dump import BlockDumper
+from .dump import BlockDumper, check_dump_dir
 from .prompts import check_switches
 from .report import format_summary, summarize
 from .run import check_out_dir, open_out_dir, stream_to_dir
@@ -146,6 +146,8 @@ def run_cli(kw: dict, hold: StopHold | None = None):
     # Build the stream before creating --out: weights, a provider or a precision this machine cannot
     # run fail before anything is written.
     check_out_dir(kw["out"], kw["overwrite"])
+    if kw["dump_block"]:
+        check_dump_dir(kw["dump_block"][1])      # a file, a link, a full folder: before the stream is built
     run = resolve_run(spec)
     if spec.blocks is None and spec.seconds is None:      # the default length: a switch past it would never apply
         check_switches([frame for frame, _ in run.switches], run.stream.block_frames, run.blocks)
@@ -155,8 +157,6 @@ def run_cli(kw: dict, hold: StopHold | None = None):
         block, dump_dir = kw["dump_block"]
         if not 0 <= block < blocks:
             raise DysinkError(f"--dump-block {block}: the run has only {blocks} blocks (0..{blocks - 1})")
-        if os.path.exists(dump_dir) and os.listdir(dump_dir):
-            raise DysinkError(f"--dump-block directory {dump_dir!r} is not empty; choose an empty or new one")
         streamer.backend = BlockDumper(streamer.backend, block, dump_dir, len(streamer.cfg.timesteps()),
                                        streamer.dit.freq_dim, run_config["precision"])
         run_config["dump_block"] = {"block": block, "dir": os.path.abspath(dump_dir)}

@@ -9,6 +9,7 @@ import time
 import click
 
 from ..cli.common import OneLineCommand, flag_names, install_stop_signals, shared, version_option
+from ..atomic import check_output_file
 from ..errors import DysinkError
 from ..jsonfile import read_json_object
 from ..limits import port_of_url
@@ -67,6 +68,7 @@ def serve_main(repo, binary, fetch_server, grpc_port, http_port, host, log_file)
     try:
         check_host(host)                    # before --fetch-server downloads anything
         check_ports({"--grpc-port": grpc_port, "--http-port": http_port})
+        check_output_file(log_file, "--log", links=True)   # a directory, a path under a file: one line
         if fetch_server:
             click.echo(f"tritonserver: {fetch()}")
         server = TritonServer(repo, binary, grpc_port, http_port, log_file, host=host).start()
