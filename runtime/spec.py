@@ -20,7 +20,7 @@ import numpy as np
 from ..config import MODEL_PRESETS
 from ..errors import DysinkError
 from ..graphs import KV_CACHE_DTYPES, PRECISIONS
-from ..limits import check_blocks, check_seconds, check_threads
+from ..limits import MAX_BLOCKS, MAX_SECONDS, MAX_THREADS, check_blocks, check_seconds, check_threads
 from .backends import BACKENDS
 from .backends.onnxruntime_backend import PROVIDERS
 
@@ -79,7 +79,7 @@ class RunSpec:
         "tensorrt backend: replay engine launches as CUDA graphs (captured right after their second, uncaptured "
         "launch); torch backend on CUDA: replay each denoising step as one CUDA graph."))
     threads: int | None = field(default=None, metadata=_doc(
-        "CPU threads for torch and onnxruntime (pin it on a busy machine)."))
+        f"CPU threads for torch and onnxruntime, 1..{MAX_THREADS} (pin it on a busy machine)."))
     kv_cache_dtype: str = field(default="auto", metadata=_doc(
         "Storage of the K/V pages: auto (the model precision), bf16, fp8 (e4m3, with scales) or int8 (with "
         "scales); a bundle fixes it at export.", choices=KV_CACHE_DTYPES))
@@ -104,9 +104,11 @@ class RunSpec:
         "JSON file of stream settings (names as in stats.json's config.stream)."))
     settings: Mapping[str, Any] = field(default_factory=dict, compare=False)   # StreamConfig fields; beat the file
     blocks: int | None = field(default=None, metadata=_doc(
-        "Blocks to generate, 3 latent frames each (block 0 gives 9 video frames, later ones 12)."))
+        f"Blocks to generate, 3 latent frames each (block 0 gives 9 video frames, later ones 12); at most {MAX_BLOCKS} "
+        "a run (stats.json is rewritten after every block)."))
     seconds: float | None = field(default=None, metadata=_doc(
-        "Video length instead of --blocks, at 16 fps, rounded up to whole blocks."))
+        f"Video length instead of --blocks, at 16 fps, rounded up to whole blocks; at most {MAX_SECONDS:.10g} s "
+        f"({MAX_BLOCKS} blocks)."))
     # Fields the caller set on purpose (the CLI's flags given): a bundle refuses those that it fixes.
     explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
 

@@ -10,6 +10,7 @@ import click
 from .. import __version__
 from ..config import MODEL_PRESETS, model_config_from_file, model_preset
 from ..errors import DysinkError
+from ..limits import MAX_THREADS
 from ..runtime.spec import flag_of, spec_choices, spec_default, spec_help
 from ..signals import exit_code, install_stop_signals
 
@@ -105,7 +106,7 @@ _SPEC_OPTIONS = ("model", "model_config", "precision", "bundle", "blocks", "seed
 HELP = {
     **{flag_of(name): spec_help(name) for name in _SPEC_OPTIONS},
     # Which libraries' threads: a note per command (the served model runs onnxruntime only).
-    "--threads": "CPU threads (pin it on a busy machine).",
+    "--threads": f"CPU threads, 1..{MAX_THREADS} (pin it on a busy machine).",
     "--overwrite": "Replace what --out already holds (only this project's own outputs).",
     "--dedup-threshold": "Bank dedup: a block whose feature has cosine above this with a bank entry is not "
                          "stored.",
