@@ -96,6 +96,8 @@ def test_dysink_run_refuses_in_one_line(tmp_path, args, needle):
     (["serve", "--bundle", "NOPE", "--streams", "a,b"], "--streams must be comma-separated stream counts such as "
                                                          "1,2,4, got 'a,b'"),
     (["serve", "--bundle", "NOPE", "--streams", "1,0"], "every --streams count must be an integer in 1..256, got 0"),
+    (["serve", "--bundle", "NOPE", "--streams", "1," + "9" * 5000], "every --streams count must be an integer in "
+                                                                    "1..256, got a 5000-digit number"),
     (["serve", "--bundle", "NOPE", "--blocks", "1"], "--blocks must be an integer in 2..10000, got 1"),
 ])
 def test_bench_flags_are_checked_before_anything_runs(args, needle):

@@ -83,8 +83,12 @@ def _check_rss_flags(blocks: int, measure_block: int, tolerance: float) -> None:
 def stream_counts(text: str) -> list[int]:
     """--streams "1,2,4" -> [1, 2, 4]: comma-separated integers in 1..MAX_STREAMS, one line otherwise."""
     parts = [p.strip() for p in str(text).split(",")]
-    if not parts or not all(p.isdigit() and len(p) <= 6 for p in parts):
-        raise DysinkError(f"--streams must be comma-separated stream counts such as 1,2,4, got {text!r}")
+    if not all(p.isdigit() for p in parts):
+        raise DysinkError(f"--streams must be comma-separated stream counts such as 1,2,4, got {text[:80]!r}")
+    long = [p for p in parts if len(p) > 18]       # never parsed: Python refuses 4,300 digits with a traceback
+    if long:
+        raise DysinkError(f"every --streams count must be an integer in 1..{MAX_STREAMS}, got a {len(long[0])}-digit "
+                          "number")
     return [check_int(int(p), "every --streams count", 1, MAX_STREAMS, "concurrent streams") for p in parts]
 
 
