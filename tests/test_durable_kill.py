@@ -332,3 +332,18 @@ def test_c_signal_as_the_loop_ends(tmp_path, monkeypatch, stop_signals, when):
             hold.end()
     assert not result.interrupted and result.exit_code == 0
     assert result.blocks == _consistent(tmp_path) == 3
+
+
+def test_a_held_default_sigterm_still_ends_the_process():
+    """A program that never set a SIGTERM handler (the Python API): a SIGTERM held during a cleanup
+    ends the process once the hold ends, instead of being dropped."""
+    code = ("import os, signal, sys\n"
+            "from dysink_deploy.signals import StopHold\n"
+            "hold = StopHold().begin()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "print('cleanup done', flush=True)\n"
+            "hold.end()\n"
+            "print('survived', flush=True)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=ENV)
+    assert proc.returncode == -signal.SIGTERM and proc.stdout.split() == ["cleanup", "done"], (proc.returncode,
+                                                                                             proc.stdout)
