@@ -24,7 +24,7 @@ from ..cli.common import (HELP, checkpoint_file_options, model_config_option, pr
                           shared, switch_default, spec_option)
 from ..cli.prompt_cmd import text_encoder_options
 from ..errors import DysinkError
-from ..runtime.plan import (FP8_NOTE, GB, JETSON_PRECISION_NOTE, PLATFORMS, check_export, check_fits, export_line,
+from ..runtime.plan import (FP8_NOTE, GB, Q8_BACKENDS_NOTE, JETSON_PRECISION_NOTE, PLATFORMS, check_export, check_fits, export_line,
                              flags, format_options, format_plan, parse_memory, plan, search)
 from ..runtime.spec import BANK_PLACEMENTS, KV_CACHE_DTYPES, spec_default
 from .inspect_bundle import check_bundle, describe_bundle
@@ -169,6 +169,8 @@ def plan_command(model_name, precision, height, width, memory, bank_capacity, kv
                    capacity_fixed=bank_capacity is not None)
     if platform == "desktop" and not kv_cache_dtype:
         click.echo(f"note: {FP8_NOTE}")
+    if any(p.kv_cache_dtype in ("fp8", "int8") for p in found):
+        click.echo(f"note: {Q8_BACKENDS_NOTE}")
     if not found:
         check_fits(result, stream)
         raise DysinkError(f"nothing in the searched options fits in {budget / GB:.1f} GB")

@@ -25,6 +25,7 @@ from ..jsonfile import read_json_object
 from ..limits import BLOCKS_WHY, MAX_BLOCKS
 from .backends.onnxruntime_backend import OnnxRuntimeBackend
 from .backends.tensorrt_backend import TensorRTBackend
+from .host_bank import HostBankBackend
 from .plan import check_allocation
 from .prompts import (PromptEncoder, check_switches, default_prompt_embeds, embeds_of, load_prompt_schedule,
                       needs_real_prompt)
@@ -116,6 +117,16 @@ def _resolve_model_and_stream(spec: RunSpec, bundle: Bundle | None) -> tuple[Mod
         if spec.model is not None and spec.model != bundle.model.name:
             raise DysinkError(f"RunSpec.model {spec.model} conflicts with bundle {bundle.path}, built for model "
                               f"{bundle.model.name!r}; drop RunSpec.model or use a bundle exported for it")
+        if "bank_placement" in spec.explicit and spec.bank_placement != bundle.bank_placement or \
+                spec.bank_placement != "device" and spec.bank_placement != bundle.bank_placement:
+            raise DysinkError(f"RunSpec.bank_placement {spec.bank_placement} conflicts with bundle {bundle.path}, "
+                              f"whose dit_step pools are sized for bank_placement {bundle.bank_placement}; drop it (a "
+                              f"bundle fixes it at export) or export a bundle for it: dysink-export onnx ... "
+                              f"--bank-placement {spec.bank_placement}")
+        if spec.kv_cache_dtype not in ("auto", bundle.kv_cache_dtype):
+            raise DysinkError(f"RunSpec.kv_cache_dtype {spec.kv_cache_dtype} conflicts with bundle {bundle.path}, whose "
+                              f"dit_step reads {bundle.kv_cache_dtype} pages; drop it (a bundle fixes it at export) "
+                              f"or export a bundle for it: dysink-export onnx ... --kv-cache-dtype {spec.kv_cache_dtype}")
         return bundle.model, bundle_stream_config(bundle, _settings(spec))
     if spec.model_config is not None:
         source = spec.model_config
@@ -242,7 +253,7 @@ def _torch_backend(run: ResolvedRun, models=None):
         paths = CheckpointPaths(dit=spec.checkpoint, lora=spec.lora, vae=spec.vae, pe=spec.pe, use_ema=spec.use_ema)
         models = build_models(run.model, paths, seed=int(spec.weights_seed))
     backend = TorchBackend(models, run.stream, device=spec.device, dtype=TORCH_DTYPES[spec.precision],
-                           kernels=spec.kernels, cuda_graph=spec.cuda_graph)
+                           kernels=spec.kernels, cuda_graph=spec.cuda_graph, kv_cache_dtype=spec.kv_cache_dtype)
     backend.threads = spec.threads      # applied in its thread_scope: not left set for the caller or other streams
     return backend
 
@@ -252,9 +263,11 @@ def _backend(run: ResolvedRun, sessions=None, models=None):
     if spec.backend == "torch":
         backend = _torch_backend(run, models)
         return backend, {"precision": spec.precision, "device": spec.device, "kernels": backend.kernels,
-                         "cuda_graph": spec.cuda_graph, "checkpoints": spec.checkpoint_paths()}
-    common = {"bundle": str(bundle.path), "precision": bundle.precision}
-    check_memory(run.model, run.stream, bundle.precision, spec)
+                         "cuda_graph": spec.cuda_graph, "kv_cache_dtype": spec.kv_cache_dtype,
+                         "checkpoints": spec.checkpoint_paths()}
+    common = {"bundle": str(bundle.path), "precision": bundle.precision, "kv_cache_dtype": bundle.kv_cache_dtype}
+    check_memory(run.model, run.stream, bundle.precision, dataclasses.replace(spec, kv_cache_dtype=bundle.kv_cache_dtype,
+                                                                       bank_placement=bundle.bank_placement))
     if spec.backend == "onnxruntime":
         backend = OnnxRuntimeBackend(bundle, providers=spec.ort_provider, threads=spec.threads, sessions=sessions)
         return backend, {**common, "ort_provider": spec.ort_provider, "checkpoints": bundle.manifest.get("checkpoints", {})}
@@ -276,6 +289,10 @@ def open_streamer(spec: RunSpec, *, resolved: ResolvedRun | None = None, bundle:
     noise / features / observer: the Streamer's injection hooks (see runtime.stream)."""
     run = resolved if resolved is not None else resolve_run(spec, bundle)
     backend, details = _backend(run, sessions, models)
+    placement = run.bundle.bank_placement if run.bundle is not None else spec.bank_placement
+    details["bank_placement"] = placement
+    if placement == "host":        # the bank's pages in host memory, the device pool cut to its slots
+        backend = HostBankBackend(backend, run.stream)
     try:
         streamer = Streamer(backend, run.model.dit, run.stream, run.prompt, seed=int(spec.seed),
                             prompts=run.switches, noise=noise, features=features, observer=observer)

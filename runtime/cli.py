@@ -75,6 +75,7 @@ class _RunCommand(OneLineCommand):
         note="torch backend.")
 @spec_option("kernels")
 @spec_option("kv_cache_dtype", default_text="auto; with --bundle: the bundle's")
+@spec_option("bank_placement", default_text="device; with --bundle: the bundle's")
 @shared("--threads", type=int, default=None, note="Used by torch and onnxruntime.", default_text="all cores")
 @spec_option("config_file", type=click.Path())
 @shared("--top-k", type=int, default=None, default_text=str(_DEFAULT.top_k))

@@ -19,15 +19,13 @@ import numpy as np
 
 from ..config import MODEL_PRESETS
 from ..errors import DysinkError
-from ..graphs import KV_CACHE_DTYPES, PRECISIONS
+from ..graphs import BANK_PLACEMENTS, KV_CACHE_DTYPES, PRECISIONS  # noqa: F401 (BANK_PLACEMENTS: re-exported)
 from ..limits import MAX_BLOCKS, MAX_SECONDS, MAX_THREADS, check_blocks, check_seconds, check_threads
 from .backends import BACKENDS
 from .backends.onnxruntime_backend import PROVIDERS
 
 ORT_PROVIDERS = tuple(PROVIDERS)
 KERNELS = ("auto", "triton", "reference")
-# Where the memory bank's K/V pages live: device (the pool, as before) or pinned host memory.
-BANK_PLACEMENTS = ("device", "host")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 SEED_LIMIT = 2 ** 63
 DEFAULT_BLOCKS = 12

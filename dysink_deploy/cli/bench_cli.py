@@ -6,6 +6,7 @@
   dysink-bench kernels [--markdown FILE]           GPU check: Triton kernels vs references, vs SDPA (exit 77: skipped)
   dysink-bench soak --bundle B --blocks 2000       long onnxruntime stream twice: RSS bounded, same decisions
   dysink-bench compare RUN_A RUN_B                  two runs' decisions, block by block (exit 1 if they differ)
+  dysink-bench kv-dtype [--mid]                    8-bit K/V pages vs bf16 pages: decisions, latent error, bytes
   dysink-bench export-memory --model M --precision P   peak host memory of dysink-export onnx (child process)
 
 The measurements themselves are `dysink_deploy.bench`; these commands check the flags and print.
@@ -18,6 +19,8 @@ import sys
 import click
 
 from .. import bench
+from ..atomic import write_atomic
+from ..bench_kv import format_kv_report, markdown_kv_report, measure_kv_dtypes
 from ..bench_export import check_threads, export_args, measure_export
 from ..config import model_preset
 from ..errors import DysinkError
@@ -138,8 +141,7 @@ def memory(model_name, blocks, checkpoint_block, bank_capacity, dedup_threshold,
 
 @main.command()
 @shared("--model", "model_name", default="tiny")
-@click.option("--mid", is_flag=True, help="Instead of --model: 4 DiT layers at the 1.3B width, real VAE and "
-                                          "PE-Core configs, 128x128 (random weights).")
+@shared("--mid", is_flag=True, note="Instead of --model.")
 @shared("--graph", "graph_names", multiple=True)
 @click.option("--runs", type=int, default=10, show_default=True, help="Timed runs per graph and backend.")
 @shared("--threads", type=int, default=None, note="Used by torch and onnxruntime.", default_text="all cores")
@@ -252,6 +254,26 @@ def serve(bundle_path, blocks, streams, threads):
     for r in rows:
         ratio = r.served / r.local
         click.echo(f"{r.streams:>8} {r.served:>16.2f} {r.median_ms:>16.0f} {r.local:>15.2f} {ratio:>6.2f}x")
+
+
+@main.command("kv-dtype")
+@shared("--mid", is_flag=True, note="Instead of the tiny preset.")
+@shared("--blocks", type=int, default=12)
+@shared("--seed", type=int, default=0)
+@shared("--threads", type=int, default=None, note="Used by torch.", default_text="all cores")
+@shared("--markdown", type=click.Path(), default=None)
+def kv_dtype(mid, blocks, seed, threads, markdown):
+    """What 8-bit K/V pages cost in fidelity: the same torch stream with bf16, fp8, int8 (and model-precision)
+    pages; the decisions that differ from bf16 pages, the latent error, the page bytes."""
+    check_blocks(blocks)
+    check_threads(threads)
+    report = measure_kv_dtypes(bench.mid_model() if mid else "tiny", blocks, seed, threads=threads,
+                               log=_stderr)
+    for line in format_kv_report(report):
+        click.echo(line)
+    if markdown:
+        write_atomic(markdown, ("\n".join(markdown_kv_report(report)) + "\n").encode())
+        click.echo(f"wrote {markdown}")
 
 
 def _size(n: float) -> str:

@@ -124,8 +124,6 @@ def test_refusals_are_one_line(int8_bundle):
         _records(RunSpec(backend="onnxruntime", bundle=str(int8_bundle), kv_cache_dtype="fp8"), blocks=1)
     with pytest.raises(DysinkError, match="Triton kernels read model-precision pages only"):
         _records(dataclasses.replace(RunSpec(model="tiny", kv_cache_dtype="int8"), kernels="triton"), blocks=1)
-    with pytest.raises(DysinkError, match="bank_placement host: the host-side bank is planned"):
-        _records(RunSpec(model="tiny", bank_placement="host"), blocks=1)
 
 
 def test_tensorrt_paths_refuse_8bit_bundles_in_one_line(int8_bundle):
