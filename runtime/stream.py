@@ -127,6 +127,7 @@ class Streamer:
         # Prompt switches: (latent frame, embeddings), applied at the top of the first block whose
         # start frame is >= the frame, at most one per block, in order (ALGORITHM.md section 9).
         self._prompts: list[tuple[int, np.ndarray]] = []
+        self._prompt_blocks: list[int] = []         # the block each scheduled switch applies at
         self._next_prompt = 0
         self.prompt_index = 0
         for frame, embeds in prompts or []:
@@ -177,7 +178,15 @@ class Streamer:
         if embeds.shape != (self.dit.text_len, self.dit.text_dim) or not np.isfinite(embeds).all():
             raise DysinkError(f"switch prompt embeddings must be finite, of shape {(self.dit.text_len, self.dit.text_dim)}, "
                               f"got {embeds.shape}")
+        # The block it applies at: the first one starting at or after the frame, not one already made.
+        b = self.cfg.block_frames
+        block = max(-(-frame // b), getattr(self, "next_index", 0))     # (scheduled from __init__: 0)
+        if self._prompt_blocks and block <= self._prompt_blocks[-1]:
+            raise DysinkError(f"two prompt switches in block {self._prompt_blocks[-1]} (frames {self._prompts[-1][0]} and "
+                              f"{frame}): one block applies one switch, and this one would slip to a later block "
+                              f"without a word; give it a frame from {(self._prompt_blocks[-1] + 1) * b} on")
         self._prompts.append((frame, embeds))
+        self._prompt_blocks.append(block)
 
     def _switch(self, index: int, embeds: np.ndarray) -> dict:
         """Recache under a new prompt (ALGORITHM.md section 9): text K/V; every bank entry's K/V from

@@ -215,3 +215,18 @@ def test_dysink_run_checks_a_schedule_against_its_default_length(tmp_path):
 
 def test_a_schedule_with_two_prompts_at_frame_0_is_refused(tmp_path):
     _refused("the switches at latent frames 0 and 0 both fall in block 0", prompts=_schedule(tmp_path, [0, 0, 6]))
+
+
+def test_a_second_runtime_switch_in_one_block_is_refused():
+    """Stream.switch_prompt during a stream: two switches landing in one block are refused in one
+    line (before: the second slipped to the next block without a word)."""
+    import numpy as np
+
+    from dysink_deploy import api
+
+    with api.open_stream(model="tiny") as stream:
+        embeds = np.zeros((stream.model.dit.text_len, stream.model.dit.text_dim), dtype=np.float32)
+        stream.switch_prompt(embeds, frame=4)            # block 2 (frames 6..8)
+        with pytest.raises(DysinkError, match="two prompt switches in block 2 .*from 9 on"):
+            stream.switch_prompt(embeds, frame=6)
+        stream.switch_prompt(embeds, frame=9)            # block 3: fine

@@ -37,7 +37,7 @@ def _same(a, b):
         np.testing.assert_array_equal(x.feature, y.feature)
 
 
-@pytest.mark.parametrize("kv", ["auto", "int8"])
+@pytest.mark.parametrize("kv", ["int8"])        # auto pages: the onnxruntime test below
 def test_torch_host_bank_is_bit_identical(kv):
     dev, _, _ = _run(RunSpec(model="tiny", settings=SETTINGS, kv_cache_dtype=kv))
     host, config, backend = _run(RunSpec(model="tiny", settings=SETTINGS, kv_cache_dtype=kv, bank_placement="host"))

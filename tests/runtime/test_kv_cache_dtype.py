@@ -98,7 +98,7 @@ def test_pages_hold_8_bits_and_read_back_dequantised(int8_bundle):
         streamer.backend.close()
 
 
-@pytest.mark.parametrize("kind", ["bf16", "fp8"])
+@pytest.mark.parametrize("kind", ["fp8"])       # bf16 pages: the bf16-model test below and the op tests
 def test_torch_stream_runs_on_other_page_types(kind):
     """bf16 and e4m3 pages on the fp32 torch backend: the stream runs, decisions equal the model-precision
     stream here (random tiny weights), and the latents move away from it by the page rounding only."""
