@@ -34,7 +34,7 @@ demo: $(STAMP)
 # on the 2-core CI machine. TEST_JOBS=0 runs it in this process, one test after another.
 TEST_JOBS ?= 2
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n $(TEST_JOBS) --dist worksteal
+	$(VENV)/bin/python -m pytest -q -n $(TEST_JOBS)
 
 # Every table of the README's Benchmarks section (several minutes; pin threads on a busy machine).
 bench: $(STAMP)
