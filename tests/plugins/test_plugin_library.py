@@ -203,7 +203,8 @@ after_load = count("register")
 plugin = ctypes.CDLL(sys.argv[3])         # libdysink_plugins.so (loaded already, as the autoreg library's dependency)
 plugin.dysinkRegisterPlugins.restype = ctypes.c_bool
 again = [plugin.dysinkRegisterPlugins(), plugin.dysinkRegisterPlugins()]
-active = {n: standin.registryDoubleActive(n.encode(), b"dysink") for n in ("GatedSinkAttention", "RetrieveSinks")}
+active = {n: standin.registryDoubleActive(n.encode(), b"dysink")
+          for n in ("GatedSinkAttention", "RetrieveSinks", "GatedSinkAttentionQ8")}
 print(json.dumps({"after_load": after_load, "again": again, "register": count("register"), "refused": count("refused"),
                   "active": count("active"), "errors": count("errors"), "by_name": active,
                   "built": plugin.dysinkPluginsTensorRTVersion(), "loaded": plugin.dysinkLoadedTensorRTVersion()}))
@@ -214,7 +215,8 @@ print(json.dumps({"after_load": after_load, "again": again, "register": count("r
 @pytest.mark.skipif(not TOOLS, reason="cmake and a C++ compiler are needed to build the plugin library")
 def test_ctypes_cdll_of_the_autoreg_library_registers_with_an_rtld_local_libnvinfer(built):
     """The documented Python path: a libnvinfer loaded RTLD_LOCAL (here the test double), then
-    ctypes.CDLL(libdysink_plugins_autoreg.so); dysinkRegisterPlugins() twice more registers nothing."""
+    ctypes.CDLL(libdysink_plugins_autoreg.so) registers the three creators; dysinkRegisterPlugins() twice
+    more registers nothing."""
     b = built(HEADERS[0])
     res = subprocess.run([sys.executable, "-c", CTYPES_SCRIPT, str(b.standin), str(b.autoreg), str(b.lib)],
                          capture_output=True, text=True, env=_no_gpu_env())
@@ -222,8 +224,9 @@ def test_ctypes_cdll_of_the_autoreg_library_registers_with_an_rtld_local_libnvin
     got = json.loads(res.stdout.splitlines()[-1])
     major, minor, patch = (int(x) for x in B.tensorrt_header_version(HEADERS[0]).split("."))
     version = (major * 100 + minor) * 100 + patch
-    assert got == {"after_load": 2, "again": [True, True], "register": 2, "refused": 0, "active": 2, "errors": 0,
-                   "by_name": {"GatedSinkAttention": 1, "RetrieveSinks": 1}, "built": version, "loaded": version}
+    assert got == {"after_load": 3, "again": [True, True], "register": 3, "refused": 0, "active": 3, "errors": 0,
+                   "by_name": {"GatedSinkAttention": 1, "RetrieveSinks": 1, "GatedSinkAttentionQ8": 1},
+                   "built": version, "loaded": version}
     assert "[dysink plugins]" not in res.stderr, res.stderr
 
 
@@ -402,16 +405,17 @@ def test_embedded_source_names_every_cubin(kernel_dir):
     from dysink_deploy.plugins.embed import embedded_source
 
     text = embedded_source(kernel_dir)
-    import json
     n = len(json.loads((kernel_dir / "kernels.json").read_text())["kernels"])
     assert text.count(".incbin") == n and f"kNumKernelImages = {n};" in text
-    assert '"paged_attention", 87, 1, 32, 0, 1,' in text          # float16, head dim 32, sink rounding on
+    # float16, head dim 32, sink rounding on, pages 0 (the model dtype's: kernels.json has no "pages" key)
+    assert '"paged_attention", 87, 1, 32, 0, 1, 0,' in text
     # What the missing-architecture message may suggest: exactly what `--arch` accepts.
+    from dysink_deploy.plugins.embed import plugin_args
     from dysink_deploy.plugins.variants import ARCHS
     assert f"kCompilableArchs[] = {{{', '.join(map(str, ARCHS))}}};" in text
     # Each row carries the cubin's argument count (checked at every launch against the plugin's list).
-    from dysink_deploy.plugins.aot import ARG_TYPES
-    for kernel, args in ARG_TYPES.items():
-        row = next(line for line in text.splitlines() if line.startswith(f'    {{"{kernel}", 87,'))
+    for e in json.loads((kernel_dir / "kernels.json").read_text())["kernels"]:
+        row = next(line for line in text.splitlines() if line.startswith(f'    {{"{e["kernel"]}", 87,'))
         fields = [f.strip() for f in row.strip(" {},").split(",")]
-        assert int(fields[13]) == len(args), (kernel, fields)
+        assert int(fields[6]) == 0 and int(fields[14]) == len(e["args"]) - 2, (e["kernel"], fields)
+        assert plugin_args(e["kernel"], "auto") in (None, [a["name"] for a in e["args"][:-2]]), e["kernel"]

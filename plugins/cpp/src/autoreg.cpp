@@ -1,7 +1,7 @@
 // libdysink_plugins_autoreg.so: for loaders that only dlopen a library and expect it to register its
 // plugins (ctypes.CDLL after `import tensorrt`, polygraphy --plugins). Its static constructor calls
 // dysinkRegisterPlugins() of libdysink_plugins.so (a DT_NEEDED dependency, found beside it through
-// RUNPATH $ORIGIN), which registers both creators with the process's TensorRT registry.
+// RUNPATH $ORIGIN), which registers the creators with the process's TensorRT registry.
 //
 // Never give this library to IPluginRegistry::loadLibrary or trtexec --dynamicPlugins: its
 // constructor would call the registry while the loader may hold the registry's lock. Those loaders

@@ -1,8 +1,36 @@
-// GatedSinkAttention: three kernel launches (gate_partial_sums, gate_decide, paged_attention),
-// contract of dysink_deploy/ops/gated_sink_attention.py. Inputs: q, k_cur, v_cur [L, H, D];
-// k_pool, v_pool [P, L, H, D] (one dtype: float, half, bf16); local_ids, sink_ids int64 (-1, or any id
-// outside [0, P), = empty slot: the kernels take P and never read outside the pools, whatever the id
-// buffers hold). Outputs: out [L, H, D] (q's dtype), ratios float32 [S_sink].
+// GatedSinkAttention and GatedSinkAttentionQ8: three kernel launches (gate_partial_sums, gate_decide,
+// paged_attention), contract of dysink_deploy/ops/gated_sink_attention.py. Inputs: q, k_cur, v_cur
+// [L, H, D] (float, half, bf16); k_pool, v_pool [P, L, H, D] (one dtype); local_ids, sink_ids int64
+// (-1, or any id outside [0, P), = empty slot: the kernels take P and never read outside the pools,
+// whatever the id buffers hold). Outputs: out [L, H, D] (q's dtype), ratios float32 [S_sink].
+// GatedSinkAttention: the pools hold q's dtype (kernels of pages "auto").
+// GatedSinkAttentionQ8 (ops/onnx_functions.py): + k_scale, v_scale float32 [P, L, H] (inputs 7, 8);
+// pools int8 or fp8 e4m3 (kernels of pages "int8" / "fp8", which read q * scale, ops/kv_pages.py,
+// and take k_scale / v_scale right after P), or bf16 under an fp16 / fp32 q (pages "bf16": read and
+// cast, the scales unused). The Q8 node's attributes are GatedSinkAttention's.
+//
+// 8-bit plugin inputs in TensorRT: what the 10.3.0 and 11.1 headers and public threads say. NOT
+// VERIFIED: this plugin has never run on TensorRT (TensorRT cannot be installed where it is built
+// and tested; only its host logic runs, against test doubles).
+// - DataType::kINT8 (2, "signed 8-bit integer representing a quantized floating-point value") and
+//   kFP8 (6: 1 sign, 4 exponent, 3 mantissa bits, bias 7 = torch's float8_e4m3fn) are plugin I/O
+//   types: only kBOOL and kUINT8 are excluded (PluginTensorDesc::type, getOutputDataTypes). The
+//   pools are bytes as stored, in kLINEAR (contiguous [P, L, H, D]), the only format accepted here.
+// - PluginTensorDesc::scale (TensorRT's per-tensor INT8 scale, -1 when invalid) is ignored: the
+//   scales are the k_scale / v_scale inputs, one per (page, token, head).
+// - Weakly typed networks hand plugins kFLOAT / kINT32 types and choose precisions themselves
+//   (NvInferRuntime.h); an INT8 tensor there needs a calibrator or a dynamic range (setDynamicRange,
+//   deprecated since 10.1 for explicit quantization; NVIDIA/TensorRT#1973: "input/output with
+//   DataType Int8 in network without Q/DQ layers must have dynamic range set"), and an int8 plugin
+//   input in such a build was reported to fail format selection (NVIDIA/TensorRT#3959). So the
+//   network must be strongly typed: TensorRT 10.x NetworkDefinitionCreationFlag::kSTRONGLY_TYPED
+//   (trtexec --stronglyTyped); 11.x networks always are (the flag is deprecated and ignored). Then a
+//   tensor's type is the ONNX graph's (int8 / float8e4m3fn pools stay so) and no range is needed.
+// - TensorRT 10.3 has BuilderFlag::kFP8, "Enable plugins with FP8 input/output", not supported with
+//   hardware-compatibility mode; 11.1 has no precision builder flags. Whether a 10.x strongly typed
+//   build also needs that flag for an fp8 plugin input is not known here.
+// - Not known either: whether each version's ONNX parser takes a float8e4m3fn graph input, and
+//   whether TensorRT hands an int8 / fp8 network input to the plugin without a reformat.
 #include "plugins.h"
 
 #include <algorithm>
@@ -15,8 +43,10 @@ using namespace nvinfer1;
 namespace dysink
 {
 
-GatedSinkAttentionPlugin::GatedSinkAttentionPlugin(float threshold, int32_t sinkKvBf16, int32_t fixedSinks)
-    : mThreshold(threshold)
+GatedSinkAttentionPlugin::GatedSinkAttentionPlugin(
+    AttentionOp op, float threshold, int32_t sinkKvBf16, int32_t fixedSinks)
+    : mOp(op)
+    , mThreshold(threshold)
     , mSinkKvBf16(sinkKvBf16)
     , mFixedSinks(fixedSinks)
 {
@@ -27,10 +57,25 @@ IPluginV3* GatedSinkAttentionPlugin::clone() noexcept
     return copyOf(*this);
 }
 
+int32_t GatedSinkAttentionPlugin::pagesOf(AttentionOp op, DataType q, DataType pool)
+{
+    if (op == AttentionOp::kPlain)
+    {
+        return pool == q ? kPagesAuto : -1;
+    }
+    switch (pool)
+    {
+    case DataType::kINT8: return kPagesInt8;
+    case DataType::kFP8: return kPagesFP8;
+    case DataType::kBF16: return q == DataType::kHALF || q == DataType::kFLOAT ? kPagesBF16 : -1;
+    default: return -1;   // q's own dtype: a GatedSinkAttention node
+    }
+}
+
 int32_t GatedSinkAttentionPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
-    if (nbInputs != kInputs || nbOutputs != 2)
+    if (nbInputs != inputCount() || nbOutputs != 2)
     {
         return -1;
     }
@@ -43,7 +88,7 @@ int32_t GatedSinkAttentionPlugin::getOutputShapes(DimsExprs const* inputs, int32
     DimsExprs const* /*shapeInputs*/, int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs,
     IExprBuilder& /*exprBuilder*/) noexcept
 {
-    if (nbInputs != kInputs || nbOutputs != 2)
+    if (nbInputs != inputCount() || nbOutputs != 2)
     {
         return -1;
     }
@@ -55,7 +100,8 @@ int32_t GatedSinkAttentionPlugin::getOutputShapes(DimsExprs const* inputs, int32
 bool GatedSinkAttentionPlugin::supportsFormatCombination(
     int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
-    if (nbInputs != kInputs || nbOutputs != 2 || pos < 0 || pos >= kInputs + 2)
+    int32_t const n = inputCount();
+    if (nbInputs != n || nbOutputs != 2 || pos < 0 || pos >= n + 2)
     {
         return false;
     }
@@ -64,21 +110,32 @@ bool GatedSinkAttentionPlugin::supportsFormatCombination(
     {
         return false;
     }
+    // Decided from positions 0..pos only (TensorRT fills the later ones with placeholders).
+    DataType const q = inOut[0].desc.type;
     switch (pos)
     {
-    case 0: return d.type == DataType::kFLOAT || d.type == DataType::kHALF || d.type == DataType::kBF16;
-    case 1: case 2: case 3: case 4: case 7: return d.type == inOut[0].desc.type;
-    case 5: case 6: return d.type == DataType::kINT64;
-    default: return d.type == DataType::kFLOAT;   // 8: ratios
+    case 0: return q == DataType::kFLOAT || q == DataType::kHALF || q == DataType::kBF16;
+    case 1: case 2: return d.type == q;                          // k_cur, v_cur
+    case 3: return pagesOf(mOp, q, d.type) >= 0;                 // k_pool
+    case 4: return d.type == inOut[3].desc.type;                 // v_pool: k_pool's
+    case 5: case 6: return d.type == DataType::kINT64;           // local_ids, sink_ids
+    default: break;
     }
+    if (pos == n)
+    {
+        return d.type == q;                                      // out
+    }
+    return d.type == DataType::kFLOAT;                           // k_scale, v_scale (Q8); ratios
 }
 
 std::string GatedSinkAttentionPlugin::checkShapes(DynamicPluginTensorDesc const* in, int32_t nbInputs) const
 {
-    if (nbInputs != kInputs)
+    bool const q8 = mOp == AttentionOp::kQ8;
+    if (nbInputs != inputCount())
     {
-        return "expects 7 inputs (q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids), got "
-            + std::to_string(nbInputs);
+        return std::string("expects ") + std::to_string(inputCount())
+            + " inputs (q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids" + (q8 ? ", k_scale, v_scale" : "")
+            + "), got " + std::to_string(nbInputs);
     }
     Dims const& q = in[0].desc.dims;
     if (q.nbDims != 3)
@@ -101,9 +158,19 @@ std::string GatedSinkAttentionPlugin::checkShapes(DynamicPluginTensorDesc const*
             return "k_pool and v_pool must be [P, L, H, D] with q's L, H, D";
         }
     }
-    if (in[3].desc.dims.d[0] >= 0 && in[4].desc.dims.d[0] >= 0 && in[3].desc.dims.d[0] != in[4].desc.dims.d[0])
+    int64_t const pages = in[3].desc.dims.d[0];
+    if (pages >= 0 && in[4].desc.dims.d[0] >= 0 && pages != in[4].desc.dims.d[0])
     {
         return "k_pool and v_pool must have the same number of pages";
+    }
+    for (int32_t i = 7; q8 && i < 9; ++i)
+    {
+        Dims const& s = in[i].desc.dims;
+        if (s.nbDims != 3 || s.d[1] != q.d[0] || s.d[2] != q.d[1] || (pages >= 0 && s.d[0] >= 0 && s.d[0] != pages))
+        {
+            return "k_scale and v_scale must be [P, L, H] with the pools' P and q's L, H (one scale per page, "
+                   "token and head)";
+        }
     }
     if (in[5].desc.dims.nbDims != 1 || in[6].desc.dims.nbDims != 1)
     {
@@ -133,7 +200,7 @@ size_t GatedSinkAttentionPlugin::workspaceBytes(int64_t nSink, int64_t nLocal, i
 size_t GatedSinkAttentionPlugin::getWorkspaceSize(
     DynamicPluginTensorDesc const* inputs, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t) const noexcept
 {
-    if (nbInputs != kInputs)
+    if (nbInputs != inputCount())
     {
         return 0;
     }
@@ -144,8 +211,10 @@ size_t GatedSinkAttentionPlugin::getWorkspaceSize(
 int32_t GatedSinkAttentionPlugin::onShapeChange(
     PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const*, int32_t) noexcept
 {
-    if (nbInputs != kInputs)
+    std::string const name = getPluginName();
+    if (nbInputs != inputCount())
     {
+        logError(name + ": expects " + std::to_string(inputCount()) + " inputs, got " + std::to_string(nbInputs));
         return -1;
     }
     mTokens = static_cast<int32_t>(in[0].dims.d[0]);
@@ -158,25 +227,35 @@ int32_t GatedSinkAttentionPlugin::onShapeChange(
     int64_t pages = std::min(in[3].dims.d[0], in[4].dims.d[0]);
     mPages = static_cast<int32_t>(std::clamp<int64_t>(pages, 0, std::numeric_limits<int32_t>::max()));
     int32_t dtype = toKDtype(in[0].type);
-    // bf16 rounding is the identity on bf16 pools: those use the lean variant.
+    mPageType = pagesOf(mOp, in[0].type, in[3].type);
+    if (mPageType < 0)
+    {
+        logError(name + ": pools of type " + dataTypeName(in[3].type) + " under a " + dataTypeName(in[0].type)
+            + " q are not taken (" + (mOp == AttentionOp::kQ8 ? "int8, fp8, or bf16 under float16 / float32"
+                                                              : "the pools must have q's dtype")
+            + ")");
+        return -1;
+    }
+    // bf16 rounding is the identity on bf16 q (its variants are built without it).
     int32_t sinkBf16 = (mSinkKvBf16 && dtype != kBF16) ? 1 : 0;
     std::string error;
     int32_t arch = currentDeviceArch(error);
     if (arch < 0)
     {
-        logError("GatedSinkAttention: " + error);
+        logError(name + ": " + error);
         return -1;
     }
-    KernelKey attnKey{"paged_attention", dtype, mHeadDim, 0, sinkBf16};
-    KernelKey partialKey{"gate_partial_sums", dtype, mHeadDim, 0, sinkBf16};
-    KernelKey decideKey{"gate_decide", kAnyDtype, mHeadDim, mHeads, -1};
+    // gate_decide reads no pages: one variant for every page type.
+    KernelKey attnKey{"paged_attention", dtype, mHeadDim, 0, sinkBf16, mPageType};
+    KernelKey partialKey{"gate_partial_sums", dtype, mHeadDim, 0, sinkBf16, mPageType};
+    KernelKey decideKey{"gate_decide", kAnyDtype, mHeadDim, mHeads, -1, kPagesAuto};
     KernelImage const* attn = findKernelImage(attnKey, arch, error);
     KernelImage const* partial = attn ? findKernelImage(partialKey, arch, error) : nullptr;
     KernelImage const* decide = partial ? findKernelImage(decideKey, arch, error) : nullptr;
     if (!decide || !loadKernel(attn, mAttention, error) || !loadKernel(partial, mPartial, error)
         || !loadKernel(decide, mDecide, error))
     {
-        logError("GatedSinkAttention: " + error);
+        logError(name + ": " + error);
         return -1;
     }
     return 0;
@@ -187,7 +266,7 @@ int32_t GatedSinkAttentionPlugin::enqueue(PluginTensorDesc const*, PluginTensorD
 {
     if (!mAttention.function)
     {
-        logError("GatedSinkAttention: enqueue before onShapeChange loaded the kernels");
+        logError(std::string(getPluginName()) + ": enqueue before onShapeChange loaded the kernels");
         return -1;
     }
     CUdeviceptr q = reinterpret_cast<CUdeviceptr>(inputs[0]);
@@ -199,6 +278,10 @@ int32_t GatedSinkAttentionPlugin::enqueue(PluginTensorDesc const*, PluginTensorD
     CUdeviceptr sinkIds = reinterpret_cast<CUdeviceptr>(inputs[6]);
     CUdeviceptr out = reinterpret_cast<CUdeviceptr>(outputs[0]);
     CUdeviceptr ratios = reinterpret_cast<CUdeviceptr>(outputs[1]);
+    // int8 / fp8 pages: the scales go right after P (kernels.json; none for auto and bf16 pages).
+    bool const scaled = pagesScaled(mPageType);
+    CUdeviceptr kScale = scaled ? reinterpret_cast<CUdeviceptr>(inputs[7]) : 0;
+    CUdeviceptr vScale = scaled ? reinterpret_cast<CUdeviceptr>(inputs[8]) : 0;
     CUdeviceptr partial = reinterpret_cast<CUdeviceptr>(workspace);
     CUstream cuStream = reinterpret_cast<CUstream>(stream);
     CUresult result = CUDA_SUCCESS;
@@ -209,6 +292,10 @@ int32_t GatedSinkAttentionPlugin::enqueue(PluginTensorDesc const*, PluginTensorD
         ArgList a;
         a.add(&q).add(&kCur).add(&kPool).add(&localIds).add(&sinkIds).add(&partial);
         a.add(&mTokens).add(&mHeads).add(&mLocal).add(&mSink).add(&mFixedSinks).add(&perSplit).add(&mPages);
+        if (scaled)
+        {
+            a.add(&kScale);
+        }
         result = launchKernel(mPartial, mSink + mLocal + 2, mHeads, nSplit, a, cuStream);
         if (result == CUDA_SUCCESS)
         {
@@ -225,6 +312,10 @@ int32_t GatedSinkAttentionPlugin::enqueue(PluginTensorDesc const*, PluginTensorD
         c.add(&q).add(&kCur).add(&vCur).add(&kPool).add(&vPool).add(&localIds).add(&sinkIds).add(&ratios).add(&out);
         c.add(&mThreshold).add(&smScale).add(&mTokens).add(&mHeads).add(&mLocal).add(&mSink).add(&mFixedSinks)
             .add(&mPages);
+        if (scaled)
+        {
+            c.add(&kScale).add(&vScale);
+        }
         int32_t blockM = mAttention.image->blockM;
         result = launchKernel(mAttention, (mTokens + blockM - 1) / blockM, mHeads, 1, c, cuStream);
     }
@@ -238,7 +329,8 @@ PluginFieldCollection const* GatedSinkAttentionPlugin::getFieldsToSerialize() no
         PluginField("fixed_sinks", &mFixedSinks, PluginFieldType::kINT32, 1)});
 }
 
-GatedSinkAttentionCreator::GatedSinkAttentionCreator()
+GatedSinkAttentionCreator::GatedSinkAttentionCreator(AttentionOp op)
+    : mOp(op)
 {
     setFieldNames({PluginField("threshold", nullptr, PluginFieldType::kFLOAT32, 1),
         PluginField("sink_kv_bf16", nullptr, PluginFieldType::kINT32, 1),
@@ -251,9 +343,10 @@ IPluginV3* GatedSinkAttentionCreator::createPlugin(
     try
     {
         FieldReader fields(fc);
-        std::string where = std::string("GatedSinkAttention '") + (name ? name : "") + "': ";
+        char const* op = GatedSinkAttentionPlugin::opName(mOp);
+        std::string where = std::string(op) + " '" + (name ? name : "") + "': ";
         std::string bad;
-        if (!checkVersionField(fields, "GatedSinkAttention", bad))
+        if (!checkVersionField(fields, op, bad))
         {
             logError(where + bad);
             return nullptr;
@@ -287,7 +380,7 @@ IPluginV3* GatedSinkAttentionCreator::createPlugin(
             logError(where + "fixed_sinks must lie in 0..64, got " + std::to_string(fixedSinks));
             return nullptr;
         }
-        return new GatedSinkAttentionPlugin(
+        return new GatedSinkAttentionPlugin(mOp,
             static_cast<float>(threshold), static_cast<int32_t>(sinkKvBf16), static_cast<int32_t>(fixedSinks));
     }
     catch (...)

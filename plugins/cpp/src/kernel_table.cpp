@@ -14,7 +14,7 @@ bool keyMatches(KernelImage const& img, KernelKey const& key)
 {
     return std::strcmp(img.kernel, key.kernel) == 0 && (img.dtype == kAnyDtype || img.dtype == key.dtype)
         && (img.headDim == 0 || img.headDim == key.headDim) && (img.heads == 0 || img.heads == key.heads)
-        && (img.sinkBf16 < 0 || img.sinkBf16 == key.sinkBf16);
+        && (img.sinkBf16 < 0 || img.sinkBf16 == key.sinkBf16) && img.pages == key.pages;
 }
 
 char const* dtypeName(int32_t dtype)
@@ -52,6 +52,42 @@ std::set<int32_t> libraryArchs()
     return archs;
 }
 
+// The page types embedded for this kernel, e.g. "auto" or "int8, fp8".
+std::string embeddedPages(char const* kernel)
+{
+    std::set<int32_t> pages;
+    for (int32_t i = 0; i < kNumKernelImages; ++i)
+    {
+        if (std::strcmp(kKernelImages[i].kernel, kernel) == 0)
+        {
+            pages.insert(kKernelImages[i].pages);
+        }
+    }
+    std::string text;
+    for (int32_t p : pages)
+    {
+        text += (text.empty() ? "" : ", ") + std::string(pagesName(p));
+    }
+    return text.empty() ? "no" : text;
+}
+
+// What a rebuild for these pages may pass to --arch: fp8 kernels compile for sm_89 and newer only
+// (`dysink-export kernels` refuses older ones with fp8).
+std::set<int32_t> rebuildArchs(std::set<int32_t> archs, int32_t pages)
+{
+    if (pages == kPagesFP8)
+    {
+        archs.erase(archs.begin(), archs.lower_bound(kFP8MinArch));
+    }
+    return archs;
+}
+
+// The option a rebuild command needs for these pages ("" for the model dtype's, a bundle's default).
+std::string pagesOption(int32_t pages)
+{
+    return pages == kPagesAuto ? std::string() : std::string(" --kv-cache-dtype ") + pagesName(pages);
+}
+
 bool compilable(int32_t arch)
 {
     for (int32_t i = 0; i < kNumCompilableArchs; ++i)
@@ -65,12 +101,25 @@ bool compilable(int32_t arch)
 }
 } // namespace
 
-std::string embeddedArchs(char const* kernel)
+char const* pagesName(int32_t pages)
+{
+    switch (pages)
+    {
+    case kPagesAuto: return "auto";
+    case kPagesBF16: return "bf16";
+    case kPagesInt8: return "int8";
+    case kPagesFP8: return "fp8";
+    default: return "unknown";
+    }
+}
+
+std::string embeddedArchs(char const* kernel, int32_t pages)
 {
     std::set<int32_t> archs;
     for (int32_t i = 0; i < kNumKernelImages; ++i)
     {
-        if (std::strcmp(kKernelImages[i].kernel, kernel) == 0)
+        if (std::strcmp(kKernelImages[i].kernel, kernel) == 0
+            && (pages == kAnyPages || kKernelImages[i].pages == pages))
         {
             archs.insert(kKernelImages[i].arch);
         }
@@ -93,6 +142,18 @@ bool cubinRunsOn(int32_t imageArch, int32_t gpuArch)
 
 KernelImage const* findKernelImage(KernelKey const& key, int32_t arch, std::string& error)
 {
+    std::string const pages = pagesName(key.pages);
+    std::string const rebuild = " --out DIR --overwrite";
+    if (key.pages == kPagesFP8 && arch < kFP8MinArch && compilable(arch))
+    {
+        std::set<int32_t> archs = libraryArchs();
+        archs.insert(arch);
+        error = "fp8 K/V pages need sm_89 or newer (Triton's float8e4nv) and this GPU is sm_" + std::to_string(arch)
+            + ": use int8 pages here (every architecture): export the bundle with --kv-cache-dtype int8, then "
+              "dysink-export plugins --bundle BUNDLE --kv-cache-dtype int8 --arch "
+            + archNames(archs, ",", "") + rebuild;
+        return nullptr;
+    }
     KernelImage const* best = nullptr;
     bool anyArch = false;
     for (int32_t i = 0; i < kNumKernelImages; ++i)
@@ -116,22 +177,33 @@ KernelImage const* findKernelImage(KernelKey const& key, int32_t arch, std::stri
     {
         return best;
     }
-    std::set<int32_t> archs = libraryArchs();
-    std::string const rebuild = " --out DIR --overwrite";
-    if (!anyArch)
+    std::set<int32_t> archs = rebuildArchs(libraryArchs(), key.pages);
+    std::string const what = std::string(key.kernel) + (key.pages == kPagesAuto ? "" : " (" + pages + " pages)");
+    if (!anyArch && key.pages != kPagesAuto && embeddedArchs(key.kernel, key.pages) == "none")
     {
-        error = std::string("no embedded ") + key.kernel + " kernel for dtype " + dtypeName(key.dtype) + ", head dim "
+        // Kernels are compiled for one page type (kernels.json "kv_cache_dtype"): another needs a rebuild,
+        // which must also cover this GPU.
+        std::set<int32_t> wanted = archs;
+        wanted.insert(arch);
+        error = std::string("libdysink_plugins.so has no ") + key.kernel + " kernels for " + pages
+            + " K/V pages (it embeds " + embeddedPages(key.kernel) + " pages); dysink-export kernels --kv-cache-dtype "
+            + pages + " compiles them; rebuild the library with them: dysink-export plugins --bundle BUNDLE"
+            + pagesOption(key.pages) + " --arch " + archNames(wanted, ",", "") + rebuild;
+    }
+    else if (!anyArch)
+    {
+        error = std::string("no embedded ") + what + " kernel for dtype " + dtypeName(key.dtype) + ", head dim "
             + std::to_string(key.headDim) + (key.heads ? ", heads " + std::to_string(key.heads) : std::string())
             + (key.sinkBf16 >= 0 ? ", sink_bf16 " + std::to_string(key.sinkBf16) : std::string())
-            + "; rebuild the library for this bundle: dysink-export plugins --bundle BUNDLE --arch "
-            + archNames(archs, ",", "") + rebuild;
+            + "; rebuild the library for this bundle: dysink-export plugins --bundle BUNDLE" + pagesOption(key.pages)
+            + " --arch " + archNames(archs, ",", "") + rebuild;
     }
     else if (!compilable(arch))
     {
         std::set<int32_t> accepted(kCompilableArchs, kCompilableArchs + kNumCompilableArchs);
         error = std::string("this GPU is sm_") + std::to_string(arch)
-            + ", which the compiled kernels do not support: libdysink_plugins.so embeds " + key.kernel + " for "
-            + embeddedArchs(key.kernel)
+            + ", which the compiled kernels do not support: libdysink_plugins.so embeds " + what + " for "
+            + embeddedArchs(key.kernel, key.pages)
             + " (a cubin runs on a newer GPU only within sm_8x; sm_90 and newer cubins are arch-specific) and "
               "dysink-export plugins --arch accepts only "
             + archNames(accepted, ",", "");
@@ -140,13 +212,13 @@ KernelImage const* findKernelImage(KernelKey const& key, int32_t arch, std::stri
     {
         std::set<int32_t> wanted = archs;
         wanted.insert(arch);
-        error = std::string("this GPU is sm_") + std::to_string(arch) + " but libdysink_plugins.so embeds "
-            + key.kernel + " only for " + embeddedArchs(key.kernel)
+        error = std::string("this GPU is sm_") + std::to_string(arch) + " but libdysink_plugins.so embeds " + what
+            + " only for " + embeddedArchs(key.kernel, key.pages)
             + (arch >= 100 ? std::string(" (sm_100 and newer cubins from Triton's bundled ptxas-blackwell, CUDA 13, need "
                                          "an R580+ driver; TRITON_PTXAS_BLACKWELL_PATH selects this machine's ptxas)")
                            : std::string())
-            + "; rebuild it with this architecture added: dysink-export plugins --bundle BUNDLE --arch "
-            + archNames(wanted, ",", "") + rebuild;
+            + "; rebuild it with this architecture added: dysink-export plugins --bundle BUNDLE" + pagesOption(key.pages)
+            + " --arch " + archNames(wanted, ",", "") + rebuild;
     }
     return nullptr;
 }

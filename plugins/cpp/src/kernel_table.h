@@ -19,6 +19,29 @@ enum KDtype : int32_t
     kBF16 = 2,
 };
 
+// Where the K/V pages of paged_attention / gate_partial_sums live (kernels.json key "pages",
+// `--kv-cache-dtype`): the model dtype (no key), bf16 under an fp16 / fp32 model, or 8-bit with
+// float32 scales [P, L, H], passed right after P (k_scale; paged_attention also v_scale).
+enum KPages : int32_t
+{
+    kAnyPages = -1,   // embeddedArchs: every page type
+    kPagesAuto = 0,
+    kPagesBF16 = 1,
+    kPagesInt8 = 2,
+    kPagesFP8 = 3,
+};
+
+// fp8 (float8e4nv) loads and conversions need sm_89 or newer: no fp8 variant exists below.
+constexpr int32_t kFP8MinArch = 89;
+
+// "auto", "bf16", "int8", "fp8" (the --kv-cache-dtype names).
+char const* pagesName(int32_t pages);
+// Whether the page type carries scale arguments (int8, fp8).
+inline bool pagesScaled(int32_t pages)
+{
+    return pages == kPagesInt8 || pages == kPagesFP8;
+}
+
 struct KernelImage
 {
     char const* kernel;          // "paged_attention", "gate_partial_sums", ...
@@ -27,6 +50,7 @@ struct KernelImage
     int32_t headDim;             // 0 when the kernel does not depend on it
     int32_t heads;               // 0 when the kernel does not depend on it
     int32_t sinkBf16;            // -1 when the kernel does not depend on it
+    int32_t pages;               // KPages (kPagesAuto for the kernels that read no pages)
     int32_t numWarps;
     int32_t sharedBytes;         // dynamic shared memory
     int32_t globalScratchBytes;  // Triton's trailing scratch pointers: 0 -> pass null
@@ -55,19 +79,22 @@ struct KernelKey
     int32_t headDim;
     int32_t heads;
     int32_t sinkBf16;
+    int32_t pages = kPagesAuto;   // matched exactly: a variant of another page type takes other arguments
 };
 
 // The image for `key` on `arch`: the exact architecture, else (sm_8x only) the newest older minor of
 // the same major; see cubinRunsOn. nullptr with `error` naming the missing architecture and either
 // the command that adds it or, for an architecture the kernels cannot be compiled for, that it is
-// not supported.
+// not supported; for a page type the library has no kernels for, the --kv-cache-dtype to rebuild
+// with; for fp8 pages on a GPU older than sm_89, that fp8 needs sm_89 (int8 runs everywhere).
 KernelImage const* findKernelImage(KernelKey const& key, int32_t arch, std::string& error);
 
 // Whether a cubin embedded for `imageArch` runs on a GPU of compute capability `gpuArch` (x 10).
 bool cubinRunsOn(int32_t imageArch, int32_t gpuArch);
 
-// Comma-separated architectures embedded for this kernel (for messages).
-std::string embeddedArchs(char const* kernel);
+// Comma-separated architectures embedded for this kernel (of this page type unless kAnyPages), for
+// messages; "none" when there are none.
+std::string embeddedArchs(char const* kernel, int32_t pages = kAnyPages);
 
 // A loaded kernel: function handle + what its launch needs.
 struct LoadedKernel

@@ -166,4 +166,21 @@ int32_t toKDtype(nvinfer1::DataType type)
     }
 }
 
+std::string dataTypeName(nvinfer1::DataType type)
+{
+    switch (type)
+    {
+    case nvinfer1::DataType::kFLOAT: return "float32";
+    case nvinfer1::DataType::kHALF: return "float16";
+    case nvinfer1::DataType::kBF16: return "bfloat16";
+    case nvinfer1::DataType::kINT8: return "int8";
+    case nvinfer1::DataType::kFP8: return "fp8 (e4m3)";
+    case nvinfer1::DataType::kINT32: return "int32";
+    case nvinfer1::DataType::kINT64: return "int64";
+    case nvinfer1::DataType::kBOOL: return "bool";
+    case nvinfer1::DataType::kUINT8: return "uint8";
+    default: return "DataType " + std::to_string(static_cast<int32_t>(type));
+    }
+}
+
 } // namespace dysink

@@ -1,4 +1,4 @@
-// What both plugins share: the logger, attribute fields, dtype mapping.
+// What the plugins share: the logger, attribute fields, dtype mapping.
 #pragma once
 
 #include "NvInferRuntime.h"
@@ -44,5 +44,8 @@ private:
 bool checkVersionField(FieldReader const& fields, char const* op, std::string& error);
 
 int32_t toKDtype(nvinfer1::DataType type);
+
+// "float16", "int8", "fp8 (e4m3)", ... for messages.
+std::string dataTypeName(nvinfer1::DataType type);
 
 } // namespace dysink

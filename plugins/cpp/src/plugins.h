@@ -1,4 +1,5 @@
-// The two IPluginV3 plugins and their creators (namespace "dysink", version "1").
+// The IPluginV3 plugins and their creators (namespace "dysink", version "1"): GatedSinkAttention,
+// GatedSinkAttentionQ8 (one class) and RetrieveSinks.
 #pragma once
 
 #include "plugin_common.h"
@@ -8,7 +9,7 @@
 namespace dysink
 {
 
-// Core / build / runtime plumbing shared by both plugins.
+// Core / build / runtime plumbing shared by the plugins.
 class PluginBase : public nvinfer1::IPluginV3,
                    public nvinfer1::IPluginV3OneCore,
                    public nvinfer1::IPluginV3OneBuild,
@@ -46,13 +47,22 @@ protected:
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
+// dysink::GatedSinkAttention and dysink::GatedSinkAttentionQ8: one contract, one class. The Q8 op
+// takes two more inputs (k_scale, v_scale float32 [P, L, H]) and pools in another storage than q
+// (int8 / fp8, or bf16 under an fp16 / fp32 q), whose kernels (page variants) take the scales.
+enum class AttentionOp : int32_t
+{
+    kPlain,   // GatedSinkAttention: pools in q's dtype (kernels of pages "auto")
+    kQ8,      // GatedSinkAttentionQ8
+};
+
 class GatedSinkAttentionPlugin final : public PluginBase
 {
 public:
-    GatedSinkAttentionPlugin(float threshold, int32_t sinkKvBf16, int32_t fixedSinks);
+    GatedSinkAttentionPlugin(AttentionOp op, float threshold, int32_t sinkKvBf16, int32_t fixedSinks);
     GatedSinkAttentionPlugin(GatedSinkAttentionPlugin const& other) = default;   // loaded kernels are shared
     nvinfer1::IPluginV3* clone() noexcept override;
-    char const* getPluginName() const noexcept override { return "GatedSinkAttention"; }
+    char const* getPluginName() const noexcept override { return opName(mOp); }
     int32_t getNbOutputs() const noexcept override { return 2; }
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
         int32_t nbInputs) const noexcept override;
@@ -69,19 +79,31 @@ public:
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
-    static constexpr int32_t kInputs = 7;
+    static constexpr int32_t kInputs = 7;     // GatedSinkAttention
+    static constexpr int32_t kInputsQ8 = 9;   // GatedSinkAttentionQ8: + k_scale, v_scale
+    static char const* opName(AttentionOp op)
+    {
+        return op == AttentionOp::kQ8 ? "GatedSinkAttentionQ8" : "GatedSinkAttention";
+    }
+    // The kernels' page type (KPages) for pools of type `pool` under q of type `q`, or -1 when the op
+    // does not take them: kPlain only q's own type (auto); kQ8 int8, fp8, and bf16 under fp16 / fp32.
+    static int32_t pagesOf(AttentionOp op, nvinfer1::DataType q, nvinfer1::DataType pool);
     static size_t workspaceBytes(int64_t nSink, int64_t nLocal, int64_t heads, int64_t headDim);
 
 protected:
     std::string checkShapes(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs) const override;
 
 private:
+    int32_t inputCount() const { return mOp == AttentionOp::kQ8 ? kInputsQ8 : kInputs; }
+
+    AttentionOp mOp;
     float mThreshold;
     int32_t mSinkKvBf16;
     int32_t mFixedSinks;
     // Set by onShapeChange (runtime): shapes and the kernels for this device.
     // mPages: the pools' first dimension P (the kernels treat a page id outside [0, P) as empty).
     int32_t mTokens = 0, mHeads = 0, mHeadDim = 0, mLocal = 0, mSink = 0, mPages = 0;
+    int32_t mPageType = kPagesAuto;   // KPages of the loaded kernels: int8 / fp8 launch with the scales
     LoadedKernel mPartial, mDecide, mAttention;
 };
 
@@ -139,10 +161,13 @@ protected:
 class GatedSinkAttentionCreator final : public CreatorBase
 {
 public:
-    GatedSinkAttentionCreator();
-    char const* getPluginName() const noexcept override { return "GatedSinkAttention"; }
+    explicit GatedSinkAttentionCreator(AttentionOp op);
+    char const* getPluginName() const noexcept override { return GatedSinkAttentionPlugin::opName(mOp); }
     nvinfer1::IPluginV3* createPlugin(
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
+
+private:
+    AttentionOp mOp;
 };
 
 class RetrieveSinksCreator final : public CreatorBase

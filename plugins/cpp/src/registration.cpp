@@ -14,7 +14,7 @@
 // Checked against a registry TEST DOUBLE standing in for libnvinfer (tests/plugins/cpp/
 // registry_double.cpp, driven by registration_harness.cpp): the double's loadLibrary flags any
 // registry call made while it loads a library and calls getCreators; loading this library through it
-// makes none and registers both creators once; the autoreg library registers them with a libnvinfer
+// makes none and registers each creator once; the autoreg library registers them with a libnvinfer
 // loaded RTLD_LOCAL; dysinkRegisterPlugins twice registers once; another major is refused.
 //
 // NOT VERIFIED (no TensorRT library on the machines this is built and tested on):
@@ -42,10 +42,11 @@ namespace dysink
 {
 namespace
 {
-GatedSinkAttentionCreator gAttentionCreator;
+GatedSinkAttentionCreator gAttentionCreator(AttentionOp::kPlain);
 RetrieveSinksCreator gRetrieveCreator;
-IPluginCreatorInterface* const gCreators[] = {&gAttentionCreator, &gRetrieveCreator};
-IPluginCreatorV3One* const gCreatorsV3[] = {&gAttentionCreator, &gRetrieveCreator};
+GatedSinkAttentionCreator gAttentionQ8Creator(AttentionOp::kQ8);
+IPluginCreatorInterface* const gCreators[] = {&gAttentionCreator, &gRetrieveCreator, &gAttentionQ8Creator};
+IPluginCreatorV3One* const gCreatorsV3[] = {&gAttentionCreator, &gRetrieveCreator, &gAttentionQ8Creator};
 constexpr int32_t kNumCreators = static_cast<int32_t>(sizeof(gCreators) / sizeof(gCreators[0]));
 
 // The version of the headers this library was built with, as getInferLibVersion() reports one.
@@ -222,7 +223,7 @@ __attribute__((visibility("default"))) void setLoggerFinder(ILoggerFinder* finde
     dysink::setLoggerFinderImpl(finder);
 }
 
-// Register both creators with the TensorRT loaded in this process (what libdysink_plugins_autoreg.so
+// Register the creators with the TensorRT loaded in this process (what libdysink_plugins_autoreg.so
 // does when it is loaded; callable through ctypes, e.g. for a library loaded before TensorRT). True
 // when they are registered (also when they were already: calling it again registers nothing more);
 // false when no TensorRT is loaded, or it is of another major (one line logged), or TensorRT refused.
@@ -247,13 +248,15 @@ __attribute__((visibility("default"))) int dysinkLoadedTensorRTVersion()
     return trt.version();
 }
 
-// Diagnostics without TensorRT or a GPU: which cubin would run `kernel` for this key on `arch`.
-// Returns the image's architecture, or -1 with the reason in `message`.
-__attribute__((visibility("default"))) int dysinkFindKernel(char const* kernel, int dtype, int headDim, int heads,
-    int sinkBf16, int arch, char* message, int messageBytes)
+// Diagnostics without TensorRT or a GPU: which cubin would run `kernel` for this key on `arch`
+// (`pages`: KPages, 0 auto / 1 bf16 / 2 int8 / 3 fp8). Returns the image's architecture, or -1 with
+// the reason in `message` (the symbol when found).
+__attribute__((visibility("default"))) int dysinkFindKernelPages(char const* kernel, int dtype, int headDim,
+    int heads, int sinkBf16, int pages, int arch, char* message, int messageBytes)
 {
     std::string error;
-    dysink::KernelImage const* image = dysink::findKernelImage({kernel, dtype, headDim, heads, sinkBf16}, arch, error);
+    dysink::KernelImage const* image
+        = dysink::findKernelImage({kernel, dtype, headDim, heads, sinkBf16, pages}, arch, error);
     if (message && messageBytes > 0)
     {
         std::string text = image ? std::string(image->symbol) : error;
@@ -262,6 +265,13 @@ __attribute__((visibility("default"))) int dysinkFindKernel(char const* kernel, 
         message[text.size()] = '\0';
     }
     return image ? image->arch : -1;
+}
+
+// dysinkFindKernelPages for the model dtype's pages (auto).
+__attribute__((visibility("default"))) int dysinkFindKernel(char const* kernel, int dtype, int headDim, int heads,
+    int sinkBf16, int arch, char* message, int messageBytes)
+{
+    return dysinkFindKernelPages(kernel, dtype, headDim, heads, sinkBf16, 0, arch, message, messageBytes);
 }
 
 // The compute capability (x 10) of the GPU the plugins would load their kernels for on this thread,

@@ -3,7 +3,9 @@
 // per-thread current context, so that context_harness.cpp can check how the plugin library makes a
 // context current on a thread that has none. Two fake devices: 0 (sm_87) and 1 (sm_90); a context
 // is a pointer into a table (primary contexts; "stream" contexts for driverDoubleStream). No GPU
-// work is done: modules, functions and launches are recorded only. The plugin harness
+// work is done: modules, functions and launches are recorded only (one function handle per symbol
+// name, driverDoubleFunctionName; a test may watch each launch's arguments through
+// driverDoubleSetLaunchHook, as q8_harness.cpp does). The plugin harness
 // (plugins/harness/) also finds streams and "device" memory here (host memory: copies and fills are
 // memcpy / memset, kernels write nothing), so that tests/plugins/test_harness.py runs its enqueue path.
 // Deliberately does not include cuda.h (which renames some entry points with macros): the ABI is
@@ -35,7 +37,11 @@ std::mutex gMutex;
 std::map<std::string, int> gCounts;
 std::string gFail;   // the entry point that fails from now on ("" none)
 int gModule = 0;
-int gFunction = 0;
+// Function handles: one per symbol name, each a string allocated once (a stable address).
+std::map<std::string, std::string*> gFunctions;
+using LaunchHook = void (*)(void* function, unsigned gridX, unsigned gridY, unsigned gridZ, unsigned blockX,
+    unsigned sharedBytes, void** params);
+LaunchHook gLaunchHook = nullptr;
 
 int count(char const* what)
 {
@@ -133,19 +139,33 @@ EXPORT int cuModuleLoadData(void** module, void const*)
     return tCurrent ? kSuccess : kInvalidContext;
 }
 
-EXPORT int cuModuleGetFunction(void** function, void*, char const*)
+EXPORT int cuModuleGetFunction(void** function, void*, char const* name)
 {
-    *function = &gFunction;
+    std::lock_guard<std::mutex> lock(gMutex);
+    std::string*& slot = gFunctions[name];
+    if (!slot)
+    {
+        slot = new std::string(name);   // kept for the life of the process, as the driver's would be
+    }
+    *function = slot;
     return kSuccess;
 }
 
 EXPORT int cuFuncSetAttribute(void*, int, int) { return kSuccess; }
 
-EXPORT int cuLaunchKernel(void*, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void*, void**,
-    void**)
+EXPORT int cuLaunchKernel(void* function, unsigned gridX, unsigned gridY, unsigned gridZ, unsigned blockX, unsigned,
+    unsigned, unsigned sharedBytes, void*, void** params, void**)
 {
     count("cuLaunchKernel");
-    return tCurrent ? kSuccess : kInvalidContext;
+    if (!tCurrent)
+    {
+        return kInvalidContext;
+    }
+    if (gLaunchHook)
+    {
+        gLaunchHook(function, gridX, gridY, gridZ, blockX, sharedBytes, params);   // params valid only now
+    }
+    return kSuccess;
 }
 
 EXPORT int cuGetErrorString(int result, char const** text)
@@ -246,6 +266,27 @@ EXPORT int driverDoubleCurrent(int* primary)
 {
     *primary = tCurrent && tCurrent->primary ? 1 : 0;
     return tCurrent ? tCurrent->device : -1;
+}
+
+// The symbol a function handle of cuModuleGetFunction was made for ("" for another pointer).
+EXPORT char const* driverDoubleFunctionName(void* function)
+{
+    std::lock_guard<std::mutex> lock(gMutex);
+    for (auto const& entry : gFunctions)
+    {
+        if (entry.second == function)
+        {
+            return entry.second->c_str();
+        }
+    }
+    return "";
+}
+
+// Called inside every successful cuLaunchKernel with its function, grid, block x, dynamic shared
+// bytes and kernelParams (nullptr: none).
+EXPORT void driverDoubleSetLaunchHook(LaunchHook hook)
+{
+    gLaunchHook = hook;
 }
 
 // From now on `what` ("cuDevicePrimaryCtxRetain", "cuCtxSetCurrent", or "" for none) fails.

@@ -1,253 +1,22 @@
 // Host-side harness of libdysink_plugins.so: no TensorRT library, no GPU. It plays the part of
 // TensorRT where TensorRT would call the plugins (an IExprBuilder, PluginFieldCollections, a
-// logger) and checks creators, shapes, types, formats, workspace, serialization round trips,
-// clone, attribute rejection and kernel selection. Built by tests/plugins/cpp/CMakeLists.txt and
+// logger: harness_common.h) and checks creators, shapes, types, formats, workspace, serialization
+// round trips, clone, attribute rejection and kernel selection (GatedSinkAttentionQ8 has its own:
+// q8_harness.cpp). Built by tests/plugins/cpp/CMakeLists.txt and
 // driven by tests/plugins/test_plugin_library.py:
 //
 //   plugin_harness LIB GSA_THRESHOLD GSA_SINK_KV_BF16 GSA_FIXED_SINKS RS_SINK_SIZE RS_K EMBEDDED_ARCH
 //
 // prints one line per check ("ok ..." / "FAIL ...") and exits non-zero if any failed.
-#include "NvInferRuntime.h"
+#include "harness_common.h"
 
 #include <dlfcn.h>
 
 #include <cmath>
-#include <cstdio>
-#include <cstring>
-#include <deque>
 #include <limits>
-#include <memory>
-#include <string>
-#include <vector>
 
 using namespace nvinfer1;
-
-namespace
-{
-int gFailures = 0;
-
-void check(bool ok, std::string const& what)
-{
-    std::printf("%s %s\n", ok ? "ok" : "FAIL", what.c_str());
-    gFailures += ok ? 0 : 1;
-}
-
-// --- test doubles for what TensorRT provides --------------------------------------------
-class CapturingLogger : public ILogger
-{
-public:
-    void log(Severity severity, AsciiChar const* msg) noexcept override
-    {
-        if (severity <= Severity::kWARNING)
-        {
-            messages.emplace_back(msg);
-        }
-    }
-    bool saw(char const* text) const
-    {
-        for (auto const& m : messages)
-        {
-            if (m.find(text) != std::string::npos)
-            {
-                return true;
-            }
-        }
-        return false;
-    }
-    std::vector<std::string> messages;
-};
-
-class Finder : public ILoggerFinder
-{
-public:
-    explicit Finder(ILogger* logger)
-        : mLogger(logger)
-    {
-    }
-    ILogger* findLogger() override
-    {
-        return mLogger;
-    }
-
-private:
-    ILogger* mLogger;
-};
-
-class ConstImpl : public apiv::VDimensionExpr
-{
-public:
-    explicit ConstImpl(int64_t v)
-        : value(v)
-    {
-    }
-    bool isConstant() const override
-    {
-        return true;
-    }
-    int64_t getConstantValue() const override
-    {
-        return value;
-    }
-    bool isSizeTensor() const override
-    {
-        return false;
-    }
-    int64_t value;
-};
-
-class ConstExpr : public IDimensionExpr
-{
-public:
-    explicit ConstExpr(int64_t v)
-        : mValue(v)
-    {
-        mImpl = &mValue;
-    }
-
-private:
-    ConstImpl mValue;
-};
-
-class BuilderImpl : public apiv::VExprBuilder
-{
-public:
-    IDimensionExpr const* constant(int64_t value) override
-    {
-        exprs.emplace_back(std::make_unique<ConstExpr>(value));
-        return exprs.back().get();
-    }
-    IDimensionExpr const* operation(DimensionOperation, IDimensionExpr const&, IDimensionExpr const&) override
-    {
-        return nullptr;   // the plugins need no arithmetic on shapes
-    }
-    IDimensionExpr const* declareSizeTensor(int32_t, IDimensionExpr const&, IDimensionExpr const&) override
-    {
-        return nullptr;
-    }
-    std::deque<std::unique_ptr<ConstExpr>> exprs;
-};
-
-class ExprBuilder : public IExprBuilder
-{
-public:
-    ExprBuilder()
-    {
-        mImpl = &impl;
-    }
-    BuilderImpl impl;
-};
-
-DimsExprs exprs(ExprBuilder& b, std::vector<int64_t> const& dims)
-{
-    DimsExprs e{};
-    e.nbDims = static_cast<int32_t>(dims.size());
-    for (size_t i = 0; i < dims.size(); ++i)
-    {
-        e.d[i] = b.constant(dims[i]);
-    }
-    return e;
-}
-
-bool sameConstants(DimsExprs const& a, std::vector<int64_t> const& dims)
-{
-    if (a.nbDims != static_cast<int32_t>(dims.size()))
-    {
-        return false;
-    }
-    for (size_t i = 0; i < dims.size(); ++i)
-    {
-        if (!a.d[i] || !a.d[i]->isConstant() || a.d[i]->getConstantValue() != dims[i])
-        {
-            return false;
-        }
-    }
-    return true;
-}
-
-DynamicPluginTensorDesc desc(std::vector<int64_t> const& dims, DataType type, TensorFormat format = TensorFormat::kLINEAR)
-{
-    DynamicPluginTensorDesc d{};
-    d.desc.dims.nbDims = static_cast<int32_t>(dims.size());
-    for (size_t i = 0; i < dims.size(); ++i)
-    {
-        d.desc.dims.d[i] = dims[i];
-    }
-    d.desc.type = type;
-    d.desc.format = format;
-    d.min = d.opt = d.max = d.desc.dims;
-    return d;
-}
-
-struct Fields
-{
-    std::deque<float> floats;
-    std::deque<int32_t> ints;
-    std::vector<PluginField> list;
-    PluginFieldCollection fc{};
-
-    Fields& f(char const* name, float v)
-    {
-        floats.push_back(v);
-        list.emplace_back(name, &floats.back(), PluginFieldType::kFLOAT32, 1);
-        return *this;
-    }
-    Fields& i(char const* name, int32_t v)
-    {
-        ints.push_back(v);
-        list.emplace_back(name, &ints.back(), PluginFieldType::kINT32, 1);
-        return *this;
-    }
-    Fields& s(char const* name, char const* v)
-    {
-        list.emplace_back(name, v, PluginFieldType::kCHAR, static_cast<int32_t>(std::strlen(v) + 1));
-        return *this;
-    }
-    PluginFieldCollection const* get()
-    {
-        fc.nbFields = static_cast<int32_t>(list.size());
-        fc.fields = list.data();
-        return &fc;
-    }
-};
-
-// Serialized fields -> comparable text.
-std::string fieldsText(PluginFieldCollection const* fc)
-{
-    std::string text;
-    for (int32_t i = 0; fc && i < fc->nbFields; ++i)
-    {
-        PluginField const& f = fc->fields[i];
-        text += std::string(f.name) + "=";
-        if (f.type == PluginFieldType::kFLOAT32)
-        {
-            text += std::to_string(*static_cast<float const*>(f.data));
-        }
-        else if (f.type == PluginFieldType::kINT32)
-        {
-            text += std::to_string(*static_cast<int32_t const*>(f.data));
-        }
-        else if (f.type == PluginFieldType::kCHAR)
-        {
-            text += static_cast<char const*>(f.data);
-        }
-        text += ";";
-    }
-    return text;
-}
-
-IPluginV3OneBuild* build(IPluginV3* p)
-{
-    return static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
-}
-IPluginV3OneRuntime* runtime(IPluginV3* p)
-{
-    return static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-}
-IPluginV3OneCore* core(IPluginV3* p)
-{
-    return static_cast<IPluginV3OneCore*>(p->getCapabilityInterface(PluginCapabilityType::kCORE));
-}
-} // namespace
+using namespace harness;
 
 int main(int argc, char** argv)
 {
@@ -272,19 +41,23 @@ int main(int argc, char** argv)
     using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
     using SetFinder = void (*)(ILoggerFinder*);
     using FindKernel = int (*)(char const*, int, int, int, int, int, char*, int);
+    using FindKernelPages = int (*)(char const*, int, int, int, int, int, int, char*, int);
     auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
     auto setLoggerFinder = reinterpret_cast<SetFinder>(dlsym(lib, "setLoggerFinder"));
     auto findKernel = reinterpret_cast<FindKernel>(dlsym(lib, "dysinkFindKernel"));
-    check(getCreators && setLoggerFinder && findKernel, "exports getCreators, setLoggerFinder, dysinkFindKernel");
+    auto findKernelPages = reinterpret_cast<FindKernelPages>(dlsym(lib, "dysinkFindKernelPages"));
+    check(getCreators && setLoggerFinder && findKernel && findKernelPages,
+        "exports getCreators, setLoggerFinder, dysinkFindKernel, dysinkFindKernelPages");
     CapturingLogger logger;
     Finder finder(&logger);
     setLoggerFinder(&finder);
 
     int32_t n = 0;
     IPluginCreatorInterface* const* creators = getCreators(n);
-    check(n == 2, "two creators");
+    check(n == 3, "three creators");
     IPluginCreatorV3One* gsaCreator = nullptr;
     IPluginCreatorV3One* rsCreator = nullptr;
+    IPluginCreatorV3One* q8Creator = nullptr;
     for (int32_t i = 0; i < n; ++i)
     {
         InterfaceInfo info = creators[i]->getInterfaceInfo();
@@ -292,10 +65,12 @@ int main(int argc, char** argv)
         auto* c = static_cast<IPluginCreatorV3One*>(creators[i]);
         check(!std::strcmp(c->getPluginNamespace(), "dysink") && !std::strcmp(c->getPluginVersion(), "1"),
             std::string(c->getPluginName()) + ": namespace dysink, version 1");
-        (std::strcmp(c->getPluginName(), "GatedSinkAttention") == 0 ? gsaCreator : rsCreator) = c;
+        std::string const name = c->getPluginName();
+        (name == "GatedSinkAttention" ? gsaCreator : name == "RetrieveSinks" ? rsCreator : q8Creator) = c;
     }
-    check(gsaCreator && rsCreator && !std::strcmp(rsCreator->getPluginName(), "RetrieveSinks"), "both plugin names");
-    if (!gsaCreator || !rsCreator)
+    check(gsaCreator && rsCreator && q8Creator && !std::strcmp(q8Creator->getPluginName(), "GatedSinkAttentionQ8"),
+        "the plugin names GatedSinkAttention, RetrieveSinks, GatedSinkAttentionQ8");
+    if (!gsaCreator || !rsCreator || !q8Creator)
     {
         return 1;
     }
@@ -363,6 +138,15 @@ int main(int argc, char** argv)
         check(!b->supportsFormatCombination(3, io.data(), 7, 2), "pool dtype must equal q's");
         io[8].desc.type = DataType::kHALF;
         check(!b->supportsFormatCombination(8, io.data(), 7, 2), "ratios must be float32");
+        bool eightBit = false;
+        for (DataType t : {DataType::kINT8, DataType::kFP8, DataType::kBF16})
+        {
+            io = gsaDescs(DataType::kHALF, DataType::kINT64, TensorFormat::kLINEAR);
+            io[3].desc.type = io[4].desc.type = t;
+            eightBit = eightBit || b->supportsFormatCombination(3, io.data(), 7, 2);
+        }
+        check(!eightBit, "int8, fp8 and bf16 pools under a float16 q refused (GatedSinkAttentionQ8's, not this op's)");
+        check(!b->supportsFormatCombination(0, io.data(), 9, 2), "the Q8 op's 9 inputs refused");
         // TensorRT plugin I/O cannot be BOOL or UINT8 (NvInferRuntimePlugin.h): no position takes them.
         bool none = true;
         for (DataType t : {DataType::kBOOL, DataType::kUINT8})
@@ -529,6 +313,23 @@ int main(int argc, char** argv)
     check(got < 0 && std::strstr(msg, "head dim 48"), std::string("unknown variant named: ") + msg);
     got = findKernel("gate_decide", -1, 32, 2, -1, embeddedArch, msg, sizeof msg);
     check(got == embeddedArch, std::string("gate_decide for 2 heads: ") + msg);
+    // Page types: this library embeds the model dtype's pages only (a kernel directory of one
+    // --kv-cache-dtype); GatedSinkAttentionQ8's kernels are another build (q8_harness.cpp).
+    got = findKernelPages("paged_attention", dt, 32, 0, 1, 0, embeddedArch, msg, sizeof msg);
+    check(got == embeddedArch, std::string("pages auto: the same cubin as dysinkFindKernel: ") + msg);
+    got = findKernelPages("paged_attention", dt, 32, 0, 1, 2, embeddedArch, msg, sizeof msg);
+    std::string const rebuildInt8 = "dysink-export plugins --bundle BUNDLE --kv-cache-dtype int8 --arch "
+        + std::to_string(embeddedArch) + " --out DIR --overwrite";
+    check(got < 0 && std::strstr(msg, "has no paged_attention kernels for int8 K/V pages (it embeds auto pages)")
+            && std::strstr(msg, "dysink-export kernels --kv-cache-dtype int8") && std::strstr(msg, rebuildInt8.c_str()),
+        std::string("int8 pages missing: the --kv-cache-dtype to compile and rebuild with: ") + msg);
+    if (embeddedArch < 89)
+    {
+        got = findKernelPages("gate_partial_sums", dt, 32, 0, 1, 3, embeddedArch, msg, sizeof msg);
+        check(got < 0 && std::strstr(msg, "fp8 K/V pages need sm_89 or newer")
+                && std::strstr(msg, "--kv-cache-dtype int8 --arch"),
+            std::string("fp8 pages on an older GPU: int8 suggested: ") + msg);
+    }
     if (embeddedArch / 10 == 8)
     {
         got = findKernel("paged_attention", dt, 32, 0, 1, 89, msg, sizeof msg);

@@ -5,13 +5,13 @@
 //
 //   registration_harness SCENARIO PLUGIN AUTOREG STANDIN
 //     load-library   the double's loadLibrary loads the plugin: no registry call during the load,
-//                    both creators registered once; dysinkRegisterPlugins() afterwards adds nothing
+//                    all three creators registered once; dysinkRegisterPlugins() afterwards adds nothing
 //     local-nvinfer  stand-in loaded RTLD_LOCAL, then the plugin (registers nothing), then the autoreg
-//                    library (registers both once); dysinkRegisterPlugins() twice registers nothing more
+//                    library (registers all three once); dysinkRegisterPlugins() twice registers nothing more
 //     no-nvinfer     the plugin and the autoreg library first, with no libnvinfer at all; then the
 //                    stand-in, then dysinkRegisterPlugins()
 //     other-major    the stand-in reports another TensorRT major: no creators, one refusal line each;
-//                    then another minor of the same major: both creators
+//                    then another minor of the same major: all three creators
 //     flags-load-time-calls  the double's check itself: loading the AUTOREG library through
 //                    loadLibrary (never do this) calls the registry during the load, and is flagged
 //
@@ -32,6 +32,8 @@ using namespace nvinfer1;
 namespace
 {
 int gFailures = 0;
+// The library's creators: GatedSinkAttention, RetrieveSinks, GatedSinkAttentionQ8.
+constexpr int kCreators = 3;
 
 void check(bool ok, std::string const& what)
 {
@@ -112,11 +114,11 @@ struct Double
         return text;
     }
 
-    // Both creators registered exactly once, under "dysink", and nothing else.
-    bool bothOnceUnderDysink() const
+    // Every creator registered exactly once, under "dysink", and nothing else.
+    bool allOnceUnderDysink() const
     {
         return active("GatedSinkAttention", "dysink") == 1 && active("RetrieveSinks", "dysink") == 1
-            && count("active") == 2;
+            && active("GatedSinkAttentionQ8", "dysink") == 1 && count("active") == kCreators;
     }
 
     void noCallsDuringLoads() const
@@ -172,22 +174,22 @@ void loadLibrary(char const* pluginPath, char const* /*autoregPath*/, char const
     check(d.open(standinPath), "stand-in libnvinfer loaded RTLD_LOCAL");
     check(d.loadLibrary(pluginPath) == 1, "loadLibrary loaded the plugin");
     d.noCallsDuringLoads();
-    check(d.count("loaded") == 2 && d.count("register") == 2 && d.count("refused") == 0
-            && d.count("deregister") == 0 && d.bothOnceUnderDysink(),
-        "getCreators gave both creators, the loader registered each once under \"dysink\": " + d.counters());
+    check(d.count("loaded") == kCreators && d.count("register") == kCreators && d.count("refused") == 0
+            && d.count("deregister") == 0 && d.allOnceUnderDysink(),
+        "getCreators gave all three creators, the loader registered each once under \"dysink\": " + d.counters());
     Plugin p;
     if (!p.open(pluginPath, "the loaded plugin's entry points"))
     {
         return;
     }
-    check(p.registerPlugins() && d.bothOnceUnderDysink() && d.count("deregister") == 0,
+    check(p.registerPlugins() && d.allOnceUnderDysink() && d.count("deregister") == 0,
         "dysinkRegisterPlugins() after loadLibrary: true, the loader's registrations left as they are: "
             + d.counters());
     int32_t n = 0;
     int const before = d.count("register");
     p.getCreators(n);
-    check(n == 2 && d.count("register") == before && d.count("deregister") == 0 && d.bothOnceUnderDysink(),
-        "getCreators() again: both creators, no registry call: " + d.counters());
+    check(n == kCreators && d.count("register") == before && d.count("deregister") == 0 && d.allOnceUnderDysink(),
+        "getCreators() again: all three creators, no registry call: " + d.counters());
     d.noCallsDuringLoads();
 }
 
@@ -208,16 +210,16 @@ void localNvinfer(char const* pluginPath, char const* autoregPath, char const* s
         "loading libdysink_plugins.so registers nothing: " + d.counters());
     int32_t n = 0;
     p.getCreators(n);
-    check(n == 2 && d.count("register") == 0 && d.count("deregister") == 0,
-        "getCreators() returns both creators and calls no registry function: " + d.counters());
+    check(n == kCreators && d.count("register") == 0 && d.count("deregister") == 0,
+        "getCreators() returns all three creators and calls no registry function: " + d.counters());
     void* autoreg = dlopen(autoregPath, RTLD_NOW | RTLD_LOCAL);
     check(autoreg != nullptr, std::string("libdysink_plugins_autoreg.so loaded") + (autoreg ? "" : dlerror()));
-    check(d.count("register") == 2 && d.count("refused") == 0 && d.bothOnceUnderDysink(),
-        "loading libdysink_plugins_autoreg.so registered both creators once under \"dysink\": " + d.counters());
-    check(p.registerPlugins() && p.registerPlugins() && d.count("register") == 2 && d.bothOnceUnderDysink(),
+    check(d.count("register") == kCreators && d.count("refused") == 0 && d.allOnceUnderDysink(),
+        "loading libdysink_plugins_autoreg.so registered all three creators once under \"dysink\": " + d.counters());
+    check(p.registerPlugins() && p.registerPlugins() && d.count("register") == kCreators && d.allOnceUnderDysink(),
         "dysinkRegisterPlugins() twice more: true, nothing registered again: " + d.counters());
     void* again = dlopen(autoregPath, RTLD_NOW | RTLD_LOCAL);
-    check(again == autoreg && d.count("register") == 2, "dlopen of the autoreg library again registers nothing more: "
+    check(again == autoreg && d.count("register") == kCreators, "dlopen of the autoreg library again registers nothing more: "
         + d.counters());
     d.noCallsDuringLoads();
 }
@@ -238,14 +240,14 @@ void noNvinfer(char const* pluginPath, char const* autoregPath, char const* stan
     check(!p.registerPlugins(), "dysinkRegisterPlugins() says no TensorRT is loaded");
     int32_t n = 0;
     p.getCreators(n);
-    check(n == 2, "getCreators() still returns both creators");
+    check(n == kCreators, "getCreators() still returns all three creators");
     Double d;
     check(d.open(standinPath), "stand-in libnvinfer loaded afterwards, RTLD_LOCAL");
     check(d.count("register") == 0 && d.count("deregister") == 0,
         "nothing was registered before TensorRT was there: " + d.counters());
-    check(p.registerPlugins() && d.count("register") == 2 && d.bothOnceUnderDysink(),
-        "dysinkRegisterPlugins() then registers both under \"dysink\": " + d.counters());
-    check(p.registerPlugins() && d.count("register") == 2, "and a second call registers nothing: " + d.counters());
+    check(p.registerPlugins() && d.count("register") == kCreators && d.allOnceUnderDysink(),
+        "dysinkRegisterPlugins() then registers all three under \"dysink\": " + d.counters());
+    check(p.registerPlugins() && d.count("register") == kCreators, "and a second call registers nothing: " + d.counters());
     d.noCallsDuringLoads();
 }
 
@@ -303,9 +305,9 @@ void otherMajor(char const* pluginPath, char const* autoregPath, char const* sta
     int32_t const sameMajorOtherMinor = builtMajor * 10000 + 9900 + 1;
     d.setVersion(sameMajorOtherMinor);
     p.getCreators(n);
-    check(n == 2, "TensorRT " + versionText(sameMajorOtherMinor) + " (same major): getCreators() gives both");
-    check(p.registerPlugins() && d.count("register") == 2 && d.bothOnceUnderDysink(),
-        "and dysinkRegisterPlugins() registers both once: " + d.counters());
+    check(n == kCreators, "TensorRT " + versionText(sameMajorOtherMinor) + " (same major): getCreators() gives all three");
+    check(p.registerPlugins() && d.count("register") == kCreators && d.allOnceUnderDysink(),
+        "and dysinkRegisterPlugins() registers all three once: " + d.counters());
     d.noCallsDuringLoads();
 }
 
