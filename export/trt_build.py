@@ -133,8 +133,9 @@ def build_engines(bundle_path: str, out: str | None = None, graphs: list[str] | 
     names = graphs or list(bundle.graphs)
     if bundle.kv_cache_dtype != "auto" and "dit_step" in names:
         raise DysinkError(f"bundle {bundle.path} stores {bundle.kv_cache_dtype} K/V pages: the TensorRT plugin "
-                          "(GatedSinkAttentionQ8) and the tensorrt backend's 8-bit page writes are not built in this "
-                          "version; run it with --backend onnxruntime, or export with --kv-cache-dtype auto for TensorRT")
+                          "for them (GatedSinkAttentionQ8, dysink-export plugins --kv-cache-dtype) is written but the "
+                          "tensorrt backend's page writes are not, and no such engine has been built on TensorRT yet; "
+                          "run it with --backend onnxruntime or torch, or export with --kv-cache-dtype auto for TensorRT")
     unknown = [g for g in names if g not in bundle.graphs]
     if unknown:
         raise DysinkError(f"--graph {', '.join(unknown)}: not in bundle {bundle.path} ({', '.join(bundle.graphs)})")

@@ -53,18 +53,22 @@ def _kernel_files(manifest: dict):
 KERNEL_DIR_OWNED = manifest_owned(MANIFEST, _kernel_files, "a kernel directory")
 POINTER_ALIGN = 16
 
-# Argument types of every kernel, in the kernel's own order (constexprs excluded).
+# Argument types of every kernel, in the kernel's own order (constexprs excluded). DT: the model
+# dtype; PT: the pools' page type (the model dtype unless --kv-cache-dtype says otherwise). The
+# scale pointers exist only in 8-bit page variants; elsewhere they are constexpr None, so today's
+# variants keep today's argument lists.
+_SCALE_ARGS = {"gate_partial_sums": ("k_scale",), "paged_attention": ("k_scale", "v_scale")}
 _I32, _F32 = "i32", "fp32"
 ARG_TYPES: dict[str, dict[str, str]] = {
-    "gate_partial_sums": {"q": "*DT", "k_cur": "*DT", "k_pool": "*DT", "local_ids": "*i64", "sink_ids": "*i64",
+    "gate_partial_sums": {"q": "*DT", "k_cur": "*DT", "k_pool": "*PT", "local_ids": "*i64", "sink_ids": "*i64",
                           "partial": "*fp32", "L": _I32, "H": _I32, "n_local": _I32, "n_sink": _I32,
-                          "fixed_sinks": _I32, "tokens_per_split": _I32, "P": _I32},
+                          "fixed_sinks": _I32, "tokens_per_split": _I32, "P": _I32, "k_scale": "*fp32"},
     "gate_decide": {"partial": "*fp32", "local_ids": "*i64", "sink_ids": "*i64", "ratios": "*fp32",
                     "L": _I32, "H": _I32, "n_local": _I32, "n_sink": _I32, "P": _I32},
-    "paged_attention": {"q": "*DT", "k_cur": "*DT", "v_cur": "*DT", "k_pool": "*DT", "v_pool": "*DT",
+    "paged_attention": {"q": "*DT", "k_cur": "*DT", "v_cur": "*DT", "k_pool": "*PT", "v_pool": "*PT",
                         "local_ids": "*i64", "sink_ids": "*i64", "ratios": "*fp32", "out": "*DT",
                         "threshold": _F32, "sm_scale": _F32, "L": _I32, "H": _I32, "n_local": _I32,
-                        "n_sink": _I32, "fixed_sinks": _I32, "P": _I32},
+                        "n_sink": _I32, "fixed_sinks": _I32, "P": _I32, "k_scale": "*fp32", "v_scale": "*fp32"},
     "retrieve_scores": {"bank_feats": "*fp32", "bank_start": "*i64", "queries": "*fp32", "query_valid": "*i32",
                         "current_start": "*i64", "window_frames": "*i64", "scores_ws": "*fp32",
                         "C": _I32, "F": _I32, "Q": _I32, "sink_size": _I32},
@@ -92,6 +96,8 @@ OPS = {
             "threshold": "the node's threshold attribute as float32",
             "sm_scale": "1 / sqrt(HEAD_DIM) as float32",
             "P": "k_pool's first dimension (pages); a page id outside [0, P) is an empty slot",
+            "pages": "key 'pages' (bf16 | int8 | fp8) on variants whose pools are not in the model dtype; "
+                     "int8 / fp8 variants take k_scale (and v_scale) float32 [P, L, H] right after P",
         },
     },
     "RetrieveSinks": {
@@ -112,6 +118,7 @@ class Variant:
     num_warps: int = 4
     num_stages: int = 1
     key: dict = field(default_factory=dict, hash=False)   # what the launcher matches on
+    page_type: str | None = None       # Triton type of the pools when not the model dtype
 
     @property
     def name(self) -> str:
@@ -122,31 +129,53 @@ class Variant:
     def signature(self) -> dict[str, str]:
         sig = {}
         for arg, ty in ARG_TYPES[self.kernel].items():
+            if "PT" in ty:
+                ty = ty.replace("PT", self.page_type or V.TRITON_DTYPES[self.dtype])
             sig[arg] = ty.replace("DT", V.TRITON_DTYPES[self.dtype]) if "DT" in ty else ty
         for name in self.constexprs:
             sig[name] = "constexpr"
         return sig
 
 
-def kernel_variants(model: ModelConfig, stream: StreamConfig, precisions: list[str], arch: int) -> list[Variant]:
-    """Every variant a bundle of this model / stream / precision needs on one architecture."""
+def page_variant_mode(dtype: str, kv_cache_dtype: str) -> tuple[str, str | None]:
+    """(the kernels' PAGES constexpr, the pools' Triton type or None) for a model dtype name and a
+    --kv-cache-dtype; the same rule as launch.page_mode, by name (no torch here)."""
+    if kv_cache_dtype not in V.PAGE_TRITON_TYPES:
+        raise DysinkError(f"--kv-cache-dtype must be one of {', '.join(V.PAGE_TRITON_TYPES)}, got {kv_cache_dtype!r}")
+    if kv_cache_dtype in ("int8", "fp8"):
+        return "scaled", V.PAGE_TRITON_TYPES[kv_cache_dtype]
+    if kv_cache_dtype == "auto" or V.PAGE_TRITON_TYPES[kv_cache_dtype] == V.TRITON_DTYPES[dtype]:
+        return "same", None
+    return "cast", V.PAGE_TRITON_TYPES[kv_cache_dtype]
+
+
+def kernel_variants(model: ModelConfig, stream: StreamConfig, precisions: list[str], arch: int,
+                    kv_cache_dtype: str = "auto") -> list[Variant]:
+    """Every variant a bundle of this model / stream / precision / page dtype needs on one architecture."""
     heads, dim = model.dit.heads, model.dit.head_dim
     V.check_head_dim(dim)
     V.check_retrieval(stream.bank_capacity, stream.top_k)
+    V.check_page_arch(kv_cache_dtype, arch)
     block_d = max(16, V.next_pow2(dim))
     out: list[Variant] = []
     for precision in precisions:
         dtype = V.PRECISION_DTYPES[precision]
         sink_bf16 = bool(stream.sink_kv_bf16) and dtype != "bfloat16"
-        tiles = V.attention_tiles(arch, dim, dtype)
+        pages, page_type = page_variant_mode(dtype, kv_cache_dtype)
+        tiles = V.attention_tiles(arch, dim, dtype, pages)
         base_key = {"dtype": dtype, "head_dim": dim, "sink_bf16": int(sink_bf16)}
+        if pages != "same":
+            base_key["pages"] = kv_cache_dtype
+        scales = lambda kernel: {} if pages == "scaled" else {a: None for a in _SCALE_ARGS[kernel]}  # noqa: E731
         out.append(Variant("gate_partial_sums", arch, dtype,
-                           {"HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_T": V.gate_block_t(arch),
-                            "SINK_BF16": sink_bf16}, V.GATE_WARPS, 1, base_key))
+                           {**scales("gate_partial_sums"), "HEAD_DIM": dim, "BLOCK_D": block_d,
+                            "BLOCK_T": V.gate_block_t(arch), "SINK_BF16": sink_bf16, "PAGES": pages},
+                           V.GATE_WARPS, 1, base_key, page_type))
         out.append(Variant("paged_attention", arch, dtype,
-                           {"HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_M": tiles.block_m, "BLOCK_N": tiles.block_n,
-                            "SINK_BF16": sink_bf16, "DOT_PRECISION": "ieee" if dtype == "float32" else "tf32"},
-                           tiles.num_warps, tiles.num_stages, base_key))
+                           {**scales("paged_attention"), "HEAD_DIM": dim, "BLOCK_D": block_d,
+                            "BLOCK_M": tiles.block_m, "BLOCK_N": tiles.block_n, "SINK_BF16": sink_bf16,
+                            "DOT_PRECISION": "ieee" if dtype == "float32" else "tf32", "PAGES": pages},
+                           tiles.num_warps, tiles.num_stages, base_key, page_type))
     out.append(Variant("gate_decide", arch, None,
                        {"HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_H": V.next_pow2(heads), "N_SPLIT": V.gate_splits(arch)},
                        V.DECIDE_WARPS, 1,
@@ -290,14 +319,14 @@ def _interpreter_on() -> bool:
 
 def compile_kernels(model: ModelConfig, stream: StreamConfig, precisions: list[str], archs: list[int],
                     out: str | Path, overwrite: bool = False,
-                    log: Callable[[str], None] = lambda m: None) -> Path:
+                    log: Callable[[str], None] = lambda m: None, kv_cache_dtype: str = "auto") -> Path:
     """Compile every variant for every architecture into `out` (written whole or not at all).
 
     In a process where Triton's interpreter is on (the test suite), the interpreter has patched
     triton.language and the compiler cannot run in-process: the work goes to a child process.
     """
     if _interpreter_on():
-        return _compile_in_child(model, stream, precisions, archs, out, overwrite, log)
+        return _compile_in_child(model, stream, precisions, archs, out, overwrite, log, kv_cache_dtype)
     triton, _, _ = _triton()
     out = Path(out)
     if out.exists() and not overwrite:
@@ -305,13 +334,18 @@ def compile_kernels(model: ModelConfig, stream: StreamConfig, precisions: list[s
     if out.exists() and not (out / MANIFEST).is_file():
         raise DysinkError(f"{out} exists and is not a kernel directory (no {MANIFEST}); "
                           "refusing to replace it, choose another --out")
+    older = [a for a in archs if kv_cache_dtype == "fp8" and a < V.FP8_MIN_ARCH]   # before any work
+    if older:
+        raise DysinkError(f"--kv-cache-dtype fp8 needs sm_{V.FP8_MIN_ARCH} or newer, --arch names "
+                          f"{','.join(str(a) for a in older)}; give --arch "
+                          f"{','.join(str(a) for a in archs if a >= V.FP8_MIN_ARCH) or '89,90'} or use --kv-cache-dtype int8")
     ptxas = {f"sm{arch}": ptxas_for(arch) for arch in archs}   # a bad path fails before any work
     with staged_directory(out, KERNEL_DIR_OWNED, "dysink-export kernels") as tmp:
         entries = []
         with _compile_mode() as modules:
             for arch in archs:
                 t0 = time.perf_counter()
-                variants = kernel_variants(model, stream, precisions, arch)
+                variants = kernel_variants(model, stream, precisions, arch, kv_cache_dtype)
                 (tmp / f"sm{arch}").mkdir()
                 for variant in variants:
                     cubin, entry = compile_variant(modules, variant)
@@ -325,18 +359,19 @@ def compile_kernels(model: ModelConfig, stream: StreamConfig, precisions: list[s
             "ptxas": ptxas,
             "model": model.name, "heads": model.dit.heads, "head_dim": model.dit.head_dim,
             "precisions": list(precisions), "sink_kv_bf16": bool(stream.sink_kv_bf16),
+            "kv_cache_dtype": kv_cache_dtype,
             "archs": list(archs), "ops": OPS, "kernels": entries,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return out
 
 
-def _compile_in_child(model, stream, precisions, archs, out, overwrite, log) -> Path:
+def _compile_in_child(model, stream, precisions, archs, out, overwrite, log, kv_cache_dtype) -> Path:
     import subprocess
     import sys
 
     spec = {"model": model.to_dict(), "stream": stream.to_dict(), "precisions": list(precisions),
-            "archs": list(archs), "out": str(out), "overwrite": bool(overwrite)}
+            "archs": list(archs), "out": str(out), "overwrite": bool(overwrite), "kv_cache_dtype": kv_cache_dtype}
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-m", "dysink_deploy.plugins.aot", json.dumps(spec)],
                          capture_output=True, text=True, env=env)
@@ -357,7 +392,7 @@ def _main(argv: list[str]) -> int:
     try:
         compile_kernels(model_config_from_dict(spec["model"]), stream_config_from_dict(spec["stream"]),
                         spec["precisions"], spec["archs"], spec["out"], spec["overwrite"],
-                        log=lambda m: print(f"log: {m}", file=sys.stderr))
+                        log=lambda m: print(f"log: {m}", file=sys.stderr), kv_cache_dtype=spec["kv_cache_dtype"])
     except DysinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

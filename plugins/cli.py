@@ -11,7 +11,7 @@ import click
 
 from ..atomic import staged_directory
 from ..bundle import Bundle
-from ..cli.common import shared
+from ..cli.common import shared, spec_option
 from ..config import model_preset
 from ..errors import DysinkError
 from ..graphs import PRECISIONS
@@ -29,6 +29,7 @@ def _target_options(fn):
         shared("--precision", "precisions", type=click.Choice(PRECISIONS), multiple=True,
                note="With --model; repeatable.", default_text="all"),
         shared("--sink-kv-bf16/--no-sink-kv-bf16", default=True, note="With --model."),
+        spec_option("kv_cache_dtype", default=None, default_text="auto; with --bundle: the bundle's"),
         shared("--arch", "arch_text", default=",".join(str(a) for a in V.DEFAULT_ARCHS),
                note=f"Known: {','.join(str(a) for a in V.ARCHS)}."),
     ]):
@@ -46,7 +47,8 @@ def _target_options(fn):
               help="Print registers, spills, shared memory and tensor-core instructions per cubin "
                    "(on an existing --out without --overwrite: report only, no compile).")
 @shared("--markdown", type=click.Path(), default=None)
-def kernels_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text, out, overwrite, report, markdown):
+def kernels_command(bundle_path, model_name, precisions, sink_kv_bf16, kv_cache_dtype, arch_text, out, overwrite,
+                    report, markdown):
     """Compile the GatedSinkAttention / RetrieveSinks kernels to cubins, no GPU needed.
 
     Every kernel variant a bundle needs (dtype x head dim x tile config) is
@@ -65,21 +67,22 @@ def kernels_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="dysink-kernels-") as tmp:
-            kernels_command.callback(bundle_path, model_name, precisions, sink_kv_bf16, arch_text,
+            kernels_command.callback(bundle_path, model_name, precisions, sink_kv_bf16, kv_cache_dtype, arch_text,
                                      str(Path(tmp) / "kernels"), overwrite, report, markdown)
         return
     out_path = Path(out)
     report_only = report and out_path.exists() and not overwrite
     if not report_only:
-        model, stream, precisions = _what_to_compile(bundle_path, model_name, list(precisions), sink_kv_bf16)
+        model, stream, precisions, kv_cache_dtype = _what_to_compile(bundle_path, model_name, list(precisions),
+                                                                     sink_kv_bf16, kv_cache_dtype)
         archs = aot.parse_archs(arch_text)
         if out_path.exists() and not overwrite:
             raise DysinkError(f"{out_path} already exists; pass --overwrite to replace it, --report to report "
                               "on it, or choose another --out")
-        click.echo(f"compiling {model.name} ({', '.join(precisions)}) for "
+        click.echo(f"compiling {model.name} ({', '.join(precisions)}, {kv_cache_dtype} pages) for "
                    f"{', '.join(f'sm_{a}' for a in archs)} into {out_path}", err=True)
         aot.compile_kernels(model, stream, precisions, archs, out_path, overwrite=overwrite,
-                            log=lambda m: click.echo(m, err=True))
+                            log=lambda m: click.echo(m, err=True), kv_cache_dtype=kv_cache_dtype)
     manifest = aot.load_manifest(out_path)
     click.echo(f"{len(manifest['kernels'])} cubins in {out_path} (triton {manifest['triton_version']})")
     ok = True
@@ -99,16 +102,22 @@ def kernels_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
         sys.exit(1)
 
 
-def _what_to_compile(bundle_path, model_name, precisions, sink_kv_bf16):
+def _what_to_compile(bundle_path, model_name, precisions, sink_kv_bf16, kv_cache_dtype):
+    """-> (model, stream, precisions, kv_cache_dtype) of --bundle, or of --model and its flags."""
     if bool(bundle_path) == bool(model_name):
         raise DysinkError("give exactly one of --bundle or --model")
     if bundle_path:
         if precisions:
             raise DysinkError("--precision goes with --model; a bundle has its own precision")
         bundle = Bundle.load(bundle_path)
-        return bundle.model, bundle.stream, [bundle.precision]
+        if kv_cache_dtype not in (None, bundle.kv_cache_dtype):
+            held = "model-precision (auto)" if bundle.kv_cache_dtype == "auto" else bundle.kv_cache_dtype
+            raise DysinkError(f"bundle {bundle.path} stores {held} K/V pages; drop --kv-cache-dtype "
+                              f"{kv_cache_dtype} (a bundle has its own) or re-export it with that page dtype")
+        return bundle.model, bundle.stream, [bundle.precision], bundle.kv_cache_dtype
     model = model_preset(model_name)
-    return model, model.default_stream(sink_kv_bf16=sink_kv_bf16), precisions or list(PRECISIONS)
+    return (model, model.default_stream(sink_kv_bf16=sink_kv_bf16), precisions or list(PRECISIONS),
+            kv_cache_dtype or "auto")
 
 
 @click.command("plugins")
@@ -120,7 +129,8 @@ def _what_to_compile(bundle_path, model_name, precisions, sink_kv_bf16):
               help="Directory to create: libdysink_plugins.so, libdysink_plugins_autoreg.so and kernels/ (the "
                    "embedded cubins and kernels.json); the CMake build folder is not kept.")
 @shared("--overwrite", is_flag=True)
-def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text, tensorrt_include, out, overwrite):
+def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, kv_cache_dtype, arch_text, tensorrt_include,
+                    out, overwrite):
     """Build libdysink_plugins.so: compile the kernels, embed the cubins, build the IPluginV3 library.
 
     Needs cmake, a C++17 compiler, the CUDA toolkit's headers and TensorRT's headers (no TensorRT
@@ -142,12 +152,14 @@ def plugins_command(bundle_path, model_name, precisions, sink_kv_bf16, arch_text
     include = find_tensorrt_include(tensorrt_include)
     if include is None:
         raise DysinkError(f"TensorRT headers not found; {HEADERS_HINT}")
-    model, stream, precisions = _what_to_compile(bundle_path, model_name, list(precisions), sink_kv_bf16)
+    model, stream, precisions, kv_cache_dtype = _what_to_compile(bundle_path, model_name, list(precisions),
+                                                                 sink_kv_bf16, kv_cache_dtype)
     archs = aot.parse_archs(arch_text)
     with staged_directory(out_path, plugin_dir_files, "dysink-export plugins") as tmp:
-        click.echo(f"[1/3] kernels: {model.name} ({', '.join(precisions)}) for "
+        click.echo(f"[1/3] kernels: {model.name} ({', '.join(precisions)}, {kv_cache_dtype} pages) for "
                    f"{', '.join(f'sm_{a}' for a in archs)}", err=True)
-        aot.compile_kernels(model, stream, precisions, archs, tmp / "kernels", log=lambda m: click.echo(f"  {m}", err=True))
+        aot.compile_kernels(model, stream, precisions, archs, tmp / "kernels", kv_cache_dtype=kv_cache_dtype,
+                            log=lambda m: click.echo(f"  {m}", err=True))
         click.echo(f"[2/3] embedding into the library source; TensorRT {tensorrt_header_version(include)} headers "
                    f"from {include}", err=True)
         click.echo("[3/3] cmake build", err=True)

@@ -24,6 +24,16 @@ from .triton_kernels import gated_sink_attention as gsa_k
 from .triton_kernels import retrieve_sinks as rs_k
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_PAGE_8BIT = (torch.int8, torch.float8_e4m3fn)   # ops/kv_pages.STORAGE's 8-bit page dtypes
+
+
+def page_mode(q_dtype: torch.dtype, pool_dtype: torch.dtype, scaled: bool) -> str:
+    """The kernels' PAGES constexpr: 'same' (pools in q's dtype), 'cast' (bf16 pages under another
+    model dtype), 'scaled' (8-bit pages with per (token, head) scales). One rule for the launch
+    wrappers and the ahead-of-time variants."""
+    if scaled:
+        return "scaled"
+    return "same" if pool_dtype == q_dtype else "cast"
 
 
 def interpreted() -> bool:
@@ -64,17 +74,21 @@ def _need(cond: bool, message: str) -> None:
 def gated_sink_attention(
     q: Tensor, k_cur: Tensor, v_cur: Tensor, k_pool: Tensor, v_pool: Tensor,
     local_ids: Tensor, sink_ids: Tensor, threshold: float, sink_kv_bf16: bool = True, fixed_sinks: int = 0,
+    k_scale: Tensor | None = None, v_scale: Tensor | None = None,
     *, tiles: V.Tiles | None = None, gate_splits: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """GatedSinkAttention with the Triton kernels.
 
-    q, k_cur, v_cur [L, H, D]; k_pool, v_pool [P, L, H, D] (same dtype: fp32,
-    fp16 or bf16, contiguous); local_ids int64 [S_loc]; sink_ids int64 [S_sink]
+    q, k_cur, v_cur [L, H, D] (fp32, fp16 or bf16); k_pool, v_pool [P, L, H, D] (one dtype:
+    q's, bf16, or with k_scale / v_scale float32 [P, L, H] int8 / float8_e4m3fn: the
+    `kv_cache_dtype` pages of ops/kv_pages.py); local_ids int64 [S_loc]; sink_ids int64 [S_sink]
     (-1, or any id outside [0, P), = empty slot, as in the reference). Returns out [L, H, D] in q's
     dtype and float32 ratios [S_sink].
     `tiles` and `gate_splits` override the per-architecture launch config (tests).
     """
-    device = _check_device(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids)
+    scales = () if k_scale is None else (k_scale, v_scale)
+    _need((k_scale is None) == (v_scale is None), "give both k_scale and v_scale (8-bit pages) or neither")
+    device = _check_device(q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, *scales)
     _need(q.dim() == 3 and k_pool.dim() == 4, f"q must be [L, H, D] and the pools [P, L, H, D], got "
           f"{tuple(q.shape)} and {tuple(k_pool.shape)}")
     tokens, heads, dim = q.shape
@@ -84,8 +98,20 @@ def gated_sink_attention(
         _need(t.dim() == 4 and t.shape[1:] == q.shape,
               f"{name} must be [P, {tokens}, {heads}, {dim}], got {tuple(t.shape)}")
     _need(q.dtype in _DTYPES, f"the kernels take float32, float16 or bfloat16, got {q.dtype}")
-    for t in (k_cur, v_cur, k_pool, v_pool):
-        _need(t.dtype == q.dtype, f"every K/V input must have q's dtype {q.dtype}, got {t.dtype}")
+    for t in (k_cur, v_cur):
+        _need(t.dtype == q.dtype, f"k_cur and v_cur must have q's dtype {q.dtype}, got {t.dtype}")
+    _need(v_pool.dtype == k_pool.dtype, f"k_pool and v_pool must share a dtype, got {k_pool.dtype} and {v_pool.dtype}")
+    if scales:
+        _need(k_pool.dtype in _PAGE_8BIT, f"with k_scale / v_scale the pools must be int8 or float8_e4m3fn "
+              f"(8-bit pages), got {k_pool.dtype}")
+        for name, t in (("k_scale", k_scale), ("v_scale", v_scale)):
+            _need(t.dtype == torch.float32 and tuple(t.shape) == tuple(k_pool.shape[:3]),
+                  f"{name} must be float32 {list(k_pool.shape[:3])} (one scale per page, token and head), "
+                  f"got {t.dtype} {list(t.shape)}")
+    else:
+        _need(k_pool.dtype in (q.dtype, torch.bfloat16), f"the pools must have q's dtype {q.dtype} or bfloat16 "
+              f"(8-bit pools need k_scale and v_scale), got {k_pool.dtype}")
+    pages = page_mode(q.dtype, k_pool.dtype, bool(scales))
     for name, t in (("local_ids", local_ids), ("sink_ids", sink_ids)):
         _need(t.dtype == torch.int64 and t.dim() == 1, f"{name} must be int64 [S], got {t.dtype} {tuple(t.shape)}")
     _need(tokens > 0 and heads > 0, f"q must have at least one token and one head, got {tuple(q.shape)}")
@@ -98,10 +124,13 @@ def gated_sink_attention(
     # [0, P) as an empty slot, as the reference does.
 
     q, k_cur, v_cur, k_pool, v_pool = (t.contiguous() for t in (q, k_cur, v_cur, k_pool, v_pool))
+    k_scale, v_scale = (None, None) if not scales else (k_scale.contiguous(), v_scale.contiguous())
     local_ids, sink_ids = local_ids.contiguous(), sink_ids.contiguous()
     arch = device_arch(device)
+    if k_pool.dtype == torch.float8_e4m3fn:
+        V.check_page_arch("fp8", arch)
     dtype = _DTYPES[q.dtype]
-    tiles = tiles or V.attention_tiles(arch, dim, dtype)
+    tiles = tiles or V.attention_tiles(arch, dim, dtype, pages)
     block_d = max(16, V.next_pow2(dim))
     # bf16 rounding is the identity on a bf16 pool: compile the lean variant.
     round_sinks = bool(sink_kv_bf16) and q.dtype != torch.bfloat16
@@ -111,20 +140,24 @@ def gated_sink_attention(
     ratios = torch.zeros((n_sink,), dtype=torch.float32, device=device)
     out = torch.empty_like(q)
     if n_sink > 0:
-        launch_gate(q, k_cur, k_pool, local_ids, sink_ids, fixed_sinks, round_sinks, partial, ratios, arch)
+        launch_gate(q, k_cur, k_pool, local_ids, sink_ids, fixed_sinks, round_sinks, partial, ratios, arch,
+                    k_scale, pages)
     gsa_k.paged_attention[(V.cdiv(tokens, tiles.block_m), heads)](
         q, k_cur, v_cur, k_pool, v_pool, local_ids, sink_ids, ratios, out,
         float(threshold), dim ** -0.5, tokens, heads, n_local, n_sink, fixed_sinks, k_pool.shape[0],
+        k_scale, v_scale,
         HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-        SINK_BF16=round_sinks, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        SINK_BF16=round_sinks, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PAGES=pages,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     return out, ratios
 
 
 def launch_gate(q: Tensor, k_cur: Tensor, k_pool: Tensor, local_ids: Tensor, sink_ids: Tensor, fixed_sinks: int,
-                round_sinks: bool, partial: Tensor, ratios: Tensor, arch: int | None) -> None:
+                round_sinks: bool, partial: Tensor, ratios: Tensor, arch: int | None,
+                k_scale: Tensor | None = None, pages: str = "same") -> None:
     """The gate's two kernels (partial sums, then the decision) into `ratios`; `partial` is the
-    float32 workspace [n_sink + n_local + 2, H, splits, D] and sets the number of splits.
+    float32 workspace [n_sink + n_local + 2, H, splits, D] and sets the number of splits; `pages`
+    and `k_scale` as `page_mode` and the kernels' docstring say.
     Shared by `gated_sink_attention` and the GPU check's timing of the gate alone."""
     tokens, heads, dim = q.shape
     n_sink, n_local = sink_ids.numel(), local_ids.numel()
@@ -132,8 +165,8 @@ def launch_gate(q: Tensor, k_cur: Tensor, k_pool: Tensor, local_ids: Tensor, sin
     block_d = max(16, V.next_pow2(dim))
     gsa_k.gate_partial_sums[(n_sink + n_local + 2, heads, splits)](
         q, k_cur, k_pool, local_ids, sink_ids, partial,
-        tokens, heads, n_local, n_sink, fixed_sinks, V.cdiv(tokens, splits), k_pool.shape[0],
-        HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_T=V.gate_block_t(arch), SINK_BF16=round_sinks,
+        tokens, heads, n_local, n_sink, fixed_sinks, V.cdiv(tokens, splits), k_pool.shape[0], k_scale,
+        HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_T=V.gate_block_t(arch), SINK_BF16=round_sinks, PAGES=pages,
         num_warps=V.GATE_WARPS)
     gsa_k.gate_decide[(n_sink,)](
         partial, local_ids, sink_ids, ratios, tokens, heads, n_local, n_sink, k_pool.shape[0],

@@ -29,6 +29,17 @@ TRITON_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 ARCHS = (80, 86, 87, 89, 90, 100, 110, 120)   # compute capability x 10 that we compile for
+FP8_MIN_ARCH = 89                 # float8e4nv loads and conversions: Ada (sm_89) and newer (not Orin, sm_87)
+# Page storage of `kv_cache_dtype` (ops/kv_pages.py) -> Triton pointer type of the pools (None: the model's).
+PAGE_TRITON_TYPES = {"auto": None, "bf16": "bf16", "int8": "i8", "fp8": "fp8e4nv"}
+
+
+def check_page_arch(kv_cache_dtype: str, arch: int | None) -> None:
+    """fp8 pages need sm_89 or newer (Triton's float8e4nv); int8 and bf16 pages run everywhere."""
+    if kv_cache_dtype == "fp8" and arch is not None and arch < FP8_MIN_ARCH:
+        raise DysinkError(f"--kv-cache-dtype fp8 needs compute capability {FP8_MIN_ARCH // 10}.{FP8_MIN_ARCH % 10} "
+                          f"or newer for the Triton kernels, this is sm_{arch}; use --kv-cache-dtype int8 "
+                          "(every architecture, Jetson Orin included)")
 DEFAULT_ARCHS = (80, 87, 90, 100, 110, 120)
 
 
@@ -59,7 +70,7 @@ class Tiles:
 INTERPRETER_TILES = Tiles(block_m=128, block_n=128, num_warps=4, num_stages=1)
 
 
-def attention_tiles(arch: int | None, head_dim: int, dtype: str) -> Tiles:
+def attention_tiles(arch: int | None, head_dim: int, dtype: str, pages: str = "same") -> Tiles:
     """Tile config per target. arch None = Triton's CPU interpreter.
 
     Chosen from the static report (registers, spills, tensor-core
@@ -71,7 +82,9 @@ def attention_tiles(arch: int | None, head_dim: int, dtype: str) -> Tiles:
       variant's bf16 sink rounding adds pressure; 3 on Blackwell). Hopper's
       warpgroup MMA (HGMMA) keeps 128 x 64 tiles spill-free.
     - 16-bit, head dim <= 64 (the tiny preset): 64 x 32 tiles, 4 warps, 2
-      stages are spill-free on every target (64 x 64 spilled on sm_120).
+      stages are spill-free on every target (64 x 64 spilled on sm_120); with pages in another
+      dtype (`pages` "cast" or "scaled": bf16 or 8-bit K/V) those spill 20-44 bytes on sm_80-89,
+      64 x 16 tiles do not.
     - float32 pools use exact (IEEE) dots, no tensor cores: 64 x 16 tiles over
       8 warps at head dim 128 (32 x 16 kept a 20-byte spill on sm_110/120),
       32 x 16 at head dim <= 64 (64 x 16 spilled on sm_8x there).
@@ -81,7 +94,7 @@ def attention_tiles(arch: int | None, head_dim: int, dtype: str) -> Tiles:
     if dtype == "float32":
         return Tiles(32, 16, 8, 1) if head_dim <= 64 else Tiles(64, 16, 8, 1)
     if head_dim <= 64:
-        return Tiles(64, 32, 4, 2)
+        return Tiles(64, 32, 4, 2) if pages == "same" else Tiles(64, 16, 4, 2)
     if arch == 90:
         return Tiles(128, 64, 8, 2)
     if arch in (100, 110):

@@ -19,6 +19,7 @@ Three kernels, launched in this order on one stream:
 Layouts are contiguous (the launch wrappers and the TensorRT plugin check it):
     q, k_cur, v_cur, out     [L, H, HEAD_DIM]        token stride H*HEAD_DIM
     k_pool, v_pool           [P, L, H, HEAD_DIM]     page stride L*H*HEAD_DIM (int64)
+    k_scale, v_scale         float32 [P, L, H]       PAGES == "scaled" only (else None, a constexpr)
     local_ids                int64 [n_local]         -1 = empty slot
     sink_ids                 int64 [n_sink]          first `fixed_sinks` = fixed sink
     P                        i32                     pages in the pools (k_pool's first dim)
@@ -28,6 +29,11 @@ Page offsets are computed in int64: a pool may exceed 2^31 elements. A page id o
 is an empty slot, like -1, in every kernel that reads one (the reference's rule): the runtime
 never passes one, but TensorRT may time a plugin on arbitrary buffer contents, and a read outside
 the pools would poison the CUDA context.
+Page storage (`PAGES`, a constexpr; ops/kv_pages.py): "same" = the pools hold q's dtype (read as
+is); "cast" = another float dtype (bf16 pages under an fp16 / fp32 model: read, then cast to q's
+dtype); "scaled" = 8-bit pages (int8 or float8e4nv) with one float32 scale per (page, token, head):
+read as q * scale in float32, then cast to q's dtype, before any other use, as the reference does.
+The current block (k_cur, v_cur) and the queries are never stored in pages: always q's dtype.
 Every integer argument is `do_not_specialize`: Triton's JIT would otherwise compile an
 argument equal to 1 (one token, one head, one sink) as a constant, and `.to()` on it fails.
 """
@@ -70,6 +76,20 @@ def _round_bf16(x):
     return x.to(tl.float32).to(tl.bfloat16).to(tl.float32).to(x.dtype)
 
 
+@triton.jit
+def _read_page(pool, scale, page, stride_page, L, H, h, offs_t, off, mask, t_ok, OUT_TY: tl.constexpr,
+               PAGES: tl.constexpr):
+    """Tokens `offs_t` of head h of one page (`off`: the [T, D] element offsets inside a page, `mask`
+    theirs, `t_ok` the tokens'), read from a pool in its storage and returned in OUT_TY (q's dtype).
+    "scaled": q * scale in float32 (scale [P, L, H]), then the cast (ops/kv_pages.dequantise_pages);
+    "cast": the cast alone."""
+    x = tl.load(pool + page.to(tl.int64) * stride_page + off, mask=mask, other=0.0)
+    if PAGES == "scaled":
+        s = tl.load(scale + page.to(tl.int64) * (L.to(tl.int64) * H) + offs_t * H + h, mask=t_ok, other=0.0)
+        x = x.to(tl.float32) * s[:, None]
+    return x.to(OUT_TY)
+
+
 @triton.jit(do_not_specialize=["L", "H", "n_local", "n_sink", "fixed_sinks", "tokens_per_split", "P"])
 def gate_partial_sums(
     q,              # [L, H, D]      current block queries (post-RoPE)
@@ -79,7 +99,9 @@ def gate_partial_sums(
     sink_ids,       # int64 [n_sink]
     partial,        # float32 [J, H, n_split, HEAD_DIM] (output)
     L, H, n_local, n_sink, fixed_sinks, tokens_per_split, P,
+    k_scale,        # float32 [P, L, H] (PAGES "scaled"), else None
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, SINK_BF16: tl.constexpr,
+    PAGES: tl.constexpr,
 ):
     j = tl.program_id(0)
     h = tl.program_id(1)
@@ -96,17 +118,33 @@ def gate_partial_sums(
     d_ok = offs_d < HEAD_DIM
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     if valid:
-        base = k_pool + page.to(tl.int64) * stride_page
-        if is_cur:
-            base = k_cur
-        if is_q:
-            base = q
+        if PAGES == "same":
+            base = k_pool + page.to(tl.int64) * stride_page
+            if is_cur:
+                base = k_cur
+            if is_q:
+                base = q
         t0 = split * tokens_per_split
         t1 = tl.minimum(t0 + tokens_per_split, L)
         for t in range(t0, t1, BLOCK_T):
             offs_t = t + tl.arange(0, BLOCK_T)
-            ptrs = base + offs_t[:, None] * stride_tok + h * HEAD_DIM + offs_d[None, :]
-            x = tl.load(ptrs, mask=(offs_t < t1)[:, None] & d_ok[None, :], other=0.0)
+            if PAGES == "same":
+                ptrs = base + offs_t[:, None] * stride_tok + h * HEAD_DIM + offs_d[None, :]
+                x = tl.load(ptrs, mask=(offs_t < t1)[:, None] & d_ok[None, :], other=0.0)
+            else:
+                # Pages in another storage than q (bf16 or 8-bit): the pages and the current block /
+                # queries are read by separate loads (their pointers differ in type).
+                t_ok = offs_t < t1
+                off = offs_t[:, None] * stride_tok + h * HEAD_DIM + offs_d[None, :]
+                mask = t_ok[:, None] & d_ok[None, :]
+                if is_cur | is_q:
+                    cur = k_cur
+                    if is_q:
+                        cur = q
+                    x = tl.load(cur + off, mask=mask, other=0.0)
+                else:
+                    x = _read_page(k_pool, k_scale, page, stride_page, L, H, h, offs_t, off, mask, t_ok,
+                                   k_cur.dtype.element_ty, PAGES)
             if SINK_BF16:
                 # The reference rounds retrieved (not fixed) sink K/V to bf16, then back.
                 if is_sink & (j >= fixed_sinks):
@@ -176,8 +214,9 @@ def paged_attention(
     threshold,      # float32: a sink is dropped when its ratio > threshold
     sm_scale,       # float32: 1 / sqrt(HEAD_DIM)
     L, H, n_local, n_sink, fixed_sinks, P,
+    k_scale, v_scale,  # float32 [P, L, H] (PAGES "scaled"), else None
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SINK_BF16: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SINK_BF16: tl.constexpr, DOT_PRECISION: tl.constexpr, PAGES: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
@@ -201,28 +240,44 @@ def paged_attention(
         is_cur = s == n_sink + n_local
         keep = is_cur | (is_local & (page >= 0)) | (is_sink & (page >= 0) & ~(ratio > threshold))
         if keep:
-            k_base = k_pool + page.to(tl.int64) * stride_page
-            v_base = v_pool + page.to(tl.int64) * stride_page
             n_end = L
-            if is_cur:
-                k_base = k_cur
-                v_base = v_cur
-            elif page >= P:
-                # An id past the pool is an empty slot (gate_decide gave such a sink ratio 0): no key
-                # tile is read. A zero trip count here rather than `page < P` in `keep`: folded into
-                # `keep`, the 1.3B fp16 sm_120 variant spilled (32-64 B, Triton 3.7.1); this form
-                # spills in no variant (1.3B and tiny, the 8 architectures of docs/kernels-report.md).
+            if PAGES == "same":
+                k_base = k_pool + page.to(tl.int64) * stride_page
+                v_base = v_pool + page.to(tl.int64) * stride_page
+                if is_cur:
+                    k_base = k_cur
+                    v_base = v_cur
+                elif page >= P:
+                    # An id past the pool is an empty slot (gate_decide gave such a sink ratio 0): no key
+                    # tile is read. A zero trip count here rather than `page < P` in `keep`: folded into
+                    # `keep`, the 1.3B fp16 sm_120 variant spilled (32-64 B, Triton 3.7.1); this form
+                    # spills in no variant (1.3B and tiny, the 8 architectures of docs/kernels-report.md).
+                    n_end = 0
+            elif page >= P:   # the current block's slot has page -1
                 n_end = 0
             for start_n in range(0, n_end, BLOCK_N):
                 offs_n = start_n + tl.arange(0, BLOCK_N)
                 n_ok = offs_n < L
                 kv_off = offs_n[:, None] * stride_tok + head[None, :]
-                if BLOCK_D == HEAD_DIM:
-                    k = tl.load(k_base + kv_off, mask=n_ok[:, None], other=0.0)
-                    v = tl.load(v_base + kv_off, mask=n_ok[:, None], other=0.0)
+                if PAGES == "same":
+                    if BLOCK_D == HEAD_DIM:
+                        k = tl.load(k_base + kv_off, mask=n_ok[:, None], other=0.0)
+                        v = tl.load(v_base + kv_off, mask=n_ok[:, None], other=0.0)
+                    else:
+                        k = tl.load(k_base + kv_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+                        v = tl.load(v_base + kv_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
                 else:
-                    k = tl.load(k_base + kv_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-                    v = tl.load(v_base + kv_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+                    # Pages in another storage than q: the current block and the pages are read by
+                    # separate loads (their pointers differ in type).
+                    kv_mask = n_ok[:, None] & d_ok[None, :]
+                    if is_cur:
+                        k = tl.load(k_cur + kv_off, mask=kv_mask, other=0.0)
+                        v = tl.load(v_cur + kv_off, mask=kv_mask, other=0.0)
+                    else:
+                        k = _read_page(k_pool, k_scale, page, stride_page, L, H, h, offs_n, kv_off, kv_mask, n_ok,
+                                       q.dtype.element_ty, PAGES)
+                        v = _read_page(v_pool, v_scale, page, stride_page, L, H, h, offs_n, kv_off, kv_mask, n_ok,
+                                       q.dtype.element_ty, PAGES)
                 if SINK_BF16:
                     if is_sink & (s >= fixed_sinks):
                         k = _round_bf16(k)

@@ -43,8 +43,8 @@ class TensorRTBackend(Backend):
     def __init__(self, bundle: Bundle, plugins: str | None = None, cuda_graph: bool = False):
         if bundle.kv_cache_dtype != "auto":
             raise DysinkError(f"bundle {bundle.path} stores {bundle.kv_cache_dtype} K/V pages, which the tensorrt "
-                              "backend of this version does not write (no GatedSinkAttentionQ8 plugin yet); run it "
-                              "with --backend onnxruntime")
+                              "backend of this version does not write (the GatedSinkAttentionQ8 plugin reads them; "
+                              "the backend's quantised page writes are not built); run it with --backend onnxruntime")
         try:
             import tensorrt as trt
         except ImportError:

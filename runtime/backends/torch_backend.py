@@ -136,10 +136,6 @@ class TorchBackend(Backend):
         self.kv_cache_dtype = kv_cache_dtype
         self.page_dtype = page_storage(kv_cache_dtype, dtype)
         self.quantised = is_quantised(kv_cache_dtype)
-        if self.kernels == "triton" and kv_cache_dtype != "auto":
-            raise DysinkError(f"--kv-cache-dtype {kv_cache_dtype}: the Triton kernels read model-precision pages "
-                              "only (8-bit and bf16 pages are not written for them yet); use --kernels reference "
-                              "or --kv-cache-dtype auto")
         self.models = models.to(device=device, dtype=dtype).eval()
         self.stream = stream
         self.dtype = dtype

@@ -154,7 +154,8 @@ def test_plugin_launches_pass_each_kernel_its_arguments_in_order():
              "mThreshold": "threshold", "smScale": "sm_scale", "mTokens": "L", "mHeads": "H", "mLocal": "n_local",
              "mSink": "n_sink", "mFixedSinks": "fixed_sinks", "perSplit": "tokens_per_split", "mPages": "P",
              "scoresWs": "scores_ws", "slots": "slots", "top": "top_scores", "mCapacity": "C", "mFeat": "F",
-             "mQueries": "Q", "mSinkSize": "sink_size", "mK": "k"}
+             "mQueries": "Q", "mSinkSize": "sink_size", "mK": "k",
+             "kScale": "k_scale", "vScale": "v_scale"}      # added for 8-bit pages only (ARG_TYPES: constexpr else)
     inputs = {"retrieve_sinks_plugin.cpp": ["bank_feats", "bank_start", "queries", "query_valid", "current_start",
                                             "window_frames"]}
     launches = {}

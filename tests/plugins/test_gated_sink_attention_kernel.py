@@ -232,7 +232,11 @@ def test_page_ids_outside_the_pool_are_empty_slots(dtype):
 @pytest.mark.parametrize("bad, message", [
     (dict(local_ids=torch.tensor([0], dtype=torch.int32)), "local_ids must be int64"),
     (dict(k_cur=torch.zeros(5, 2, 16)), "k_cur must have q's shape"),
-    (dict(k_pool=torch.zeros(2, 4, 2, 16, dtype=torch.float16)), "q's dtype"),
+    (dict(k_pool=torch.zeros(2, 4, 2, 16, dtype=torch.float16)), "k_pool and v_pool must share a dtype"),
+    (dict(k_pool=torch.zeros(2, 4, 2, 16, dtype=torch.float16), v_pool=torch.zeros(2, 4, 2, 16, dtype=torch.float16)),
+     "the pools must have q's dtype torch.float32 or bfloat16"),
+    (dict(k_cur=torch.zeros(4, 2, 16, dtype=torch.float16)), "k_cur and v_cur must have q's dtype"),
+    (dict(k_scale=torch.ones(2, 4, 2)), "give both k_scale and v_scale"),
     (dict(q=torch.zeros(4, 2, 8), k_cur=torch.zeros(4, 2, 8), v_cur=torch.zeros(4, 2, 8),
           k_pool=torch.zeros(2, 4, 2, 8), v_pool=torch.zeros(2, 4, 2, 8)), "head dims 16..128"),
     (dict(fixed_sinks=3), "fixed_sinks must be an integer in"),

@@ -1,4 +1,5 @@
-"""A 12-block tiny stream on the torch backend: Triton kernels (interpreted) vs the references.
+"""A 6-block tiny stream on the torch backend: Triton kernels (interpreted) vs the references, on
+model-precision pages and on int8 pages (--kv-cache-dtype int8: both read the same quantised pools).
 
 Same decisions (windows, bank sizes, retrieved entries, every gate ratio and
 drop, dedup skips), and latents close: the kernels differ from the reference
@@ -17,21 +18,22 @@ from dysink_deploy.runtime.backends.torch_backend import TorchBackend, resolve_k
 from dysink_deploy.runtime.prompts import default_prompt_embeds
 from dysink_deploy.runtime.stream import Streamer
 
-BLOCKS = 12
+BLOCKS = 6        # retrieval starts at block 4 here (two sinks at 5), with drops
 
 
-def _records(kernels: str):
+def _records(kernels: str, kv_cache_dtype: str = "auto"):
     model = model_preset("tiny")
     # dedup 0.985 so the random tiny model's bank grows; gate 0.5 so that drops happen.
     stream = model.default_stream(dedup_threshold=0.985, gate_threshold=0.5)
-    backend = TorchBackend(build_models(model, seed=0), stream, kernels=kernels)
+    backend = TorchBackend(build_models(model, seed=0), stream, kernels=kernels, kv_cache_dtype=kv_cache_dtype)
     assert backend.kernels == kernels
     streamer = Streamer(backend, model.dit, stream, default_prompt_embeds(model), seed=0)
     return list(streamer.blocks(BLOCKS))
 
 
-def test_same_decisions_as_the_references():
-    ref, ker = _records("reference"), _records("triton")
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+def test_same_decisions_as_the_references(kv_cache_dtype):
+    ref, ker = _records("reference", kv_cache_dtype), _records("triton", kv_cache_dtype)
     retrieved = dropped = 0
     for a, b in zip(ref, ker):
         where = f"block {a.index}"
