@@ -36,6 +36,7 @@ from ..bundle import MANIFEST_NAME, Bundle, sha256_file
 from ..errors import DysinkError
 from ..runtime.backends.engine_checks import NO_TENSORRT, check_engine_entry, compute_capability  # noqa: F401
 from ..runtime.backends.plugin_library import BUNDLE_PLUGIN_PATH, PLUGIN_LIBRARY, load_plugin_library
+from ..runtime.backends.tensorrt_ops import page_type_refusal
 from .trt_onnx import function_free_bytes, native_bytes
 
 ENGINE_SUFFIX = ".engine"
@@ -131,17 +132,19 @@ def build_engines(bundle_path: str, out: str | None = None, graphs: list[str] | 
     check_build_options(workspace_gb, opt_level, hardware_compat, native, plugins)
     bundle = Bundle.load(bundle_path)
     names = graphs or list(bundle.graphs)
-    if bundle.kv_cache_dtype != "auto" and "dit_step" in names:
-        raise DysinkError(f"bundle {bundle.path} stores {bundle.kv_cache_dtype} K/V pages: the TensorRT plugin "
-                          "for them (GatedSinkAttentionQ8, dysink-export plugins --kv-cache-dtype) is written but the "
-                          "tensorrt backend's page writes are not, and no such engine has been built on TensorRT yet; "
-                          "run it with --backend onnxruntime or torch, or export with --kv-cache-dtype auto for TensorRT")
+    # int8 / fp8 pages: dit_step's GatedSinkAttentionQ8 nodes bind the plugin of that name (its library built
+    # with dysink-export plugins --kv-cache-dtype); the pools' int8 / float8e4m3fn types stand in the strongly
+    # typed network. Never built on TensorRT here (no TensorRT, no GPU on the development machines).
+    if "dit_step" in names and (refusal := page_type_refusal(bundle)) is not None:
+        raise DysinkError(refusal)
     unknown = [g for g in names if g not in bundle.graphs]
     if unknown:
         raise DysinkError(f"--graph {', '.join(unknown)}: not in bundle {bundle.path} ({', '.join(bundle.graphs)})")
     trt = import_tensorrt()
     plugin_lib = None if native else find_plugin_library(bundle, plugins)
     cc = compute_capability()
+    if "dit_step" in names and (refusal := page_type_refusal(bundle, cc)) is not None:
+        raise DysinkError(refusal)
     target = Path(out) if out else bundle.path
     if out:
         _copy_bundle(bundle.path, target, {d["file"] for g in bundle.graphs.values() for d in g.external_data})

@@ -59,7 +59,7 @@ def check_engine_entry(bundle: Bundle, graph: str, trt_version: str, cc: str) ->
 
 # TensorRT DataType names of the graph contract's dtype names.
 TRT_DTYPES = {"float32": "FLOAT", "float16": "HALF", "bfloat16": "BF16", "int64": "INT64", "int32": "INT32",
-              "bool": "BOOL"}
+              "bool": "BOOL", "int8": "INT8", "float8e4m3fn": "FP8"}     # the last two: 8-bit K/V pools
 
 
 def check_engine_io(trt, engine, spec, graph: str, rebuild: str) -> None:

@@ -16,6 +16,13 @@ A block's steps are enqueued on one stream with no synchronisation between them:
 latent -> z cast are tiny engines built at start from TensorRT network layers; page writes are
 device-to-device copies. The host waits only in `to_numpy` and `retrieve` (block boundaries).
 
+8-bit K/V pages (bundles exported with `--kv-cache-dtype int8 | fp8`): int8 / e4m3 pools with float32
+scale pools `k_scale_i` / `v_scale_i` [P, L, H] (dit_step inputs after the pools); an unwritten page
+is zeros with scales 1 (the onnxruntime backend's start); write_page quantises the block's K/V once on
+the stream with the `quantise` helper engine (tensorrt_ops: ops/kv_pages.quantise_page as TensorRT
+layers), then copies each layer's rows and scales into the pools at the page offset. The host-side
+bank carries the scales with the pages. **None of the 8-bit path has run on TensorRT or a GPU either.**
+
 `cuda_graph=True` (`dysink-run --cuda-graph`) replays engine launches as CUDA graphs
 (`cuda_graphs.GraphCache`). The pieces live beside this module: `cuda` (the cuda-python wrapper and
 `DeviceTensor`), `cuda_graphs`, `tensorrt_ops` (the helper engines), `engine_checks` (may an engine
@@ -28,23 +35,46 @@ import numpy as np
 
 from ...bundle import Bundle
 from ...errors import DysinkError
+from ...graphs import QUANTISED_KV_DTYPES
 from ...rope import timestep_frequencies
+from ..pages import np_dequantise_pages, np_page_dtype
 from .base import Backend
 from .cuda import _NP, DeviceTensor, _Cuda
 from .cuda_graphs import GraphCache
 from .engine_checks import NO_TENSORRT, check_engine_entry, check_engine_io, compute_capability
 from .plugin_library import bundle_plugin_library, load_plugin_library
-from .tensorrt_ops import _Ops
+from .tensorrt_ops import _Ops, page_type_refusal
+
+_BYTE_PAGES = ("int8", "float8e4m3fn")      # 8-bit pool dtypes (contract names), which DeviceTensor does not size
+
+
+def _nbytes(shape, dtype: str) -> int:
+    if dtype in _BYTE_PAGES:
+        return int(np.prod(tuple(shape), dtype=np.int64))
+    return DeviceTensor(0, tuple(shape), dtype).nbytes
+
+
+def _host_input(t, array) -> np.ndarray:
+    """A host feed as the bytes of engine input `t`: bf16 from float32 values, 8-bit pages from their
+    values (int8) or bits (e4m3: numpy has none; an ml_dtypes array or an OrtValue over uint8 bits)."""
+    if t.dtype == "bfloat16":
+        return (np.asarray(array, np.float32).view(np.uint32) >> 16).astype(np.uint16)  # truncation-free: inputs are bf16 values
+    if t.dtype not in _BYTE_PAGES:
+        return np.array(array.astype(_NP[t.dtype]), order="C")
+    if not isinstance(array, np.ndarray) and hasattr(array, "numpy"):
+        array = array.numpy()
+    host = np.ascontiguousarray(np.asarray(array).astype(np.int8) if t.dtype == "int8" else np.asarray(array))
+    if host.itemsize != 1:
+        raise DysinkError(f"input {t.name} holds {t.dtype} pages: feed their 8-bit values or bits, not {host.dtype}")
+    return host.view(np.uint8)
 
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, bundle: Bundle, plugins: str | None = None, cuda_graph: bool = False):
-        if bundle.kv_cache_dtype != "auto":
-            raise DysinkError(f"bundle {bundle.path} stores {bundle.kv_cache_dtype} K/V pages, which the tensorrt "
-                              "backend of this version does not write (the GatedSinkAttentionQ8 plugin reads them; "
-                              "the backend's quantised page writes are not built); run it with --backend onnxruntime")
+        if (refusal := page_type_refusal(bundle)) is not None:
+            raise DysinkError(refusal)
         try:
             import tensorrt as trt
         except ImportError:
@@ -52,7 +82,11 @@ class TensorRTBackend(Backend):
         self.trt, self.bundle = trt, bundle
         self.stream, self.model, self.specs = bundle.stream, bundle.model, bundle.specs
         self.md = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[bundle.precision]
+        self.kv_cache_dtype = bundle.kv_cache_dtype
+        self.quantised = bundle.kv_cache_dtype in QUANTISED_KV_DTYPES
         cc = compute_capability()
+        if (refusal := page_type_refusal(bundle, cc)) is not None:
+            raise DysinkError(refusal)
         entries = {g: check_engine_entry(bundle, g, trt.__version__, cc) for g in bundle.graphs}
         self.cuda = _Cuda()
         self.graphs = GraphCache(self.cuda.rt, self.cuda.stream) if cuda_graph else None
@@ -80,7 +114,7 @@ class TensorRTBackend(Backend):
             self.engines[graph] = engine
             self.contexts[graph] = context
         self._ops = _Ops(trt, self.logger, self.runtime, self.md, self.specs["dit_step"].input("x_t").shape,
-                         self._launch)
+                         self._launch, pages=self.kv_cache_dtype, kv_shape=self.specs["dit_step"].output("k_new").shape)
         self.buffers: dict[tuple[str, str], DeviceTensor] = {}
 
     # -- buffers and execution ----------------------------------------------------------------
@@ -92,9 +126,7 @@ class TensorRTBackend(Backend):
         key = (graph, name)
         if key not in self.buffers:
             spec = self.specs[graph].output(name) if output else self.specs[graph].input(name)
-            t = DeviceTensor(0, spec.shape, spec.dtype)
-            t.ptr = self.cuda.alloc(t.nbytes)
-            self.buffers[key] = t
+            self.buffers[key] = DeviceTensor(self.cuda.alloc(_nbytes(spec.shape, spec.dtype)), spec.shape, spec.dtype)
         return self.buffers[key]
 
     def _bind(self, graph: str, name: str, tensor: DeviceTensor) -> None:
@@ -145,6 +177,14 @@ class TensorRTBackend(Backend):
         self._scratch = [DeviceTensor(self.cuda.alloc(c.nbytes), c.shape, c.dtype) for c in self._caches[0]]
         self._cache_current = 0
         self._rope_host = self._ids_host = None
+        if self.quantised:   # pools are zeroed (alloc); scales 1, as the onnxruntime backend starts them
+            kv, scale = spec.output("k_new").shape, spec.input("k_scale_0")
+            self._q = DeviceTensor(self.cuda.alloc(_nbytes(kv, "int8")), tuple(kv), spec.input("k_pool_0").dtype)
+            self._s = DeviceTensor(self.cuda.alloc(_nbytes(kv[:3], "float32")), tuple(kv[:3]), "float32")
+            first, *rest = [self.buffers[("dit_step", f"{k}_scale_{i}")] for k in "kv" for i in range(kv[0])]
+            self.cuda.upload(first.ptr, np.ones(scale.shape, np.float32))
+            for buf in rest:
+                self.cuda.copy(buf.ptr, first.ptr, _nbytes(scale.shape, "float32"))
         self.cuda.sync()
 
     def _time_buffers(self, t: float) -> tuple[DeviceTensor, DeviceTensor]:
@@ -196,12 +236,19 @@ class TensorRTBackend(Backend):
         return (x0, self.buffers[(g, "k_new")], self.buffers[(g, "v_new")], self.buffers[(g, "ratios")])
 
     def write_page(self, page: int, k_new: DeviceTensor, v_new: DeviceTensor) -> None:
-        layer_bytes = k_new.nbytes // k_new.shape[0]
-        for i in range(k_new.shape[0]):
-            self.cuda.copy(self.buffers[("dit_step", f"k_pool_{i}")].ptr + page * layer_bytes,
-                           k_new.ptr + i * layer_bytes, layer_bytes)
-            self.cuda.copy(self.buffers[("dit_step", f"v_pool_{i}")].ptr + page * layer_bytes,
-                           v_new.ptr + i * layer_bytes, layer_bytes)
+        """k_new / v_new [layers, L, H, D] into page `page` of every layer's pool: device copies on the stream.
+        8-bit pages: the quantise engine first, into one scratch pair (the stream runs V's quantise after K's
+        copies), then each layer's rows and scales (never run: no TensorRT or GPU here)."""
+        layers = k_new.shape[0]
+        for kind, new in (("k", k_new), ("v", v_new)):
+            src, n = new.ptr, new.nbytes // layers
+            if self.quantised:
+                self._ops.quantise(new.ptr, self._q.ptr, self._s.ptr)
+                src, n, sn = self._q.ptr, _nbytes(self._q.shape[1:], self._q.dtype), _nbytes(self._s.shape[1:], "float32")
+                for i in range(layers):
+                    self.cuda.copy(self.buffers[("dit_step", f"{kind}_scale_{i}")].ptr + page * sn, self._s.ptr + i * sn, sn)
+            for i in range(layers):
+                self.cuda.copy(self.buffers[("dit_step", f"{kind}_pool_{i}")].ptr + page * n, src + i * n, n)
 
     def renoise(self, x0: DeviceTensor, eps: DeviceTensor, sigma: float) -> DeviceTensor:
         out = self._latent_out(x0, eps)
@@ -275,11 +322,8 @@ class TensorRTBackend(Backend):
         spec = self.specs[graph]
         keep = []
         for t in spec.inputs:
-            buf = DeviceTensor(self.cuda.alloc(DeviceTensor(0, t.shape, t.dtype).nbytes, zero=False), t.shape, t.dtype)
-            array = feeds[t.name]
-            if t.dtype == "bfloat16":
-                array = (np.asarray(array, np.float32).view(np.uint32) >> 16).astype(np.uint16)  # truncation-free: inputs are bf16 values
-            keep.append(np.array(array if t.dtype == "bfloat16" else array.astype(_NP[t.dtype]), order="C"))
+            buf = DeviceTensor(self.cuda.alloc(_nbytes(t.shape, t.dtype), zero=False), t.shape, t.dtype)
+            keep.append(_host_input(t, feeds[t.name]))
             self.cuda.upload(buf.ptr, keep[-1])
             self._bind(graph, t.name, buf)
         outs = []
@@ -340,25 +384,28 @@ class TensorRTBackend(Backend):
     # -- the page interface of a host-side bank (runtime/host_bank.py). Written to the CUDA runtime
     # API, never run here (no GPU, no TensorRT): the copies are queued on the engines' own stream
     # (ordered with the launches, no host sync; not overlapped with them as a side stream would be).
-    def _page_geometry(self):
-        pool = self.specs["dit_step"].input("k_pool_0")
-        page_bytes = DeviceTensor(0, tuple(pool.shape[1:]), pool.dtype).nbytes
-        return pool, page_bytes, self.model.dit.layers
+    # An entry holds, one layer after another: the K pages, the V pages and, for 8-bit pages, the K and V
+    # scales ([L, H] float32 per layer): what attention reads of a page, so a page back from the host
+    # dequantises as it did before it left.
+    def _page_parts(self) -> list[tuple[str, int]]:
+        """(dit_step input prefix, bytes of one page in one layer) for each part of a page."""
+        spec = self.specs["dit_step"]
+        names = ("k_pool", "v_pool") + (("k_scale", "v_scale") if self.quantised else ())
+        return [(n, _nbytes(spec.input(f"{n}_0").shape[1:], spec.input(f"{n}_0").dtype)) for n in names]
 
     def host_store(self, entries: int) -> dict:
-        _, page_bytes, layers = self._page_geometry()
-        nbytes = entries * 2 * layers * page_bytes
+        entry_bytes = self.model.dit.layers * sum(n for _, n in self._page_parts())
+        nbytes = entries * entry_bytes
         ptr = int(self.cuda._ok(self.cuda.rt.cudaMallocHost(max(nbytes, 1)), f"cudaMallocHost({nbytes} bytes)"))
         self._host_stores = getattr(self, "_host_stores", []) + [ptr]
-        return {"ptr": ptr, "entry_bytes": 2 * layers * page_bytes}
+        return {"ptr": ptr, "entry_bytes": entry_bytes}
 
     def _page_copies(self, page: int, store: dict, entry: int):
-        _, page_bytes, layers = self._page_geometry()
         host = store["ptr"] + entry * store["entry_bytes"]
-        for j, kind in enumerate(("k", "v")):
-            for i in range(layers):
-                device = self.buffers[("dit_step", f"{kind}_pool_{i}")].ptr + page * page_bytes
-                yield device, host + (j * layers + i) * page_bytes, page_bytes
+        for name, n in self._page_parts():
+            for i in range(self.model.dit.layers):
+                yield self.buffers[("dit_step", f"{name}_{i}")].ptr + page * n, host, n
+                host += n
 
     def page_to_host(self, page: int, store: dict, entry: int) -> None:
         for device, host, n in self._page_copies(page, store, entry):
@@ -370,32 +417,35 @@ class TensorRTBackend(Backend):
             self.cuda._ok(self.cuda.rt.cudaMemcpyAsync(device, host, n, self.cuda.rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
                                                        self.cuda.stream), "page from host")
 
+    def _as_float(self, parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """[K, V(, K scales, V scales)] raw bytes per layer -> (K, V) float32 [layers, L, H, D], dequantised."""
+        spec = self.specs["dit_step"]
+        pool = spec.input("k_pool_0")
+        if self.quantised:
+            q = [b.view(np_page_dtype(self.kv_cache_dtype, None)).reshape(pool.shape[1:]) for b in parts[0] + parts[1]]
+            sc = [b.view(np.float32).reshape(pool.shape[1:3]) for b in parts[2] + parts[3]]
+            kv = [np_dequantise_pages(x, s, np.float32) for x, s in zip(q, sc)]
+        elif pool.dtype == "bfloat16":
+            kv = [(b.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(pool.shape[1:]) for b in parts[0] + parts[1]]
+        else:
+            kv = [b.view(_NP[pool.dtype]).reshape(pool.shape[1:]).astype(np.float32) for b in parts[0] + parts[1]]
+        layers = self.model.dit.layers
+        return np.stack(kv[:layers]), np.stack(kv[layers:])
+
     def read_host_page(self, store: dict, entry: int) -> tuple[np.ndarray, np.ndarray]:
         import ctypes
 
-        pool, page_bytes, layers = self._page_geometry()
         self.cuda.sync()
         raw = (ctypes.c_char * store["entry_bytes"]).from_address(store["ptr"] + entry * store["entry_bytes"])
-        arr = np.frombuffer(raw, dtype=np.uint8).copy()
-        dt = {"float32": np.float32, "float16": np.float16}.get(pool.dtype)
-        if dt is None:
-            raise DysinkError(f"read_page of {pool.dtype} host pages: numpy has no such type; read an fp16 or fp32 run")
-        kv = arr.view(dt).reshape(2, layers, *pool.shape[1:]).astype(np.float32)
-        return kv[0], kv[1]
+        arr, parts, at = np.frombuffer(raw, dtype=np.uint8).copy(), [], 0
+        for _, n in self._page_parts():
+            parts.append([arr[at + i * n:at + (i + 1) * n] for i in range(self.model.dit.layers)])
+            at += n * self.model.dit.layers
+        return self._as_float(parts)
 
     def read_page(self, page: int) -> tuple[np.ndarray, np.ndarray]:
-        spec = self.specs["dit_step"]
-        pool = spec.input("k_pool_0")
-        page_shape = tuple(pool.shape[1:])
-        page_bytes = DeviceTensor(0, page_shape, pool.dtype).nbytes
-        out = []
-        for kind in ("k", "v"):
-            layers = []
-            for i in range(self.model.dit.layers):
-                base = self.buffers[("dit_step", f"{kind}_pool_{i}")].ptr
-                layers.append(self.to_numpy(DeviceTensor(base + page * page_bytes, page_shape, pool.dtype)))
-            out.append(np.stack(layers))
-        return out[0], out[1]
+        return self._as_float([[self.cuda.download(np.empty(n, np.uint8), self.buffers[("dit_step", f"{name}_{i}")].ptr + page * n)
+                                for i in range(self.model.dit.layers)] for name, n in self._page_parts()])
 
     def to_numpy(self, handle: DeviceTensor) -> np.ndarray:
         if handle.dtype == "bfloat16":

@@ -130,14 +130,35 @@ def test_refusals_are_one_line(int8_bundle):
 
 
 
-def test_tensorrt_paths_refuse_8bit_bundles_in_one_line(int8_bundle):
-    from dysink_deploy.export.trt_build import build_engines
-    from dysink_deploy.runtime.backends.tensorrt_backend import TensorRTBackend
+def test_tensorrt_paths_take_8bit_bundles(int8_bundle, tmp_path, monkeypatch):
+    """`dysink-export build` and `--backend tensorrt` take int8 pages (they refused them before the
+    backend's quantised page writes): against the TensorRT / cuda-python stand-ins
+    (tests/tensorrt_standin.py; nothing runs on TensorRT or a GPU here) the real int8 bundle builds, and
+    the backend checks the int8 pools against the contract and builds its int8 page quantiser."""
+    import sys
 
-    with pytest.raises(DysinkError, match="stores int8 K/V pages: the TensorRT plugin"):
-        build_engines(str(int8_bundle))
-    with pytest.raises(DysinkError, match="stores int8 K/V pages, which the tensorrt backend"):
-        TensorRTBackend(Bundle.load(int8_bundle))
+    from dysink_deploy.export import trt_build as tb
+    from dysink_deploy.runtime.backends import cuda as cuda_mod
+    from dysink_deploy.runtime.backends import plugin_library
+    from dysink_deploy.runtime.backends import tensorrt_backend as trb
+    from tests.tensorrt_standin import FakeCudaRuntime, FakeTensorRT
+
+    trt = FakeTensorRT(specs=Bundle.load(int8_bundle).specs)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    for module in (tb, trb):
+        monkeypatch.setattr(module, "compute_capability", lambda: "sm_87")
+    monkeypatch.setattr(cuda_mod, "_cudart", FakeCudaRuntime)
+    monkeypatch.setattr(plugin_library, "_loaded", {})
+    lib = tmp_path / "libdysink_plugins.so"
+    lib.write_bytes(b"a plugin library built with --kv-cache-dtype int8")
+    out = tb.build_engines(str(int8_bundle), out=str(tmp_path / "built"), plugins=str(lib))
+    backend = trb.TensorRTBackend(Bundle.load(out))
+    try:
+        assert backend.quantised and backend.specs["dit_step"].input("k_pool_0").dtype == "int8"
+        net, _ = trt.network_with_output("q")
+        assert [(t.name, t.dtype) for t in net.outputs] == [("q", "INT8"), ("scale", "FLOAT")]
+    finally:
+        backend.close()
 
 
 def test_dysink_run_flag(int8_bundle, tmp_path):
