@@ -34,14 +34,19 @@ class Case:
     dtype: str
     sinks: int = 2
     locals_: int = 2
+    pages: str = "auto"          # --kv-cache-dtype of the pools: auto (q's dtype), bf16, int8, fp8
 
 
 CASES = [
     Case("tiny fp32", 72, 2, 32, "float32", 2, 4),
     Case("tiny fp16", 72, 2, 32, "float16", 2, 4),
     Case("tiny bf16", 72, 2, 32, "bfloat16", 2, 4),
+    Case("tiny fp16, int8 pages", 72, 2, 32, "float16", 2, 4, "int8"),
+    Case("tiny fp16, bf16 pages", 72, 2, 32, "float16", 2, 4, "bf16"),
     Case("1.3B bf16", 4680, 12, 128, "bfloat16"),
     Case("1.3B fp16", 4680, 12, 128, "float16"),
+    Case("1.3B bf16, int8 pages", 4680, 12, 128, "bfloat16", pages="int8"),
+    Case("1.3B bf16, fp8 pages", 4680, 12, 128, "bfloat16", pages="fp8"),     # sm_89 and newer
 ]
 
 
@@ -79,6 +84,21 @@ def _inputs(case: Case, seed: int = 0, device: str = "cuda"):
     return q, k, v, kp, vp, local_ids, sink_ids
 
 
+def _pages(case: Case, kp, vp) -> tuple:
+    """The pools as `case.pages` stores them -> (k_pool, v_pool, scales {} or k_scale / v_scale,
+    the pools as the op reads them, in q's dtype: what the SDPA baseline attends over)."""
+    from ..ops.kv_pages import STORAGE, dequantise_pages, quantise_page    # lazy: torch
+
+    if case.pages == "auto":
+        return kp, vp, {}, kp, vp
+    if case.pages == "bf16":
+        kb, vb = kp.to(STORAGE["bf16"]), vp.to(STORAGE["bf16"])
+        return kb, vb, {}, kb.to(kp.dtype), vb.to(vp.dtype)
+    (kq, ks), (vq, vs) = quantise_page(kp, case.pages), quantise_page(vp, case.pages)
+    return (kq, vq, {"k_scale": ks, "v_scale": vs}, dequantise_pages(kq, ks, kp.dtype),
+            dequantise_pages(vq, vs, vp.dtype))
+
+
 def _sdpa_same_keys(q, k, v, kp, vp, local_ids, sink_ids, keep):
     """Plain PyTorch in the inputs' dtype over the kept keys, gathered contiguously: the baseline."""
     import torch
@@ -98,17 +118,21 @@ def check_case(case: Case, threshold: float = 0.5, device: str = "cuda") -> dict
     from ..ops.gated_sink_attention import gated_sink_attention_ref    # lazy: torch
     from . import launch    # lazy: torch, triton
 
+    if case.pages == "fp8" and device != "cpu" and launch.device_arch(torch.device(device)) < V.FP8_MIN_ARCH:
+        return {"case": case.name, "ok": None, "detail": f"SKIPPED: fp8 pages need sm_{V.FP8_MIN_ARCH} or newer"}
     q, k, v, kp, vp, local_ids, sink_ids = _inputs(case, device=device)
-    out, ratios = launch.gated_sink_attention(q, k, v, kp, vp, local_ids, sink_ids, threshold, True)
+    kp, vp, scales, kp_read, vp_read = _pages(case, kp, vp)
+    out, ratios = launch.gated_sink_attention(q, k, v, kp, vp, local_ids, sink_ids, threshold, True, **scales)
     try:
-        ref, ref_ratios = gated_sink_attention_ref(q, k, v, kp, vp, local_ids, sink_ids, threshold, True)
+        ref, ref_ratios = gated_sink_attention_ref(q, k, v, kp, vp, local_ids, sink_ids, threshold, True, **scales)
     except torch.OutOfMemoryError:
         return {"case": case.name, "ok": None, "detail": "SKIPPED: the float32 reference does not fit in memory"}
     keep = ~(ref_ratios > threshold)
-    # Baseline rounding: retrieved sinks bf16-rounded like the op does (a no-op for bf16).
-    kp_r, vp_r = kp.clone(), vp.clone()
-    kp_r[sink_ids] = kp[sink_ids].to(torch.bfloat16).to(kp.dtype)
-    vp_r[sink_ids] = vp[sink_ids].to(torch.bfloat16).to(vp.dtype)
+    # Baseline rounding: retrieved sinks bf16-rounded like the op does (a no-op for bf16), over the
+    # pages as the op reads them (dequantised / cast to q's dtype).
+    kp_r, vp_r = kp_read.clone(), vp_read.clone()
+    kp_r[sink_ids] = kp_read[sink_ids].to(torch.bfloat16).to(q.dtype)
+    vp_r[sink_ids] = vp_read[sink_ids].to(torch.bfloat16).to(q.dtype)
     base = _sdpa_same_keys(q, k, v, kp_r, vp_r, local_ids, sink_ids, keep)
     err = (out.float() - ref.float()).abs().max().item()
     base_err = (base.float() - ref.float()).abs().max().item()
@@ -117,7 +141,8 @@ def check_case(case: Case, threshold: float = 0.5, device: str = "cuda") -> dict
     ok = same_ratios and err <= 2 * base_err + floor
     return {"case": case.name, "ok": ok, "err": err, "base_err": base_err, "same_ratios": same_ratios,
             "dropped": int((~keep).sum().item()),
-            "detail": f"max err {err:.2e} (SDPA {case.dtype}: {base_err:.2e}), ratios "
+            "detail": f"max err {err:.2e} (SDPA {case.dtype}{'' if case.pages == 'auto' else ' on the same pages'}: "
+                      f"{base_err:.2e}), ratios "
                       f"{'identical' if same_ratios else 'DIFFER'}, {int((~keep).sum())} of {case.sinks} sinks dropped"}
 
 
@@ -149,8 +174,9 @@ def time_attention(case: Case, bench: Callable, device: str = "cuda") -> dict:
     from . import launch    # lazy: torch, triton
 
     q, k, v, kp, vp, local_ids, sink_ids = _inputs(case, device=device)
+    kp, vp, scales, _, _ = _pages(case, kp, vp)
     keep_all = 1.1   # threshold above every ratio: all sinks attended, like SDPA's key count
-    op_ms = bench(lambda: launch.gated_sink_attention(q, k, v, kp, vp, local_ids, sink_ids, keep_all, True))
+    op_ms = bench(lambda: launch.gated_sink_attention(q, k, v, kp, vp, local_ids, sink_ids, keep_all, True, **scales))
     n_sink, n_local = sink_ids.numel(), local_ids.numel()
     partial = torch.empty((n_sink + n_local + 2, case.heads, V.GATE_SPLITS, case.head_dim), device=device)
     ratios = torch.empty(n_sink, device=device)
@@ -158,7 +184,8 @@ def time_attention(case: Case, bench: Callable, device: str = "cuda") -> dict:
     round_sinks = case.dtype != "bfloat16"
 
     def gate():
-        launch.launch_gate(q, k, kp, local_ids, sink_ids, 0, round_sinks, partial, ratios, arch)
+        launch.launch_gate(q, k, kp, local_ids, sink_ids, 0, round_sinks, partial, ratios, arch,
+                           scales.get("k_scale"), launch.page_mode(q.dtype, kp.dtype, bool(scales)))
 
     gate_ms = bench(gate)
     keys = (n_sink + n_local + 1) * case.tokens
@@ -196,7 +223,8 @@ def collect(log: Callable[[str], None] = lambda m: None) -> dict:
     def bench(f):
         return do_bench(f, warmup=25, rep=100)
 
-    for case in (c for c in CASES if c.name.startswith("1.3B")):
+    skipped = {c["case"] for c in result["cases"] if c["ok"] is None}
+    for case in (c for c in CASES if c.name.startswith("1.3B") and c.name not in skipped):
         t = time_attention(case, bench)
         t.update(case=case.name, vs_sdpa=t["op_ms"] / t["sdpa_ms"], gate_share=t["gate_ms"] / max(t["attn_ms"], 1e-9))
         result["timings"].append(t)

@@ -53,10 +53,15 @@ def test_dysink_bench_kernels_exits_77_when_skipped():
 def test_the_gpu_check_itself_runs_on_cpu():
     """The check's own code (inputs, reference, SDPA baseline, tolerance, timing path) on CPU tensors
     under the interpreter, tiny shapes: so that its first run on a GPU is not its first run at all."""
-    for case in gpu_check.CASES[:3]:                       # tiny fp32 / fp16 / bf16
+    tiny = [c for c in gpu_check.CASES if c.name.startswith("tiny")]
+    assert {c.pages for c in tiny} == {"auto", "int8", "bf16"} and any(c.pages == "fp8" for c in gpu_check.CASES)
+    for case in tiny:                                      # fp32 / fp16 / bf16, int8 and bf16 pages
         res = gpu_check.check_case(case, device="cpu")
         assert res["ok"] and res["same_ratios"] and res["dropped"] >= 1, res["detail"]
     assert gpu_check.check_retrieval(capacity=64, device="cpu")["ok"]
     calls = []
     timing = gpu_check.time_attention(gpu_check.CASES[1], lambda fn: calls.append(fn()) or 1.0, device="cpu")
     assert len(calls) == 3 and timing["keys"] == (2 + 4 + 1) * 72
+    int8 = next(c for c in gpu_check.CASES if c.name == "tiny fp16, int8 pages")
+    assert len(gpu_check.time_attention(int8, lambda fn: calls.append(fn()) or 1.0, device="cpu")) == 5
+    assert len(calls) == 6
