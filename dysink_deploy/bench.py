@@ -63,16 +63,19 @@ class StreamRate:
 
 
 def stream_rate(backend: str = "torch", model_name: str = "tiny", bundle_path: str | None = None, blocks: int = 20,
-                warmup: int = 2, threads: int | None = None, feature_mode: str = "block-alone") -> StreamRate:
+                warmup: int = 2, threads: int | None = None, feature_mode: str | None = None) -> StreamRate:
     """Blocks per second of the torch backend (the preset's random weights) or onnxruntime (`bundle_path`)
-    on this machine's CPU; `blocks` must exceed `warmup`."""
+    on this machine's CPU; `blocks` must exceed `warmup`. `feature_mode` None: the bundle's own
+    (onnxruntime), block-alone (torch)."""
     if backend == "onnxruntime":     # graph-baked settings must be the bundle's
+        settings = {} if feature_mode is None else {"feature_mode": feature_mode}
         streamer, config = open_streamer(RunSpec(backend="onnxruntime", bundle=bundle_path, threads=threads,
-                                                 settings={"feature_mode": feature_mode}))
+                                                 settings=settings))
         name = f"{config['model']} ({config['bundle']}, {config['precision']})"
     else:
-        streamer, name = _torch_streamer(model_name, 0, threads, feature_mode=feature_mode)
+        streamer, name = _torch_streamer(model_name, 0, threads, feature_mode=feature_mode or "block-alone")
     cfg = streamer.cfg
+    feature_mode = cfg.feature_mode
     phases: dict[str, list[float]] = {}
     t_start = None
     for rec in streamer.blocks(blocks):

@@ -125,6 +125,9 @@ class HostBankBackend(Backend):
     def decode_alone(self, latent):
         return self.inner.decode_alone(latent)
 
+    def decode_both(self, latent, first):
+        return self.inner.decode_both(latent, first)
+
     def encode(self, frames):
         return self.inner.encode(frames)
 

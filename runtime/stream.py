@@ -6,7 +6,8 @@ Per block (ALGORITHM.md sections 2-6):
      scores are reported, and the page ids are an input of every step)
   3. denoising steps, all enqueued without reading anything back
   4. the clean-context pass at t = 0 writes the block's K/V into a new page
-  5. streaming VAE decode -> frames; memory feature -> dedup -> bank
+  5. streaming VAE decode -> frames (with, in feature mode block-alone, the block-alone decode of
+     the feature: `decode_both`, which a backend may overlap); memory feature -> dedup -> bank
 Gate ratios and the feature are read back once, after the block.
 """
 
@@ -296,7 +297,11 @@ class Streamer:
                                     page=page))
         lap("clean_pass")
 
-        frames = be.decode(x0, first=(index == 0))
+        alone = None             # feature mode block-alone: both decodes here (a backend may overlap them)
+        if self.features is None and cfg.feature_mode != "streamed":
+            frames, alone = be.decode_both(x0, first=(index == 0))
+        else:
+            frames = be.decode(x0, first=(index == 0))
         frames_host = be.to_numpy(frames)
         _finite(frames_host, index, "the decoded frames")
         frames_np = frames_to_uint8(frames_host)
@@ -305,8 +310,7 @@ class Streamer:
         if self.features is not None:
             feature = self._injected_feature(index, frames_np, be.to_numpy(x0).astype(np.float32))
         else:
-            feat_frames = frames if cfg.feature_mode == "streamed" else be.decode_alone(x0)
-            feature = be.to_numpy(be.encode(feat_frames)).astype(np.float32)
+            feature = be.to_numpy(be.encode(frames if alone is None else alone)).astype(np.float32)
         _finite(feature, index, "the memory feature")
         lap("feature")
 

@@ -50,7 +50,8 @@ def main():
 @shared("--blocks", type=int, default=20)
 @click.option("--warmup", type=int, default=2, show_default=True, help="Blocks excluded from the numbers.")
 @shared("--threads", type=int, default=None, note="Used by torch and onnxruntime.", default_text="all cores")
-@shared("--feature-mode", type=click.Choice(["block-alone", "streamed"]), default="block-alone")
+@shared("--feature-mode", type=click.Choice(["block-alone", "streamed"]), default=None,
+        default_text="block-alone; with --bundle: the bundle's")
 def stream(model_name, backend, bundle_path, blocks, warmup, threads, feature_mode):
     """Blocks per second of the torch or onnxruntime backend on this machine's CPU."""
     check_blocks(blocks)

@@ -52,6 +52,12 @@ class Backend(abc.ABC):
     def decode_alone(self, latent: Any) -> Any:
         """Decode a block without the streaming cache (the reference's feature path)."""
 
+    def decode_both(self, latent: Any, first: bool) -> tuple[Any, Any]:
+        """(decode(latent, first), decode_alone(latent)): the streamed frames and the block-alone
+        ones of feature mode block-alone. One after the other here; a backend may overlap the two
+        (they are independent given the latent) as long as each result is what the call alone gives."""
+        return self.decode(latent, first), self.decode_alone(latent)
+
     @abc.abstractmethod
     def encode(self, frames: Any) -> Any:
         """Frames [3, T, H, W] -> unit memory-bank feature [F]."""

@@ -28,6 +28,8 @@ dtype casts run as tiny ONNX graphs on the same provider there (numpy on CPU).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -120,9 +122,17 @@ class OnnxRuntimeBackend(Backend):
                               "on ONNX Runtime's CPU provider only; use --ort-provider cpu, or a bundle exported "
                               "with --kv-cache-dtype auto")
         self.device = ("cpu", 0) if self.on_cpu else ("cuda", device_id)
-        opts = session_options(ort, threads, profile_prefix=f"{profile_dir}/ort" if profile_dir else None)
+        prefix = f"{profile_dir}/ort" if profile_dir else None
+        opts = session_options(ort, threads, profile_prefix=prefix)
+        # Feature mode block-alone decodes every block twice (streamed, and alone for the feature):
+        # on the CPU the two run at once, each VAE session on half the cores (`decode_both`).
+        cores = threads or os.cpu_count() or 1
+        self.overlap_decodes = self.on_cpu and bundle.stream.feature_mode != "streamed" and cores >= 2
+        vae_opts = session_options(ort, cores // 2, profile_prefix=prefix) if self.overlap_decodes else opts
+        self._alone_pool: ThreadPoolExecutor | None = None
         self.sessions = sessions if sessions is not None else {
-            name: load_session(ort, bundle, name, str(bundle.graph_path(name)), opts, self.providers)
+            name: load_session(ort, bundle, name, str(bundle.graph_path(name)),
+                               vae_opts if name in _VAE_GRAPHS else opts, self.providers)
             for name in bundle.graphs}
         self.specs = bundle.specs
         self._ops = None if self.on_cpu else _DeviceOps(ort, self.providers, bundle.precision, self.device)
@@ -280,6 +290,26 @@ class OnnxRuntimeBackend(Backend):
         frames, *_ = self._run("vae_decode_first", {"z": self._latent_in(latent)})
         return OrtTensor(frames, self.specs["vae_decode_first"].output("frames").shape[1:])
 
+    def decode_both(self, latent: OrtTensor, first: bool) -> tuple[OrtTensor, OrtTensor]:
+        """The streamed and the block-alone decode at once on the CPU (ORT runs release the GIL and a
+        session may run from two threads; each builds its own inputs and outputs). Block 0's streamed
+        decode is the block-alone one (vae_decode_first without a cache): run once. Each result is
+        what decode / decode_alone alone give, bit for bit (tests/runtime/backends)."""
+        if not self.overlap_decodes:
+            return super().decode_both(latent, first)
+        if first:
+            frames = self.decode(latent, True)
+            return frames, frames
+        if self._alone_pool is None:
+            self._alone_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dysink-decode-alone")
+        alone = self._alone_pool.submit(self.decode_alone, latent)
+        try:
+            frames = self.decode(latent, first)
+        except BaseException:
+            wait([alone])
+            raise
+        return frames, alone.result()
+
     def encode(self, frames: OrtTensor) -> OrtTensor:
         """Frames [3, T, H, W] -> unit feature [F] through memory_encoder_t{T}."""
         name = f"memory_encoder_t{frames.shape[1]}"
@@ -352,6 +382,9 @@ class OnnxRuntimeBackend(Backend):
         return out[0], out[1]
 
     def close(self) -> None:
+        if getattr(self, "_alone_pool", None) is not None:
+            self._alone_pool.shutdown(wait=True)
+            self._alone_pool = None
         for name in ("k_pools", "v_pools", "k_scales", "v_scales", "k_new", "v_new", "_fixed", "vae_cache", "sessions", "_ops"):
             if hasattr(self, name):
                 delattr(self, name)
@@ -359,6 +392,9 @@ class OnnxRuntimeBackend(Backend):
     def to_numpy(self, handle: OrtTensor) -> np.ndarray:
         # A copy: on CPU .numpy() is a view of a buffer the next step may overwrite (k_new / v_new).
         return np.array(handle.value.numpy(), dtype=np.float32).reshape(handle.shape)
+
+
+_VAE_GRAPHS = ("vae_decode_first", "vae_decode")
 
 
 def session_options(ort, threads: int | None = None, profile_prefix: str | None = None):
