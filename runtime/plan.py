@@ -35,9 +35,9 @@ RESERVE_BYTES = {"desktop": int(1.5 * GB), "jetson": int(1.0 * GB)}   # context 
 PLATFORMS = tuple(RESERVE_BYTES)
 # fp8 (e4m3) pages need sm_89+ (Ada, Hopper, Blackwell) in Triton and TensorRT; Orin is sm_87.
 FP8_NOTE = "fp8 pages need sm_89 or newer (Ada/Hopper/Blackwell); Jetson Orin is sm_87: int8 there"
-Q8_BACKENDS_NOTE = ("8-bit pages run on the torch backend (reference op or Triton kernels) and on onnxruntime "
-                    "in this version; the TensorRT plugin for them is written, the tensorrt backend's page "
-                    "writes are not yet")
+Q8_BACKENDS_NOTE = ("8-bit pages run on the torch backend (reference op or Triton kernels) and on onnxruntime's "
+                    "CPU provider in this version; the TensorRT plugin and the tensorrt backend's page writes for "
+                    "them are written but have not run on TensorRT yet")
 # Resolutions the search tries below the requested one (height, width), all multiples of 16.
 RESOLUTIONS = ((480, 832), (384, 672), (320, 576), (240, 416))
 # JetPack 6.2 ships TensorRT 10.3, whose ONNX parser reads opset <= 20; bf16 bundles are opset 22.

@@ -26,7 +26,7 @@ from dysink_deploy.runtime.builder import open_streamer  # noqa: E402
 from dysink_deploy.runtime.report import decisions  # noqa: E402
 from dysink_deploy.runtime.spec import RunSpec  # noqa: E402
 
-BLOCKS = 8
+BLOCKS = 6        # dedup skips from block 2, retrieval from block 4
 SETTINGS = {"dedup_threshold": 0.985}
 
 
@@ -117,8 +117,9 @@ def test_torch_stream_runs_on_other_page_types(kind):
 
 
 def test_auto_and_bf16_pages_are_bit_identical_on_a_bf16_model():
-    a, _ = _records(RunSpec(model="tiny", precision="bf16"), blocks=3)
-    b, _ = _records(RunSpec(model="tiny", precision="bf16", kv_cache_dtype="bf16"), blocks=3)
+    # two blocks: block 1 reads block 0's page (bf16 on the CPU is slow: each block costs ~7 s here)
+    a, _ = _records(RunSpec(model="tiny", precision="bf16"), blocks=2)
+    b, _ = _records(RunSpec(model="tiny", precision="bf16", kv_cache_dtype="bf16"), blocks=2)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x.latent, y.latent)
         np.testing.assert_array_equal(x.frames, y.frames)
