@@ -27,6 +27,7 @@ import numpy as np
 
 from .config import ModelConfig, StreamConfig
 from .errors import DysinkError
+from .limits import check_blocks
 from .runtime.backends import BACKENDS
 from .runtime.builder import load_model_config, open_streamer, resolve_run
 from .runtime.prompts import embeds_of
@@ -142,8 +143,7 @@ class Stream:
         stats.json, timeline.png, with dysink-run's guarantees (lock, no symlinks followed, only this
         project's outputs replaced with `overwrite`). Returns a RunResult (out, blocks, frames,
         seconds, interrupted, stats). Ctrl-C stops after closing the files."""
-        if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
-            raise DysinkError(f"write: blocks must be an integer >= 1, got {blocks!r}")
+        check_blocks(blocks, "write(blocks=)")        # 1..MAX_BLOCKS, as dysink-run --blocks (stats.json)
         with self._use("write()"):
             if self._streamer.next_index:
                 raise DysinkError("write: this stream has already produced blocks; a video starts at block 0: "

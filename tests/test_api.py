@@ -145,6 +145,10 @@ def test_to_numpy_is_a_copy_on_every_backend(bundles):
 
 def test_write_and_close(tmp_path, bundles):
     with api.open_stream(bundles("fp32"), settings={"dedup_threshold": 0.985}) as stream:
+        for bad in (0, 10_001, True, 2.5):          # dysink-run --blocks' bounds (stats.json holds every block)
+            with pytest.raises(DysinkError, match=r"write\(blocks=\) must be an integer in 1\.\.10000"):
+                stream.write(tmp_path / "bad", blocks=bad)
+        assert not (tmp_path / "bad").exists()
         result = stream.write(tmp_path / "run", blocks=2)
         with pytest.raises(DysinkError, match="already produced blocks"):
             stream.write(tmp_path / "again", blocks=1)
