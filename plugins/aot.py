@@ -149,6 +149,11 @@ def page_variant_mode(dtype: str, kv_cache_dtype: str) -> tuple[str, str | None]
     return "cast", V.PAGE_TRITON_TYPES[kv_cache_dtype]
 
 
+def _absent_scales(kernel: str, pages: str) -> dict:
+    """The scale pointers as constexpr None where the pages carry no scales (today's argument lists)."""
+    return {} if pages == "scaled" else {arg: None for arg in _SCALE_ARGS[kernel]}
+
+
 def kernel_variants(model: ModelConfig, stream: StreamConfig, precisions: list[str], arch: int,
                     kv_cache_dtype: str = "auto") -> list[Variant]:
     """Every variant a bundle of this model / stream / precision / page dtype needs on one architecture."""
@@ -166,13 +171,12 @@ def kernel_variants(model: ModelConfig, stream: StreamConfig, precisions: list[s
         base_key = {"dtype": dtype, "head_dim": dim, "sink_bf16": int(sink_bf16)}
         if pages != "same":
             base_key["pages"] = kv_cache_dtype
-        scales = lambda kernel: {} if pages == "scaled" else {a: None for a in _SCALE_ARGS[kernel]}  # noqa: E731
         out.append(Variant("gate_partial_sums", arch, dtype,
-                           {**scales("gate_partial_sums"), "HEAD_DIM": dim, "BLOCK_D": block_d,
+                           {**_absent_scales("gate_partial_sums", pages), "HEAD_DIM": dim, "BLOCK_D": block_d,
                             "BLOCK_T": V.gate_block_t(arch), "SINK_BF16": sink_bf16, "PAGES": pages},
                            V.GATE_WARPS, 1, base_key, page_type))
         out.append(Variant("paged_attention", arch, dtype,
-                           {**scales("paged_attention"), "HEAD_DIM": dim, "BLOCK_D": block_d,
+                           {**_absent_scales("paged_attention", pages), "HEAD_DIM": dim, "BLOCK_D": block_d,
                             "BLOCK_M": tiles.block_m, "BLOCK_N": tiles.block_n, "SINK_BF16": sink_bf16,
                             "DOT_PRECISION": "ieee" if dtype == "float32" else "tf32", "PAGES": pages},
                            tiles.num_warps, tiles.num_stages, base_key, page_type))

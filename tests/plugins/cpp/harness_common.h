@@ -1,4 +1,4 @@
-// What the host-side test programs (plugin_harness.cpp, q8_harness.cpp) play of TensorRT: a
+// What the host-side test programs (plugin_harness.cpp, q8_harness.cpp, registration_harness.cpp) play of TensorRT: a
 // capturing logger and its finder, a constant-folding IExprBuilder, tensor descriptors,
 // PluginFieldCollections, serialized fields as text, the IPluginV3 capabilities; and the check line
 // ("ok ..." / "FAIL ...") with its failure count. Test code, not part of the library.

@@ -19,6 +19,7 @@
 // also checks that the double recorded no registry call during a load (count "errors"), except the
 // last, which expects some.
 #include "NvInferRuntime.h"
+#include "harness_common.h"
 
 #include <dlfcn.h>
 
@@ -51,34 +52,8 @@ using RegisterFn = bool (*)();
 using VersionFn = int (*)();
 using SetFinderFn = void (*)(ILoggerFinder*);
 
-class CapturingLogger : public ILogger
-{
-public:
-    void log(Severity severity, AsciiChar const* msg) noexcept override
-    {
-        if (severity <= Severity::kWARNING)
-        {
-            messages.emplace_back(msg);
-        }
-    }
-    std::vector<std::string> messages;
-};
-
-class Finder : public ILoggerFinder
-{
-public:
-    explicit Finder(ILogger* logger)
-        : mLogger(logger)
-    {
-    }
-    ILogger* findLogger() override
-    {
-        return mLogger;
-    }
-
-private:
-    ILogger* mLogger;
-};
+using harness::CapturingLogger;   // harness_common.h, shared with the plugin harnesses
+using harness::Finder;
 
 struct Double
 {
