@@ -27,7 +27,8 @@ from typing import Any, Iterable, Mapping
 from .config import (MODEL_PRESETS, ModelConfig, StreamConfig, model_config_from_dict, model_preset,
                      stream_config_from_dict)
 from .errors import DysinkError
-from .graphs import BANK_PLACEMENTS, PRECISIONS, GraphSpec, TensorSpec, check_encoder_frames, check_kv_cache_dtype, graph_specs
+from .graphs import (BANK_PLACEMENTS, PRECISIONS, VAE_LAYOUTS, GraphSpec, TensorSpec, check_encoder_frames,
+                     check_kv_cache_dtype, graph_specs, resolve_vae_layout)
 from .jsonfile import strict_loads
 from .manifest_fields import field_type_problem
 
@@ -103,7 +104,7 @@ def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, ou
                     model_source: str | os.PathLike | None = None, checkpoints: Mapping[str, Any] | None = None,
                     overwrite: bool | None = None, encoder_frames: Iterable[int] = (),
                     interactive: bool = False, text_encoder: Mapping[str, Any] | None = None,
-                    kv_cache_dtype: str = "auto", bank_placement: str = "device") -> str:
+                    kv_cache_dtype: str = "auto", bank_placement: str = "device", vae_layout: str = "auto") -> str:
     """The export command for (model, stream, precision) into `out`; --overwrite when `out` exists
     (default: looked up), since the command would otherwise refuse it."""
     if overwrite is None:
@@ -121,6 +122,9 @@ def rebuild_command(model: ModelConfig, stream: StreamConfig, precision: str, ou
                                     text_encoder),
                        *(["--kv-cache-dtype", str(kv_cache_dtype)] if kv_cache_dtype != "auto" else []),
                        *(["--bank-placement", str(bank_placement)] if bank_placement != "device" else []),
+                       *(["--vae-layout", str(vae_layout)]
+                         if vae_layout in VAE_LAYOUTS and vae_layout != "auto"
+                         and vae_layout != resolve_vae_layout("auto", precision) else []),
                        "--out", str(out), *(["--overwrite"] if overwrite else [])])
 
 
@@ -241,6 +245,11 @@ class Bundle:
         return self.manifest.get("bank_placement", "device")
 
     @property
+    def vae_layout(self) -> str:
+        """The VAE graphs' inner layout (channels | frames; bundles made before the field are channels)."""
+        return self.manifest.get("vae_layout", "channels")
+
+    @property
     def kv_cache_dtype(self) -> str:
         """The K/V pages' storage the dit_step graph was exported for (auto | bf16 | fp8 | int8)."""
         return self.manifest.get("kv_cache_dtype", "auto")
@@ -272,7 +281,8 @@ class Bundle:
                                checkpoints=self.manifest.get("checkpoints"),
                                encoder_frames=self.manifest.get("encoder_frames") or (),
                                interactive=self.interactive, text_encoder=self.manifest.get("text_encoder"),
-                               kv_cache_dtype=self.kv_cache_dtype, bank_placement=self.bank_placement)
+                               kv_cache_dtype=self.kv_cache_dtype, bank_placement=self.bank_placement,
+                               vae_layout=self.vae_layout)
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect_model: ModelConfig | str | None = None,
@@ -348,12 +358,16 @@ class Bundle:
         interactive = manifest.get("interactive") is True
         rebuild = rebuild_command(model, stream, precision, root, checkpoints=manifest.get("checkpoints"),
                                   encoder_frames=manifest.get("encoder_frames") or (), interactive=interactive,
-                                  text_encoder=manifest.get("text_encoder") if isinstance(manifest.get("text_encoder"), dict) else None)
+                                  text_encoder=manifest.get("text_encoder") if isinstance(manifest.get("text_encoder"), dict) else None,
+                                  vae_layout=manifest.get("vae_layout", "channels"))
         try:
             kv_dtype = check_kv_cache_dtype(manifest.get("kv_cache_dtype", "auto"))
             placement = manifest.get("bank_placement", "device")
             if placement not in BANK_PLACEMENTS:
                 raise ValueError(f"bank_placement must be one of {', '.join(BANK_PLACEMENTS)}, got {placement!r}")
+            layout = manifest.get("vae_layout", "channels")
+            if layout == "auto" or layout not in VAE_LAYOUTS:
+                raise ValueError(f"vae_layout must be channels or frames, got {layout!r}")
         except (TypeError, ValueError) as exc:
             raise DysinkError(f"bundle {root}: malformed {MANIFEST_NAME} ({exc}); rebuild it: {rebuild}") from None
         try:

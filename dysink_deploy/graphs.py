@@ -38,6 +38,22 @@ def check_kv_cache_dtype(kv_cache_dtype) -> str:
 
 BANK_PLACEMENTS = ("device", "host")
 
+# The VAE decode graphs' inner layout (models/vae.py: the same function, inputs and outputs; only the
+# float summation order differs): channels = Wan's [B, C, T, H, W] with Conv3d, frames = [B, T, C, H, W]
+# with every 3D convolution as one Conv2d per temporal tap (ONNX Runtime's CPU provider has fast kernels
+# for 2D convolutions only). auto = frames for fp32 (the ONNX Runtime CPU precision), channels for
+# fp16 / bf16 (TensorRT's Conv3d; the frames form was never measured on a GPU).
+VAE_LAYOUTS = ("auto", "channels", "frames")
+
+
+def resolve_vae_layout(vae_layout, precision: str) -> str:
+    """channels or frames for `vae_layout` (auto resolved by precision); ValueError on anything else."""
+    if vae_layout not in VAE_LAYOUTS:
+        raise ValueError(f"vae_layout must be one of {', '.join(VAE_LAYOUTS)}, got {vae_layout!r}")
+    if vae_layout == "auto":
+        return "frames" if precision == "fp32" else "channels"
+    return vae_layout
+
 
 def device_pool_pages(stream: StreamConfig, bank_placement: str = "device") -> int:
     """Pages of the K/V pool on the device: every page (device), or the window history, the block

@@ -18,6 +18,7 @@ import click
 import psutil
 
 from ..bundle import GRAPH_STREAM_FIELDS
+from ..graphs import VAE_LAYOUTS
 from ..config import FEATURE_MODES, StreamConfig, model_preset
 from ..graphs import PRECISIONS
 from ..cli.common import (HELP, checkpoint_file_options, model_config_option, preset_default_text, resolve_model,
@@ -76,10 +77,15 @@ def _stream_options(fn):
               help="Also export dit_recache, the graph prompt switches need (dysink-run --prompts).")
 @spec_option("kv_cache_dtype")
 @spec_option("bank_placement")
+@click.option("--vae-layout", type=click.Choice(VAE_LAYOUTS), default="auto", show_default=True,
+              help="The VAE graphs' inner layout: channels (Wan's, with Conv3d) or frames (each 3D convolution "
+                   "as one Conv2d per temporal tap: ONNX Runtime's CPU kernels are fast for 2D convolutions "
+                   "only); same inputs, outputs and values up to float rounding. auto: frames for fp32, "
+                   "channels for fp16 / bf16.")
 @_stream_options
 def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, precision, out, overwrite, graphs, seed,
                  opset, ir_version, encoder_frames, tokenizer, text_encoder, text_encoder_preset, interactive,
-                 kv_cache_dtype, bank_placement, **stream_flags):
+                 kv_cache_dtype, bank_placement, vae_layout, **stream_flags):
     """Export the ONNX graphs of one stream configuration into a bundle directory."""
     from ..models.factory import CheckpointPaths  # lazy: torch
     from .onnx_export import export_onnx  # lazy: torch
@@ -96,7 +102,8 @@ def onnx_command(model_name, model_config, checkpoint, lora, vae, pe, ema, preci
                        seed=seed, log=lambda m: click.echo(m, err=True), opset=opset, ir_version=ir_version,
                        encoder_frames=encoder_frames, interactive=interactive,
                        text_encoder=_text_encoder_record(tokenizer, text_encoder, text_encoder_preset, seed),
-                       kv_cache_dtype=kv_cache_dtype, bank_placement=bank_placement, **overrides)
+                       kv_cache_dtype=kv_cache_dtype, bank_placement=bank_placement, vae_layout=vae_layout,
+                       **overrides)
     click.echo(f"wrote {path}")
     click.echo(f"DONE | Runtime: {time.perf_counter() - t0:.1f}s | Command: {shlex.join(sys.argv)}")
 

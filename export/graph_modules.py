@@ -105,12 +105,13 @@ class VAEDecodeGraph(nn.Module):
     """(z [1, C, F, h, w], cache_0..) -> (frames, cache_out_0..); `first` applies Wan's first-frame rule
     and takes z alone (the stream starts from zero history)."""
 
-    def __init__(self, models: DySinkModels, first: bool):
+    def __init__(self, models: DySinkModels, first: bool, layout: str = "channels"):
         super().__init__()
-        self.vae, self.first = models.vae, first
+        self.vae, self.first, self.layout = models.vae, first, layout
 
     def forward(self, z, *cache):
-        frames, new_cache = self.vae.decode_block(z, None if self.first else list(cache), self.first)
+        frames, new_cache = self.vae.decode_block(z, None if self.first else list(cache), self.first,
+                                                  layout=self.layout)
         return (frames, *new_cache)
 
 
@@ -125,7 +126,9 @@ class MemoryEncoderGraph(nn.Module):
         return self.pe.block_feature(frames).float()
 
 
-def graph_module(name: str, models: DySinkModels, stream: StreamConfig, kv_cache_dtype: str = "auto") -> nn.Module:
+def graph_module(name: str, models: DySinkModels, stream: StreamConfig, kv_cache_dtype: str = "auto",
+                 vae_layout: str = "channels") -> nn.Module:
+    """The module exported as graph `name`; vae_layout (channels | frames) only shapes the VAE graphs' insides."""
     if name == "text_encoder":
         return TextEncoderGraph(models)
     if name == "dit_step":
@@ -135,7 +138,7 @@ def graph_module(name: str, models: DySinkModels, stream: StreamConfig, kv_cache
     if name == "dit_recache":
         return RecacheGraph(models)
     if name in ("vae_decode_first", "vae_decode"):
-        return VAEDecodeGraph(models, first=(name == "vae_decode_first"))
+        return VAEDecodeGraph(models, first=(name == "vae_decode_first"), layout=vae_layout)
     if name.startswith("memory_encoder_t"):
         return MemoryEncoderGraph(models)
     raise KeyError(name)

@@ -32,7 +32,8 @@ from ..bundle import MANIFEST_NAME, BUNDLE_FORMAT_VERSION, Bundle, rebuild_comma
 from ..config import ModelConfig, StreamConfig, model_preset
 from ..atomic import staged_directory
 from ..errors import DysinkError
-from ..graphs import BANK_PLACEMENTS, KV_CACHE_DTYPES, GraphSpec, check_encoder_frames, graph_specs
+from ..graphs import (BANK_PLACEMENTS, KV_CACHE_DTYPES, VAE_LAYOUTS, GraphSpec, check_encoder_frames, graph_specs,
+                      resolve_vae_layout)
 from ..models.dtypes import TORCH_DTYPES, torch_dtype  # noqa: F401  (TORCH_DTYPES: re-export, check.py)
 from ..models.factory import CheckpointPaths, build_models
 from ..models.umt5 import text_encoder_preset
@@ -209,7 +210,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
                 log: Callable[[str], None] | None = None, opset: int | None = None,
                 ir_version: int | None = None, encoder_frames: Iterable[int] = (), interactive: bool = False,
                 text_encoder: dict | None = None, kv_cache_dtype: str = "auto", bank_placement: str = "device",
-                **stream_overrides) -> Path:
+                vae_layout: str = "auto", **stream_overrides) -> Path:
     """Export every graph of the contract for one stream configuration into bundle `out`.
 
     model: preset name or ModelConfig. checkpoints: weights (random from `seed`
@@ -222,6 +223,8 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
     kv_cache_dtype: the K/V pages' storage (auto | bf16 | fp8 | int8; ops/kv_pages.py), fixed by the
     dit_step graph's pool inputs and recorded in the manifest. bank_placement: host cuts the pools to
     the device slots (the bank's pages live in host memory at run time: runtime/host_bank.py).
+    vae_layout: the VAE graphs' inner layout (auto | channels | frames; graphs.VAE_LAYOUTS), recorded in
+    the manifest; the graphs' inputs and outputs are the same either way.
     The bundle is written to a temporary sibling directory and renamed to
     `out` only when complete; on any error nothing is left behind.
     Returns the bundle path.
@@ -246,6 +249,9 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
         raise DysinkError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
     if bank_placement not in BANK_PLACEMENTS:
         raise DysinkError(f"--bank-placement must be one of {', '.join(BANK_PLACEMENTS)}, got {bank_placement!r}")
+    if vae_layout not in VAE_LAYOUTS:
+        raise DysinkError(f"--vae-layout must be one of {', '.join(VAE_LAYOUTS)}, got {vae_layout!r}")
+    vae_layout = resolve_vae_layout(vae_layout, precision)
     specs = graph_specs(cfg, stream, precision, encoder_frames, interactive, text_encoder is not None,
                         kv_cache_dtype=kv_cache_dtype, bank_placement=bank_placement)
     names = list(specs) if graphs is None else list(graphs)
@@ -267,7 +273,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
         for name in names:
             t0 = time.perf_counter()
             module = (text_encoder_graph(text_encoder) if name == "umt5_encoder"
-                      else graph_module(name, models, stream, kv_cache_dtype).eval())
+                      else graph_module(name, models, stream, kv_cache_dtype, vae_layout).eval())
             args = trace_inputs(specs[name])
             entries[name] = export_graph(module, specs[name], args, tmp / f"{name}.onnx", opset, ir_version)
             log(f"exported {name} ({time.perf_counter() - t0:.1f}s)")
@@ -279,6 +285,7 @@ def export_onnx(model: str | ModelConfig, checkpoints: CheckpointPaths | None = 
             "checkpoints": _checkpoint_record(checkpoints, seed),
             **({"kv_cache_dtype": kv_cache_dtype} if kv_cache_dtype != "auto" else {}),
             **({"bank_placement": bank_placement} if bank_placement != "device" else {}),
+            "vae_layout": vae_layout,
             **({"text_encoder": {"preset": text_encoder["preset"],
                                  "checkpoint": (str(Path(text_encoder["checkpoint"]).resolve())
                                                 if text_encoder.get("checkpoint") else None),

@@ -204,3 +204,25 @@ def test_bundle_directory_has_normal_permissions(bundles):
     os.umask(umask)
     mode = stat.S_IMODE(os.stat(bundles("fp32")).st_mode)
     assert mode == 0o777 & ~umask, oct(mode)
+
+
+def test_vae_layout_in_the_manifest(bundles, bundle_copy):
+    """fp32 bundles hold frame-major VAE graphs by default; a manifest from before the field means channels
+    (and its rebuild command says so); anything else is refused in one line."""
+    assert Bundle.load(bundles("fp32"), verify_hashes=False).vae_layout == "frames"
+    assert "--vae-layout" not in Bundle.load(bundles("fp32"), verify_hashes=False).rebuild_command()
+    _edit_manifest(bundle_copy, lambda m: m.pop("vae_layout"))
+    old = Bundle.load(bundle_copy, verify_hashes=False)
+    assert old.vae_layout == "channels" and "--vae-layout channels" in old.rebuild_command()
+    for bad in ("auto", "rows", 3):
+        _edit_manifest(bundle_copy, lambda m: m.update(vae_layout=bad))
+        with pytest.raises(DysinkError) as e:
+            Bundle.load(bundle_copy, verify_hashes=False)
+        assert "vae_layout must be channels or frames" in _one_line(e)
+
+
+def test_cli_refuses_an_unknown_vae_layout(tmp_path):
+    result = CliRunner().invoke(export_cli, ["onnx", "--model", "tiny", "--vae-layout", "rows",
+                                             "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "--vae-layout" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()

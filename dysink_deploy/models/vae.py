@@ -25,9 +25,11 @@ from torch import nn
 from dysink_deploy.config import (  # noqa: F401 (re-exported)
     VAE_PRESETS, WAN21_LATENT_MEAN, WAN21_LATENT_STD, VAEConfig)
 from dysink_deploy.errors import ConfigError
+from dysink_deploy.graphs import VAE_LAYOUTS as _GRAPH_VAE_LAYOUTS
 
 __all__ = [
     "CACHE_FRAMES",
+    "VAE_LAYOUTS",
     "VAEConfig",
     "VAE_PRESETS",
     "WanVAEDecoder",
@@ -36,6 +38,15 @@ __all__ = [
 
 # A temporal kernel of 3 looks at 2 past frames (Wan's CACHE_T).
 CACHE_FRAMES = 2
+
+# How `WanVAEDecoder.decode_block` lays its tensors out inside (the same function, the same parameters,
+# the same inputs and outputs; only the float summation order differs):
+#   "channels": [B, C, T, H, W] with Conv3d, Wan's own layout (the reference);
+#   "frames":   [B, T, C, H, W] with every 3D convolution as the sum of one Conv2d per temporal tap over
+#               the frames folded into the batch. ONNX Runtime's CPU provider has fast (NCHWc) kernels
+#               for 2D convolutions only, and in this layout the time shifts, the history concat and the
+#               temporal upsample's frame interleave are contiguous slices and reshapes, not transposes.
+VAE_LAYOUTS = tuple(v for v in _GRAPH_VAE_LAYOUTS if v != "auto")
 
 def decoder_state_dict_from_wan(state_dict: dict) -> dict:
     """Keep the entries of a full Wan VAE state dict that this decoder owns."""
@@ -71,6 +82,10 @@ class _RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=1) * self.scale * self.gamma
 
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """Video gain on a frame-major [B, T, C, H, W] tensor."""
+        return F.normalize(x, dim=2) * self.scale * self.gamma.view(-1, 1, 1)
+
 
 class _CausalConv3d(nn.Conv3d):
     """Conv3d with a temporal kernel of 3 that only looks back in time.
@@ -93,6 +108,17 @@ class _CausalConv3d(nn.Conv3d):
         else:
             full = torch.cat([history, x], dim=2)
         return super().forward(full), full[:, :, -CACHE_FRAMES:]
+
+    def forward_frames(self, x: torch.Tensor, history: torch.Tensor | None):
+        """The same convolution frame-major: x [B, T, Cin, H, W], history [B, 2, Cin, H, W]."""
+        full = F.pad(x, (0, 0, 0, 0, 0, 0, CACHE_FRAMES, 0)) if history is None else torch.cat([history, x], dim=1)
+        b, t, c, h, w = x.shape
+        y = None
+        for i in range(CACHE_FRAMES + 1):  # tap i sees frame j + i of the padded input for output frame j
+            term = F.conv2d(full[:, i : i + t].reshape(b * t, c, h, w), self.weight[:, :, i],
+                            self.bias if i == 0 else None, padding=self.padding[1:])
+            y = term if y is None else y + term
+        return y.reshape(b, t, self.out_channels, h, w), full[:, -CACHE_FRAMES:]
 
 
 class _ResidualBlock(nn.Module):
@@ -118,6 +144,16 @@ class _ResidualBlock(nn.Module):
         h, c2 = conv2(act2(norm2(h)), caches[1])
         return h + self.shortcut(x), [c1, c2]
 
+    def forward_frames(self, x, caches, first):
+        norm1, act1, conv1, norm2, act2, _, conv2 = self.residual
+        h, c1 = conv1.forward_frames(act1(norm1.forward_frames(x)), caches[0])
+        h, c2 = conv2.forward_frames(act2(norm2.forward_frames(h)), caches[1])
+        if isinstance(self.shortcut, nn.Identity):
+            return h + x, [c1, c2]
+        b, t, c, hh, ww = x.shape
+        skip = F.conv2d(x.reshape(b * t, c, hh, ww), self.shortcut.weight[:, :, 0], self.shortcut.bias)
+        return h + skip.reshape(b, t, -1, hh, ww), [c1, c2]
+
 
 class _AttentionBlock(nn.Module):
     """Single-head self-attention over the pixels of each frame (no temporal mixing)."""
@@ -140,6 +176,14 @@ class _AttentionBlock(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v)  # [B*T, 1, HW, C]
         y = y.squeeze(1).transpose(1, 2).reshape(b * t, c, h, w)
         return x + _unfold_time(self.proj(y), b), []
+
+    def forward_frames(self, x, caches, first):
+        b, t, c, h, w = x.shape
+        f = self.to_qkv(self.norm(x.reshape(b * t, c, h, w)))
+        q, k, v = f.reshape(b * t, 3 * c, h * w).transpose(1, 2).unsqueeze(1).chunk(3, dim=-1)
+        y = F.scaled_dot_product_attention(q, k, v)
+        y = y.squeeze(1).transpose(1, 2).reshape(b * t, c, h, w)
+        return x + self.proj(y).reshape(b, t, c, h, w), []
 
 
 class _Upsample(nn.Module):
@@ -181,6 +225,24 @@ class _Upsample(nn.Module):
                 history = head.new_zeros(head.shape[0], head.shape[1], CACHE_FRAMES, *head.shape[3:])
             new_caches.append(history)
         return _unfold_time(self.resample(_fold_time(x)), x.shape[0]), new_caches
+
+    def forward_frames(self, x, caches, first):
+        new_caches = []
+        if self.temporal:
+            head, x = (x[:, :1], x[:, 1:]) if first else (x[:, :0], x)
+            history = caches[0]
+            if x.shape[1] > 0:
+                y, history = self.time_conv.forward_frames(x, history)
+                b, t, c2, hh, ww = y.shape
+                # [B, T, (2, C)] -> [B, (T, 2), C]: pair member j becomes frame 2t+j, a plain reshape here.
+                x = y.reshape(b, 2 * t, c2 // 2, hh, ww)
+            x = torch.cat([head, x], dim=1)
+            if history is None:
+                history = head.new_zeros(head.shape[0], CACHE_FRAMES, *head.shape[2:])
+            new_caches.append(history)
+        b, t, c, h, w = x.shape
+        y = self.resample(x.reshape(b * t, c, h, w))
+        return y.reshape(b, t, *y.shape[1:]), new_caches
 
 
 class _Decoder3d(nn.Module):
@@ -229,6 +291,19 @@ class _Decoder3d(nn.Module):
         x, c = conv(act(norm(x)), cache[pos])
         return x, new_cache + [c]
 
+    def forward_frames(self, x, cache, first):
+        """`forward` on frame-major tensors: x [B, T, C, H, W], every history [B, 2, C_i, H_i, W_i]."""
+        x, c = self.conv1.forward_frames(x, cache[0])
+        new_cache, pos = [c], 1
+        for block in (*self.middle, *self.upsamples):
+            n = len(block.cache_channels())
+            x, cs = block.forward_frames(x, cache[pos : pos + n], first)
+            new_cache += cs
+            pos += n
+        norm, act, conv = self.head
+        x, c = conv.forward_frames(act(norm.forward_frames(x)), cache[pos])
+        return x, new_cache + [c]
+
 
 class WanVAEDecoder(nn.Module):
     """Wan2.1 VAE decoder (``conv2`` + ``decoder``) with a pure, fixed-shape cache API.
@@ -273,7 +348,7 @@ class WanVAEDecoder(nn.Module):
             for shape in self.cache_shapes(batch, latent_h, latent_w)
         ]
 
-    def decode_block(self, z: torch.Tensor, cache: list[torch.Tensor], first: bool):
+    def decode_block(self, z: torch.Tensor, cache: list[torch.Tensor], first: bool, layout: str = "channels"):
         """Decode a block of latent frames, continuing from ``cache``.
 
         Args:
@@ -281,6 +356,8 @@ class WanVAEDecoder(nn.Module):
             cache: tensors shaped as `cache_shapes(B, h, w)`; not modified. Ignored
                 (zero history) when ``first`` is True, where it may be None.
             first: True for the first block of a video (Wan's first-frame rule).
+            layout: how the tensors are laid out inside (`VAE_LAYOUTS`); the inputs and outputs are the
+                same either way, and so are the values up to float summation order.
 
         Returns:
             frames [B, 3, num_output_frames(T, first), h*8, w*8] in [-1, 1], and the
@@ -295,13 +372,23 @@ class WanVAEDecoder(nn.Module):
             detail = f"entry {bad} is {got[bad]}, expected {expected[bad]}" if bad is not None else (
                 f"got {len(got)} tensors, expected {len(expected)}")
             raise ValueError(f"cache does not match cache_shapes(B, h, w): {detail}")
+        if layout not in VAE_LAYOUTS:
+            raise ValueError(f"layout must be one of {VAE_LAYOUTS}, got {layout!r}")
         mean = torch.tensor(self.config.latent_mean, dtype=z.dtype, device=z.device)
         std = torch.tensor(self.config.latent_std, dtype=z.dtype, device=z.device)
-        x = self.conv2(z * std.view(1, -1, 1, 1, 1) + mean.view(1, -1, 1, 1, 1))
+        z = z * std.view(1, -1, 1, 1, 1) + mean.view(1, -1, 1, 1, 1)
         if first:
             cache = [None] * len(expected)
-        x, new_cache = self.decoder(x, list(cache), first)
-        return x.clamp(-1.0, 1.0), new_cache
+        if layout == "channels":
+            x, new_cache = self.decoder(self.conv2(z), list(cache), first)
+            return x.clamp(-1.0, 1.0), new_cache
+        b, _, t, h, w = z.shape
+        zf = z.permute(0, 2, 1, 3, 4).reshape(b * t, -1, h, w)
+        x = F.conv2d(zf, self.conv2.weight[:, :, 0], self.conv2.bias).reshape(b, t, -1, h, w)
+        frame_major = [None if c is None else c.permute(0, 2, 1, 3, 4) for c in cache]
+        x, new_cache = self.decoder.forward_frames(x, frame_major, first)
+        return (x.permute(0, 2, 1, 3, 4).clamp(-1.0, 1.0),
+                [c.permute(0, 2, 1, 3, 4) for c in new_cache])
 
     forward = decode_block
 

@@ -12,6 +12,8 @@ Tolerances, measured (tiny preset, seeded inputs, max abs error):
   against the same 2x-of-torch-bf16 rule; measured ratio <= 0.75.
 """
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -187,3 +189,19 @@ def test_fixed_sink_bundle_carries_fixed_sinks_and_matches(tmp_path):
     got = sess.run(None, feeds)
     for r, o in zip(ref, got):
         np.testing.assert_allclose(o, r, rtol=0, atol=1e-5 * max(1.0, np.abs(r).max()))
+
+
+def _conv_weight_ranks(path) -> set[int]:
+    proto = onnx.load(str(path))
+    inits = {t.name: len(t.dims) for t in proto.graph.initializer}
+    return {inits[n.input[1]] for n in proto.graph.node if n.op_type == "Conv" and n.input[1] in inits}
+
+
+def test_vae_layout_follows_the_precision(bundles):
+    """--vae-layout auto: frame-major VAE graphs at fp32 (2D convolutions only, what ONNX Runtime's CPU
+    kernels are fast at), Wan's Conv3d at fp16 (TensorRT's)."""
+    for precision, layout, conv3d in (("fp32", "frames", False), ("fp16", "channels", True)):
+        path = bundles(precision)
+        assert json.loads((path / "bundle.json").read_text())["vae_layout"] == layout
+        for name in ("vae_decode", "vae_decode_first"):
+            assert (5 in _conv_weight_ranks(path / f"{name}.onnx")) == conv3d, (precision, name)

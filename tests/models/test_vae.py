@@ -99,6 +99,25 @@ def test_first_ignores_incoming_cache(tiny, latents):
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("t", [1, 3])
+def test_frames_layout_is_the_same_function(tiny, latents, t):
+    """layout="frames" ([B, T, C, H, W] inside, one Conv2d per temporal tap) gives the reference's frames
+    and caches up to summation order: at a video start and mid-stream, batch 2 included."""
+    z = torch.cat([latents, latents.flip(2)])
+    cache_c = cache_f = None
+    with torch.no_grad():
+        for i in range(3):
+            zb = z[:, :, i * t:(i + 1) * t]
+            a, cache_c = tiny.decode_block(zb, cache_c, first=(i == 0))
+            b, cache_f = tiny.decode_block(zb, cache_f, first=(i == 0), layout="frames")
+            torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+            assert [c.shape for c in cache_f] == [c.shape for c in cache_c]
+            for f, c in zip(cache_f, cache_c):   # histories are not clamped: relative to their scale
+                torch.testing.assert_close(f, c, atol=ATOL * max(1.0, c.abs().max().item()), rtol=0)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        tiny.decode_block(z[:, :, :1], None, first=True, layout="rows")
+
+
 @pytest.mark.parametrize("t,first,t_out", [(1, True, 1), (1, False, 4), (2, True, 5), (2, False, 8), (3, False, 12)])
 def test_output_shapes(tiny, t, first, t_out):
     z = torch.randn(2, 16, t, 2, 3)
