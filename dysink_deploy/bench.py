@@ -63,17 +63,19 @@ class StreamRate:
 
 
 def stream_rate(backend: str = "torch", model_name: str = "tiny", bundle_path: str | None = None, blocks: int = 20,
-                warmup: int = 2, threads: int | None = None, feature_mode: str | None = None) -> StreamRate:
+                warmup: int = 2, threads: int | None = None, feature_mode: str | None = None,
+                pipeline: bool | None = None) -> StreamRate:
     """Blocks per second of the torch backend (the preset's random weights) or onnxruntime (`bundle_path`)
     on this machine's CPU; `blocks` must exceed `warmup`. `feature_mode` None: the bundle's own
-    (onnxruntime), block-alone (torch)."""
+    (onnxruntime), block-alone (torch). pipeline: RunSpec.pipeline (None: where the backend gains)."""
     if backend == "onnxruntime":     # graph-baked settings must be the bundle's
         settings = {} if feature_mode is None else {"feature_mode": feature_mode}
         streamer, config = open_streamer(RunSpec(backend="onnxruntime", bundle=bundle_path, threads=threads,
-                                                 settings=settings))
+                                                 settings=settings, pipeline=pipeline))
         name = f"{config['model']} ({config['bundle']}, {config['precision']})"
     else:
         streamer, name = _torch_streamer(model_name, 0, threads, feature_mode=feature_mode or "block-alone")
+        streamer.pipeline = pipeline
     cfg = streamer.cfg
     feature_mode = cfg.feature_mode
     phases: dict[str, list[float]] = {}
@@ -96,6 +98,7 @@ def stream_rate(backend: str = "torch", model_name: str = "tiny", bundle_path: s
         import onnxruntime    # lazy: onnxruntime
 
         where = f"onnxruntime {onnxruntime.__version__} CPU, {threads or 'all'} threads"
+    where += " | decode pipelined" if streamer.pipelines() else ""
     return StreamRate(f"model {name} | {cfg.height}x{cfg.width} | {where} | feature mode {feature_mode}", n, elapsed,
                       n / elapsed, 1000 * elapsed / n, 4 * cfg.block_frames * n / elapsed,
                       {k: statistics.median(v) for k, v in phases.items()})

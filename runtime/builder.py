@@ -295,14 +295,15 @@ def open_streamer(spec: RunSpec, *, resolved: ResolvedRun | None = None, bundle:
         backend = HostBankBackend(backend, run.stream)
     try:
         streamer = Streamer(backend, run.model.dit, run.stream, run.prompt, seed=int(spec.seed),
-                            prompts=run.switches, noise=noise, features=features, observer=observer)
+                            prompts=run.switches, noise=noise, features=features, observer=observer,
+                            pipeline=spec.pipeline)
     except BaseException:
         backend.close()
         raise
     prompt_source = (os.fspath(spec.prompt_embeds) if isinstance(spec.prompt_embeds, (str, os.PathLike))
                      else "array" if spec.prompt_embeds is not None else "embedded-default")
     run_config = {"model": run.model.name, "backend": spec.backend, "seed": int(spec.seed), "blocks": run.blocks,
-                  **details, "prompt_embeds": prompt_source,
+                  **details, "pipeline": streamer.pipelines(), "prompt_embeds": prompt_source,
                   "prompts": os.fspath(spec.prompts) if isinstance(spec.prompts, (str, os.PathLike)) else None,
                   "stream": run.stream.to_dict(), "timesteps": run.stream.timesteps()}
     return streamer, run_config

@@ -91,6 +91,7 @@ class _RunCommand(OneLineCommand):
 @shared("--height", type=int, default=None, default_text=preset_default_text("height"))
 @shared("--width", type=int, default=None, default_text=preset_default_text("width"))
 @spec_option("cuda_graph", is_flag=True)
+@shared("--pipeline/--no-pipeline", "pipeline", default=None)
 @shared("--quiet", is_flag=True)
 @click.option("--dump-block", type=(int, click.Path()), default=None, metavar="N DIR",
               help="Save block N's dit_step inputs and outputs as .npy into DIR (for the C++ embedding example).")

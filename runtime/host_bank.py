@@ -128,6 +128,13 @@ class HostBankBackend(Backend):
     def decode_both(self, latent, first):
         return self.inner.decode_both(latent, first)
 
+    @property
+    def pipelines_decodes(self) -> bool:
+        return self.inner.pipelines_decodes
+
+    def decode_later(self, latent, first):
+        return self.inner.decode_later(latent, first)
+
     def encode(self, frames):
         return self.inner.encode(frames)
 

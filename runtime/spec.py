@@ -78,6 +78,10 @@ class RunSpec:
         "launch); torch backend on CUDA: replay each denoising step as one CUDA graph."))
     threads: int | None = field(default=None, metadata=_doc(
         f"CPU threads for torch and onnxruntime, 1..{MAX_THREADS} (pin it on a busy machine)."))
+    pipeline: bool | None = field(default=None, metadata=_doc(
+        "Decode block N's frames while block N+1 is made (each block is written one block later; the same "
+        "frames and decisions). [default: where the backend gains from it: onnxruntime on 2+ CPU cores, "
+        "feature mode block-alone]"))
     kv_cache_dtype: str = field(default="auto", metadata=_doc(
         "Storage of the K/V pages: auto (the model precision), bf16, fp8 (e4m3, with scales) or int8 (with "
         "scales); a bundle fixes it at export.", choices=KV_CACHE_DTYPES))
@@ -119,6 +123,9 @@ class RunSpec:
         for name in ("use_ema", "cuda_graph"):     # a flag: 1 or "no" would pass as truthy and mean nothing
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise DysinkError(f"RunSpec.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.pipeline is not None and not isinstance(self.pipeline, (bool, np.bool_)):
+            raise DysinkError(f"RunSpec.pipeline must be True, False or None (the backend decides), "
+                              f"got {self.pipeline!r}")
         if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
             raise DysinkError(f"RunSpec.device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.blocks is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -117,13 +118,17 @@ class Streamer:
           the block-alone decode and the memory encoder are skipped.
       observer(StepEvent): called after every denoising step and the clean pass, with host copies
           (one device-to-host read per step: slower on a GPU).
+    pipeline: whether `blocks` pipelines the streamed VAE decode of block N with block N+1 (None:
+      where the backend gains from it, `Backend.pipelines_decodes`; only in feature mode block-alone,
+      without an injected feature source, where the next block needs none of this block's frames).
     """
 
     def __init__(self, backend: Backend, dit: DiTConfig, stream: StreamConfig,
                  prompt_embeds: np.ndarray, seed: int = 0, noise: NoiseSource | None = None,
                  features: FeatureSource | None = None, observer: StepObserver | None = None,
-                 prompts: list[tuple[int, np.ndarray]] | None = None):
+                 prompts: list[tuple[int, np.ndarray]] | None = None, pipeline: bool | None = None):
         self.backend, self.dit, self.cfg, self.seed = backend, dit, stream, seed
+        self.pipeline = pipeline
         self.noise, self.features, self.observer = noise, features, observer
         # Prompt switches: (latent frame, embeddings), applied at the top of the first block whose
         # start frame is >= the frame, at most one per block, in order (ALGORITHM.md section 9).
@@ -145,6 +150,7 @@ class Streamer:
         self.timesteps = stream.timesteps()
         self.sigmas = stream.sigmas()
         self.next_index = 0
+        self._later = None    # (record, Future) the last deferred step left (pipelined `blocks`)
         with backend.thread_scope():
             backend.start(prompt_embeds, stream.pool_pages)
 
@@ -245,7 +251,9 @@ class Streamer:
         with self.backend.thread_scope():
             return self._step()
 
-    def _step(self) -> BlockRecord:
+    def _step(self, defer: bool = False) -> BlockRecord:
+        """One block. defer (pipelined `blocks`): the streamed decode is left running
+        (`Backend.decode_later`) and the record's frames are None until `_resolve`."""
         cfg, be = self.cfg, self.backend
         index = self.next_index
         timings: dict[str, float] = {}
@@ -298,13 +306,17 @@ class Streamer:
         lap("clean_pass")
 
         alone = None             # feature mode block-alone: both decodes here (a backend may overlap them)
-        if self.features is None and cfg.feature_mode != "streamed":
+        later = None             # deferred: the streamed decode, still running
+        frames_np = None
+        if defer and index > 0:  # block 0's streamed decode is its block-alone one: run once, below
+            later = be.decode_later(x0, first=False)
+            alone = be.decode_alone(x0)
+        elif self.features is None and cfg.feature_mode != "streamed":
             frames, alone = be.decode_both(x0, first=(index == 0))
         else:
             frames = be.decode(x0, first=(index == 0))
-        frames_host = be.to_numpy(frames)
-        _finite(frames_host, index, "the decoded frames")
-        frames_np = frames_to_uint8(frames_host)
+        if later is None:
+            frames_np = self._frames_np(frames, index)
         lap("decode")
 
         if self.features is not None:
@@ -338,7 +350,7 @@ class Streamer:
             fixed_sink_gate=self._gate_entries(ratios_np, 0, ctx.fixed_starts),
             stored=not duplicate, max_similarity=max_sim, evicted_start_frame=evicted,
             timings_ms={**timings, "total": round(sum(timings.values()), 3)},
-            frames=frames_np, latent=latent_np, feature=feature, prompt_switch=switch,
+            frames=frames_np, latent=latent_np, feature=feature, prompt_switch=switch,  # type: ignore[arg-type]
             stored_reason=("first entry of an empty bank" if max_sim is None else
                            f"dedup: similarity {max_sim:.4f} > {cfg.dedup_threshold}" if duplicate else
                            f"similarity {max_sim:.4f} <= {cfg.dedup_threshold}"
@@ -347,7 +359,34 @@ class Streamer:
         self.next_index += 1
         if self.next_index % TRIM_EVERY == 0:
             release_free_heap()   # freed temporaries back to the OS: RSS stays flat over long streams
+        if later is not None:
+            self._later = (record, later)
         return record
+
+    def _frames_np(self, frames, index: int) -> np.ndarray:
+        frames_host = self.backend.to_numpy(frames)
+        _finite(frames_host, index, "the decoded frames")
+        return frames_to_uint8(frames_host)
+
+    def _resolve(self, pending: tuple[BlockRecord, Any]) -> BlockRecord:
+        """A deferred block's frames: waits for its streamed decode; the wait (what the pipeline did
+        not hide) is the record's `decode_wait` phase."""
+        record, later = pending
+        t0 = time.perf_counter()
+        frames = later.result()
+        record.frames = self._frames_np(frames, record.index)
+        wait_ms = round((time.perf_counter() - t0) * 1000.0, 3)
+        record.timings_ms = {**{k: v for k, v in record.timings_ms.items() if k != "total"},
+                             "decode_wait": wait_ms, "total": round(record.timings_ms["total"] + wait_ms, 3)}
+        return record
+
+    def pipelines(self, pipeline: bool | None = None) -> bool:
+        """Whether `blocks` pipelines here (see the class's `pipeline`)."""
+        wanted = self.pipeline if pipeline is None else pipeline
+        possible = self.features is None and self.cfg.feature_mode != "streamed"
+        if wanted is None:
+            return possible and self.backend.pipelines_decodes
+        return bool(wanted) and possible
 
     def _noise(self, index: int) -> tuple[np.ndarray, list[np.ndarray]]:
         steps = len(self.timesteps)
@@ -404,6 +443,36 @@ class Streamer:
             })
         return out
 
-    def blocks(self, n: int) -> Iterator[BlockRecord]:
-        for _ in range(n):
-            yield self.step()
+    def blocks(self, n: int, pipeline: bool | None = None) -> Iterator[BlockRecord]:
+        """The next n blocks, in order. Pipelined (`pipelines`): block N's streamed decode runs while
+        block N+1 is denoised, and block N comes out once block N+1's own work is done: the same
+        records, frames and decisions as `step` n times (tested bit for bit), one block later each.
+        A stop inside block N+1 (Ctrl-C, an error) still hands out block N first, then raises; a
+        consumer that leaves the loop early leaves one more block computed than it received."""
+        if not self.pipelines(pipeline):
+            for _ in range(n):
+                yield self.step()
+            return
+        pending = None
+        try:
+            for _ in range(n):
+                try:
+                    with self.backend.thread_scope():
+                        self._later = None
+                        record = self._step(defer=True)
+                        ahead = self._later if self._later is not None else (record, None)
+                except BaseException:
+                    if pending is not None:          # block N is complete: hand it out, then stop
+                        done, pending = pending, None
+                        yield self._resolve(done) if done[1] is not None else done[0]
+                    raise
+                if pending is not None:
+                    done, pending = pending, None
+                    yield self._resolve(done) if done[1] is not None else done[0]
+                pending = ahead
+            if pending is not None:
+                done, pending = pending, None
+                yield self._resolve(done) if done[1] is not None else done[0]
+        finally:
+            if pending is not None and pending[1] is not None:
+                wait([pending[1]])           # the streaming cache settles before anything else decodes

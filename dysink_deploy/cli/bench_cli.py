@@ -52,7 +52,8 @@ def main():
 @shared("--threads", type=int, default=None, note="Used by torch and onnxruntime.", default_text="all cores")
 @shared("--feature-mode", type=click.Choice(["block-alone", "streamed"]), default=None,
         default_text="block-alone; with --bundle: the bundle's")
-def stream(model_name, backend, bundle_path, blocks, warmup, threads, feature_mode):
+@shared("--pipeline/--no-pipeline", "pipeline", default=None)
+def stream(model_name, backend, bundle_path, blocks, warmup, threads, feature_mode, pipeline):
     """Blocks per second of the torch or onnxruntime backend on this machine's CPU."""
     check_blocks(blocks)
     check_int(warmup, "--warmup", 0, blocks - 1, "blocks left out of the numbers; at least one block must be timed")
@@ -61,7 +62,7 @@ def stream(model_name, backend, bundle_path, blocks, warmup, threads, feature_mo
         raise DysinkError("--backend onnxruntime needs --bundle DIR (dysink-export onnx)")
     if backend != "onnxruntime" and bundle_path:
         raise DysinkError("--bundle is for --backend onnxruntime")
-    rate = bench.stream_rate(backend, model_name, bundle_path, blocks, warmup, threads, feature_mode)
+    rate = bench.stream_rate(backend, model_name, bundle_path, blocks, warmup, threads, feature_mode, pipeline)
     n = rate.blocks
     click.echo(rate.description)
     click.echo(f"wall clock: {rate.blocks_per_s:.2f} blocks/s ({rate.ms_per_block:.0f} ms per block over {n} blocks, "

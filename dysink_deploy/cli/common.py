@@ -102,7 +102,7 @@ def resolve_model(model_name: str | None, model_config: str | None, default: str
 # Options that are RunSpec fields take their help from it (runtime/spec.py: the one source).
 _SPEC_OPTIONS = ("model", "model_config", "precision", "bundle", "blocks", "seed", "weights_seed", "use_ema",
                  "threads", "ort_provider", "checkpoint", "lora", "vae", "pe", "tokenizer", "text_encoder",
-                 "text_encoder_preset", "prompt", "kv_cache_dtype", "bank_placement")
+                 "text_encoder_preset", "prompt", "kv_cache_dtype", "bank_placement", "pipeline")
 HELP = {
     **{flag_of(name): spec_help(name) for name in _SPEC_OPTIONS},
     # Which libraries' threads: a note per command (the served model runs onnxruntime only).

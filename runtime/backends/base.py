@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from concurrent.futures import Future
 from typing import Any, ContextManager
 
 import numpy as np
@@ -57,6 +58,21 @@ class Backend(abc.ABC):
         ones of feature mode block-alone. One after the other here; a backend may overlap the two
         (they are independent given the latent) as long as each result is what the call alone gives."""
         return self.decode(latent, first), self.decode_alone(latent)
+
+    # Whether `decode_later` runs the streamed decode beside the caller's next work (a worker thread
+    # with its own cores), so that the loop may pipeline it with the next block (Streamer.blocks).
+    pipelines_decodes: bool = False
+
+    def decode_later(self, latent: Any, first: bool) -> Future:
+        """`decode(latent, first)` as a Future. Calls resolve in call order (one streaming cache) and
+        `latent` stays valid until its Future is done. Here: run now, a Future already done; a backend
+        with `pipelines_decodes` runs it on a worker thread instead."""
+        done: Future = Future()
+        try:
+            done.set_result(self.decode(latent, first))
+        except Exception as exc:    # noqa: BLE001 (handed to the caller, raised by result())
+            done.set_exception(exc)
+        return done
 
     @abc.abstractmethod
     def encode(self, frames: Any) -> Any:

@@ -29,7 +29,7 @@ dtype casts run as tiny ONNX graphs on the same provider there (numpy on CPU).
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -130,6 +130,9 @@ class OnnxRuntimeBackend(Backend):
         self.overlap_decodes = self.on_cpu and bundle.stream.feature_mode != "streamed" and cores >= 2
         vae_opts = session_options(ort, cores // 2, profile_prefix=prefix) if self.overlap_decodes else opts
         self._alone_pool: ThreadPoolExecutor | None = None
+        self._stream_pool: ThreadPoolExecutor | None = None
+        # The same cores pipeline the streamed decode with the next block (Streamer.blocks).
+        self.pipelines_decodes = self.overlap_decodes
         self.sessions = sessions if sessions is not None else {
             name: load_session(ort, bundle, name, str(bundle.graph_path(name)),
                                vae_opts if name in _VAE_GRAPHS else opts, self.providers)
@@ -310,6 +313,15 @@ class OnnxRuntimeBackend(Backend):
             raise
         return frames, alone.result()
 
+    def decode_later(self, latent: OrtTensor, first: bool) -> Future:
+        """`decode` on a worker thread of its own (one: the streaming cache goes block after block)
+        when `pipelines_decodes`; the latent handle is a fresh ORT output, never rebound."""
+        if not self.pipelines_decodes:
+            return super().decode_later(latent, first)
+        if self._stream_pool is None:
+            self._stream_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dysink-decode-stream")
+        return self._stream_pool.submit(self.decode, latent, first)
+
     def encode(self, frames: OrtTensor) -> OrtTensor:
         """Frames [3, T, H, W] -> unit feature [F] through memory_encoder_t{T}."""
         name = f"memory_encoder_t{frames.shape[1]}"
@@ -382,9 +394,10 @@ class OnnxRuntimeBackend(Backend):
         return out[0], out[1]
 
     def close(self) -> None:
-        if getattr(self, "_alone_pool", None) is not None:
-            self._alone_pool.shutdown(wait=True)
-            self._alone_pool = None
+        for pool in ("_alone_pool", "_stream_pool"):
+            if getattr(self, pool, None) is not None:
+                getattr(self, pool).shutdown(wait=True)
+                setattr(self, pool, None)
         for name in ("k_pools", "v_pools", "k_scales", "v_scales", "k_new", "v_new", "_fixed", "vae_cache", "sessions", "_ops"):
             if hasattr(self, name):
                 delattr(self, name)

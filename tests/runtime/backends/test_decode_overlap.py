@@ -23,8 +23,8 @@ def _stream(bundle, overlap: bool, threads: int):
     backend.overlap_decodes = overlap         # off: Backend.decode_both, one decode after the other
     stream = bundle.stream
     try:
-        return list(Streamer(backend, bundle.model.dit, stream, default_prompt_embeds(bundle.model), seed=0)
-                    .blocks(BLOCKS))
+        return list(Streamer(backend, bundle.model.dit, stream, default_prompt_embeds(bundle.model), seed=0,
+                             pipeline=False).blocks(BLOCKS))     # the pipeline: test_decode_pipeline.py
     finally:
         backend.close()
 

@@ -52,9 +52,14 @@ def parity(bundles, tmp_path_factory, request):
     mp = pytest.MonkeyPatch()
     request.addfinalizer(mp.undo)
     captured: dict[str, list] = {"torch": [], "onnxruntime": []}
-    real_step = Streamer.step
-    mp.setattr(Streamer, "step", lambda self: captured[self.backend.name].append(real_step(self)) or
-               captured[self.backend.name][-1])
+    real_blocks = Streamer.blocks
+
+    def capturing(self, n, pipeline=None):     # dysink-run pipelines the onnxruntime stream (2+ cores)
+        for record in real_blocks(self, n, pipeline):
+            captured[self.backend.name].append(record)
+            yield record
+
+    mp.setattr(Streamer, "blocks", capturing)
     outs = {}
     for name, extra in (("torch", []), ("onnxruntime", ["--bundle", bundles("fp32")])):
         outs[name] = tmp_path_factory.mktemp(f"run-{name}")
@@ -99,6 +104,9 @@ def test_dysink_run_stats_decisions_identical(parity):
     stats = parity[3]
     assert stats["onnxruntime"]["config"]["backend"] == "onnxruntime"
     assert stats["onnxruntime"]["config"]["precision"] == "fp32"
+    # dysink-run pipelines the decodes where the backend gains (onnxruntime on 2+ cores), never on torch
+    assert stats["onnxruntime"]["config"]["pipeline"] is ((os.cpu_count() or 1) >= 2)
+    assert stats["torch"]["config"]["pipeline"] is False
     assert decisions(stats["onnxruntime"]) == decisions(stats["torch"])
 
 
