@@ -66,14 +66,22 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
+def phase_names(blocks: list[dict]) -> list[str]:
+    """The loop's phases in the order they first appear, over every block (a pipelined run's
+    `decode_wait` starts at block 1), without `total`."""
+    return [k for k in dict.fromkeys(k for b in blocks for k in b.get("timings_ms", {})) if k != "total"]
+
+
 def _phases(blocks: list[dict]) -> dict:
     """Per phase of the block loop's own timers: median, p90 and max over the blocks, in ms."""
     import statistics
 
-    names = list(dict.fromkeys(k for b in blocks for k in b.get("timings_ms", {})))
+    names = phase_names(blocks) + ["total"]
     out = {}
     for name in names:
         values = [b["timings_ms"][name] for b in blocks if name in b.get("timings_ms", {})]
+        if not values:
+            continue
         out[name] = {"median": round(statistics.median(values), 3), "p90": round(_percentile(values, 90), 3),
                      "max": round(max(values), 3)}
     return out
@@ -227,7 +235,7 @@ def plot_timeline(stats: dict, path: str) -> None:
               fontsize=8, borderaxespad=0)
 
     ax = axes[3]
-    phases = [k for k in blocks[0].get("timings_ms", {}) if k != "total"]
+    phases = phase_names(blocks)
     bottom = [0.0] * len(blocks)
     for k in phases:
         vals = [b["timings_ms"].get(k, 0.0) for b in blocks]

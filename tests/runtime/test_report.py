@@ -32,6 +32,17 @@ def test_summary_figures_by_hand():
     assert lines[-1].split() == ["total", "250.0", "400.0", "400.0"]
 
 
+def test_a_phase_that_starts_later_is_summarised_and_total_stays_last():
+    """A pipelined run's decode_wait is in blocks 1.. only (block 0 decodes in its own step)."""
+    blocks = [_block(0, 100.0), _block(1, 300.0), _block(2, 200.0)]
+    for b, wait in zip(blocks[1:], (4.0, 8.0)):
+        b["timings_ms"] = {"denoise": b["timings_ms"]["denoise"], "decode_wait": wait, "total": b["timings_ms"]["total"]}
+    s = summarize(blocks, {"wall_s": 1.0})
+    assert list(s["phases_ms"]) == ["denoise", "decode_wait", "total"]
+    assert s["phases_ms"]["decode_wait"]["median"] == 6.0
+    assert format_summary(s)[-1].split()[0] == "total"
+
+
 def test_dysink_run_prints_the_summary_before_its_verdict(tmp_path):
     res = CliRunner().invoke(run_cli.main, ["--quiet", "--blocks", "2", "--threads", "1", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
