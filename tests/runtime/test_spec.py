@@ -37,6 +37,8 @@ from dysink_deploy.runtime.spec import RunSpec, spec_default, spec_help
     ({"prompt": "a cat", "prompts": [(0, "x")]}, "give one of RunSpec.prompt, RunSpec.prompt_embeds and RunSpec.prompts"),
     ({"tokenizer": "tok"}, "RunSpec.tokenizer / RunSpec.text_encoder encode text prompts"),
     ({"settings": [1]}, "settings must be a dict"),
+    ({"pipeline": "yes"}, "RunSpec.pipeline must be True, False or None (the backend decides), got 'yes'"),
+    ({"pipeline": 1}, "RunSpec.pipeline must be True, False or None"),
 ])
 def test_bad_values_are_refused_in_one_line(fields, message):
     with pytest.raises(DysinkError) as info:

@@ -112,3 +112,20 @@ def test_a_failed_deferred_decode_raises_after_the_blocks_before_it(bundle):
     finally:
         be.close()
     assert [r.index for r in got] == [0, 1]
+
+
+def test_dysink_run_no_pipeline_records_it(bundles, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from dysink_deploy.runtime import cli as run_cli
+
+    for flag, expected in (("--no-pipeline", False), ("--pipeline", True)):
+        out = tmp_path / flag
+        res = CliRunner().invoke(run_cli.main, ["--bundle", str(bundles("fp32")), "--blocks", "3", "--threads", "2",
+                                                flag, "--quiet", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        stats = json.loads((out / "stats.json").read_text())
+        assert stats["config"]["pipeline"] is expected and len(stats["blocks"]) == 3
+        assert ("decode_wait" in stats["blocks"][2]["timings_ms"]) is expected
