@@ -466,10 +466,9 @@ class Streamer:
                         done, pending = pending, None
                         yield self._resolve(done) if done[1] is not None else done[0]
                     raise
-                if pending is not None:
-                    done, pending = pending, None
+                done, pending = pending, ahead      # block N+1's decode stays awaited if N's fails
+                if done is not None:
                     yield self._resolve(done) if done[1] is not None else done[0]
-                pending = ahead
             if pending is not None:
                 done, pending = pending, None
                 yield self._resolve(done) if done[1] is not None else done[0]
