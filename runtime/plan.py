@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from ..config import ModelConfig, StreamConfig
 from ..errors import DysinkError
-from ..graphs import QUANTISED_KV_DTYPES, vae_cache_shapes
+from ..graphs import QUANTISED_KV_DTYPES, device_pool_pages, vae_cache_shapes
 
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 KV_BYTES = {"bf16": 2, "fp8": 1, "int8": 1}
@@ -172,14 +172,6 @@ def attention_scores_bytes(model: ModelConfig, stream: StreamConfig) -> int:
     return 4 * (2 * d.heads * tokens * keys + 2 * 2 * keys * d.heads * d.head_dim)
 
 
-def device_pages(stream: StreamConfig, bank_placement: str = "device") -> int:
-    """Pool pages on the device: all of them (device), or the window history, the block being made,
-    the fixed sink and top_k staging pages for the retrieved entries (host)."""
-    if bank_placement == "host":
-        return stream.window_history + 1 + stream.fixed_sink_pages + stream.top_k
-    return stream.pool_pages
-
-
 # ---------------------------------------------------------------------------------------------
 # One configuration
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +224,7 @@ def plan(model: ModelConfig, stream: StreamConfig, precision: str, memory: int, 
     d = model.dit
     tokens = tokens_per_block(model, stream)
     page = page_bytes(model, stream, precision, kv_cache_dtype)
-    on_device = device_pages(stream, bank_placement)
+    on_device = device_pool_pages(stream, bank_placement)
     fixed_pages = stream.pool_pages - stream.bank_capacity          # window history + current block + fixed sink
     weights = weight_counts(model)
     feat = model.pe.output_dim or model.pe.width
