@@ -303,12 +303,19 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def temp_prefix(path: str) -> str:
+    """The hidden temporary name's prefix of an atomic write to `path`: '.NAME.tmp-'."""
+    return f".{os.path.basename(path)}.tmp-"
+
+
 def write_atomic(path: str, data: bytes) -> None:
     """Write to a temporary file in the same directory, then rename over `path`: after a crash or a
     power loss `path` is the old file or the new one, whole (the data is fsynced before the rename,
     the directory after it)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    # Named after its target (".stats.json.tmp-XXXX"): a run that finds one of a killed run's in its
+    # --out removes it (runtime/video.remove_stale_partials), and nothing else of that name.
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

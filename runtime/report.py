@@ -13,7 +13,7 @@ import os
 import tempfile
 
 from .. import __version__
-from ..atomic import umask_file_mode, write_atomic
+from ..atomic import temp_prefix, umask_file_mode, write_atomic
 from ..errors import DysinkError
 
 
@@ -256,7 +256,7 @@ def plot_timeline(stats: dict, path: str) -> None:
         axes[0].legend(**legend)
 
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".png", dir=directory)
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)

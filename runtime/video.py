@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from ..atomic import fsync_dir
+from ..atomic import fsync_dir, temp_prefix
 from ..errors import DysinkError
 
 PARTIAL_PREFIX = ".video.mp4.partial-"
@@ -70,9 +70,10 @@ class _DurableFile:
 
 
 def remove_stale_partials(out: str) -> None:
-    """Partial videos (and staged stats.json) of runs killed before their first block was published
-    (call with the --out lock held: no other run writes there)."""
-    for prefix in (PARTIAL_PREFIX, STATS_PARTIAL_PREFIX):
+    """Partial videos (and staged stats.json) of runs killed before their first block was published,
+    and the temporary files of a stats.json or timeline.png write a kill cut short (call with the --out
+    lock held: no other run writes there)."""
+    for prefix in (PARTIAL_PREFIX, STATS_PARTIAL_PREFIX, temp_prefix("stats.json"), temp_prefix("timeline.png")):
         for path in glob.glob(os.path.join(glob.escape(out), prefix + "*")):
             if os.path.isfile(path) and not os.path.islink(path):
                 os.remove(path)

@@ -86,7 +86,7 @@ def test_interrupted_run_keeps_what_it_wrote(tmp_path, monkeypatch):
     assert read_frame_count(str(tmp_path / "video.mp4")) == 33, "frames written so far stay playable"
     assert len(json.loads((tmp_path / "stats.json").read_text())["blocks"]) == 3
     assert (tmp_path / "timeline.png").exists()
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")], "no temporary files left"
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p], "no temporary files left"
 
 
 def _write_bytes(path, data):

@@ -142,3 +142,18 @@ def test_disk_full_under_overwrite_keeps_the_previous_run_or_a_whole_new_one(tmp
             assert not list(out.glob(".*.partial-*")), budget
         kept_seen.add(kept)
     assert 0 in kept_seen and len(kept_seen) >= 2, sorted(kept_seen)
+
+
+def test_a_killed_runs_temporary_files_go_with_the_next_run_and_nothing_else(tmp_path):
+    """SIGKILL inside an atomic write leaves its hidden temporary file; the next run into that --out
+    (with the lock) removes it, and the partial video and staged stats.json, but no file of the user's."""
+    from dysink_deploy.runtime.video import remove_stale_partials
+
+    stale = [".stats.json.tmp-k3j2", ".timeline.png.tmp-9x.png", ".video.mp4.partial-123", ".stats.json.partial-123"]
+    mine = [".tmp-notes", "stats.json.tmp-backup", "notes.txt"]
+    for name in stale + mine:
+        (tmp_path / name).write_text("x")
+    lock = run_mod.open_out_dir(str(tmp_path), overwrite=True)
+    lock.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == sorted(mine)
+    remove_stale_partials(str(tmp_path))    # nothing left to remove: no error either
