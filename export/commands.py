@@ -125,8 +125,9 @@ def _text_encoder_record(tokenizer, checkpoint, preset, seed) -> dict | None:
 def inspect_command(bundle_path, quick):
     """Validate a bundle and print its graphs, I/O, sizes, custom-op nodes and versions."""
     t0 = time.perf_counter()
-    bundle = check_bundle(bundle_path, verify_hashes=not quick, run_checker=not quick, require=())
-    for line in describe_bundle(bundle):
+    graphs: dict = {}
+    bundle = check_bundle(bundle_path, verify_hashes=not quick, run_checker=not quick, require=(), graphs_read=graphs)
+    for line in describe_bundle(bundle, graphs):
         click.echo(line)
     what = ("manifest, files present with their sizes (--quick: no sha256, no ONNX checker)" if quick else
             "manifest, sha256 of every file, ONNX checker (full) on every graph")

@@ -33,14 +33,17 @@ def io_specs_of(model_proto) -> tuple[list[tuple], list[tuple]]:
 
 
 def check_bundle(path: str | os.PathLike, verify_hashes: bool = True, run_checker: bool = True,
-                 **expect) -> Bundle:
+                 graphs_read: dict | None = None, **expect) -> Bundle:
     """`Bundle.load`, every graph file read and its I/O checked against the manifest's contract
-    (graph_files.read_graph: a truncated file is one line), plus the ONNX checker (full check)."""
+    (graph_files.read_graph: a truncated file is one line), plus the ONNX checker (full check).
+    graphs_read: filled with name -> the ModelProto read (weights left on disk), for `describe_bundle`."""
     import onnx
 
     bundle = Bundle.load(path, verify_hashes=verify_hashes, **expect)
     for name in bundle.graphs:
-        read_graph(bundle, name)
+        proto = read_graph(bundle, name)
+        if graphs_read is not None:
+            graphs_read[name] = proto
     if run_checker:
         for name in bundle.graphs:
             try:
@@ -56,8 +59,9 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
-def describe_bundle(bundle: Bundle) -> list[str]:
-    """Human-readable lines: configs, versions, and per graph its file, size, opsets, I/O, custom nodes."""
+def describe_bundle(bundle: Bundle, graphs_read: dict | None = None) -> list[str]:
+    """Human-readable lines: configs, versions, and per graph its file, size, opsets, I/O, custom nodes
+    (each graph read here unless `graphs_read`, from `check_bundle`, holds it already)."""
     m, s = bundle.model, bundle.stream
     lines = [f"bundle {bundle.path}  (format {bundle.format_version}, {bundle.manifest.get('kind')}, "
              f"{bundle.precision})",
@@ -65,10 +69,11 @@ def describe_bundle(bundle: Bundle) -> list[str]:
              f"VAE dim {m.vae.dim}; PE width {m.pe.width}",
              "stream: " + ", ".join(f"{n}={getattr(s, n)}" for n in GRAPH_STREAM_FIELDS)
              + f"; pool_pages={s.pool_pages}, local_slots={s.local_slots}, sink_slots={s.sink_slots}",
-             "versions: " + ", ".join(f"{k} {v}" for k, v in bundle.manifest.get("versions", {}).items())]
+             "versions: " + ", ".join(f"{k} {v}" for k, v in bundle.manifest.get("versions", {}).items()),
+             f"VAE graphs' layout: {bundle.vae_layout}"]
     total = 0
     for name, g in bundle.graphs.items():
-        proto = read_graph(bundle, name, check_io=False)      # one line for a file that is not ONNX
+        proto = (graphs_read or {}).get(name) or read_graph(bundle, name, check_io=False)  # one line if not ONNX
         opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
         files = g.file + "".join(f" + {d['file']}" for d in g.external_data)
         total += g.total_bytes
