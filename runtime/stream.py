@@ -308,6 +308,7 @@ class Streamer:
         alone = None             # feature mode block-alone: both decodes here (a backend may overlap them)
         later = None             # deferred: the streamed decode, still running
         frames_np = None
+        defer = defer and self.features is None and cfg.feature_mode != "streamed"   # as `pipelines`
         if defer and index > 0:  # block 0's streamed decode is its block-alone one: run once, below
             later = be.decode_later(x0, first=False)
             alone = be.decode_alone(x0)
